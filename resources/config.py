@@ -178,9 +178,7 @@ class Registry(_Strict):
                 names.append(entry.cdn.passphrase_env)
             missing += [f"{name} (supplier {entry.id!r})" for name in names if not env.get(name)]
         if missing:
-            raise ConfigError(
-                f"{self.source}: missing secret environment variables: {', '.join(missing)}"
-            )
+            raise ConfigError(f"{self.source}: missing secret environment variables: {', '.join(missing)}")
 
 
 def expand_env(value: str, environ: dict[str, str] | None = None, *, where: str = "value") -> str:

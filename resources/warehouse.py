@@ -1,0 +1,222 @@
+"""The Parquet warehouse: path contract, atomic writes, and the polars IO manager (DESIGN §6)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from dagster import (
+    ConfigurableIOManager,
+    ConfigurableResource,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+    PartitionsDefinition,
+    TimeWindowPartitionsDefinition,
+)
+from pydantic import PrivateAttr
+from upath import UPath
+
+DEFAULT_WAREHOUSE_DIR = "warehouse"
+
+
+def warehouse_root(base_dir: str | None = None) -> UPath:
+    """The warehouse root: explicit value, else $WAREHOUSE_DIR, else ./warehouse."""
+    return UPath(base_dir or os.environ.get("WAREHOUSE_DIR") or DEFAULT_WAREHOUSE_DIR)
+
+
+def table_path(root: UPath, key_path: Sequence[str], partition: str | None = None) -> UPath:
+    """Where an asset's data lives: <root>/<key path>.parquet or <root>/<key path>/<partition>.parquet."""
+    for part in [*key_path, partition or ""]:
+        if part in {".", ".."} or "/" in part or "\\" in part:
+            raise ValueError(f"unsafe path segment {part!r} in warehouse key {key_path!r}")
+    if partition is None:
+        *parents, leaf = key_path
+        return root.joinpath(*parents, f"{leaf}.parquet")
+    return root.joinpath(*key_path, f"{partition}.parquet")
+
+
+def _is_local(path: UPath) -> bool:
+    return getattr(path, "protocol", "") in ("", "file", "local")
+
+
+def write_bytes_atomic(data: bytes, path: UPath) -> None:
+    """Write bytes so that readers see the old file or the new one, never half of either."""
+    if _is_local(path):
+        target = Path(str(path.path if hasattr(path, "path") else path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    else:
+        # Object stores make a single PUT visible all at once, which is the atomicity we need.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: UPath) -> None:
+    """Serialize a frame to Parquet in memory, then publish it atomically at path."""
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="zstd", statistics=True)
+    write_bytes_atomic(buffer.getvalue(), path)
+
+
+def read_parquet(path: UPath) -> pl.DataFrame:
+    """Read one Parquet file; a missing file raises FileNotFoundError naming it."""
+    if not path.exists():
+        raise FileNotFoundError(f"warehouse file not found: {path}")
+    with path.open("rb") as handle:
+        return pl.read_parquet(handle)
+
+
+def partition_column(partitions_def: PartitionsDefinition | None) -> str:
+    """The column carrying the partition key: "day" for time windows, "batch" otherwise."""
+    return "day" if isinstance(partitions_def, TimeWindowPartitionsDefinition) else "batch"
+
+
+class Warehouse(ConfigurableResource):
+    """Direct access to the warehouse for assets that keep state beside their table (caches, ledgers)."""
+
+    base_dir: str | None = None
+
+    def root(self) -> UPath:
+        """The warehouse root this resource points at."""
+        return warehouse_root(self.base_dir)
+
+    def path(self, key_path: Sequence[str], partition: str | None = None) -> UPath:
+        """The contract path of a table."""
+        return table_path(self.root(), key_path, partition)
+
+    def write(self, frame: pl.DataFrame, key_path: Sequence[str], partition: str | None = None) -> UPath:
+        """Atomically write a table at its contract path and return the path."""
+        path = self.path(key_path, partition)
+        write_parquet_atomic(frame, path)
+        return path
+
+    def read(self, key_path: Sequence[str], partition: str | None = None) -> pl.DataFrame:
+        """Read a table at its contract path."""
+        return read_parquet(self.path(key_path, partition))
+
+    def exists(self, key_path: Sequence[str], partition: str | None = None) -> bool:
+        """Whether a table (or one partition of it) has been written."""
+        return self.path(key_path, partition).exists()
+
+    def read_partitions(
+        self, key_path: Sequence[str], partitions: Iterable[str] | None = None
+    ) -> pl.DataFrame | None:
+        """Concatenate the given partitions (all written ones when None); None if there are none."""
+        folder = self.root().joinpath(*key_path)
+        if partitions is None:
+            files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+        else:
+            files = [table_path(self.root(), key_path, p) for p in partitions]
+            files = [f for f in files if f.exists()]
+        frames = [read_parquet(f) for f in files]
+        return pl.concat(frames, how="diagonal_relaxed") if frames else None
+
+    def write_json(self, payload: Any, key_path: Sequence[str], name: str) -> None:
+        """Atomically write a small JSON sidecar (state such as ETags) beside a table."""
+        path = self.root().joinpath(*key_path[:-1], f"{key_path[-1]}.{name}.json")
+        write_bytes_atomic(json.dumps(payload, sort_keys=True, default=str).encode(), path)
+
+    def read_json(self, key_path: Sequence[str], name: str) -> Any | None:
+        """Read a JSON sidecar, or None if it was never written."""
+        path = self.root().joinpath(*key_path[:-1], f"{key_path[-1]}.{name}.json")
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+class WarehouseIOManager(ConfigurableIOManager):
+    """polars frames <-> Parquet at the DESIGN §6 paths; partitioned tables carry their partition column."""
+
+    base_dir: str | None = None
+    _root: UPath | None = PrivateAttr(default=None)
+
+    def _root_path(self) -> UPath:
+        if self._root is None:
+            self._root = warehouse_root(self.base_dir)
+        return self._root
+
+    def handle_output(self, context: OutputContext, obj: pl.DataFrame | None) -> None:
+        """Write the frame; a multi-partition output is split on its partition column."""
+        if obj is None:
+            return
+        if not isinstance(obj, pl.DataFrame):
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: the warehouse stores polars DataFrames, "
+                f"got {type(obj).__name__}"
+            )
+        key_path = context.asset_key.path
+        if not context.has_asset_partitions:
+            path = table_path(self._root_path(), key_path)
+            write_parquet_atomic(obj, path)
+            context.add_output_metadata(self._metadata(obj, [path]))
+            return
+        column = partition_column(context.asset_partitions_def)
+        keys = list(context.asset_partition_keys)
+        if len(keys) == 1 and column not in obj.columns:
+            obj = obj.with_columns(pl.lit(keys[0]).alias(column))
+        if column not in obj.columns:
+            raise ValueError(
+                f"{context.asset_key.to_user_string()}: an output covering {len(keys)} partitions "
+                f"must carry the partition column {column!r} so it can be split"
+            )
+        stray = set(obj.get_column(column).unique().to_list()) - set(keys)
+        if stray:
+            raise ValueError(
+                f"{context.asset_key.to_user_string()}: rows for partitions outside this run: "
+                f"{sorted(stray)[:5]}"
+            )
+        paths = []
+        # Every partition of the run is written, empty or not, so a re-run replaces stale rows.
+        for key in keys:
+            path = table_path(self._root_path(), key_path, key)
+            write_parquet_atomic(obj.filter(pl.col(column) == key), path)
+            paths.append(path)
+        context.add_output_metadata(self._metadata(obj, paths))
+
+    @staticmethod
+    def _metadata(obj: pl.DataFrame, paths: list[UPath]) -> dict[str, Any]:
+        meta: dict[str, Any] = {"rows": MetadataValue.int(obj.height)}
+        if len(paths) == 1:
+            meta["path"] = MetadataValue.path(str(paths[0]))
+        else:
+            meta["paths"] = MetadataValue.int(len(paths))
+            meta["first_path"] = MetadataValue.path(str(paths[0]))
+        return meta
+
+    def load_input(self, context: InputContext) -> pl.DataFrame:
+        """Read a table; several upstream partitions are concatenated (missing ones skipped)."""
+        key_path = context.asset_key.path
+        if not context.has_asset_partitions:
+            return read_parquet(table_path(self._root_path(), key_path))
+        frames = []
+        missing = []
+        for key in context.asset_partition_keys:
+            path = table_path(self._root_path(), key_path, key)
+            if path.exists():
+                frames.append(read_parquet(path))
+            else:
+                missing.append(key)
+        if missing and not frames:
+            raise FileNotFoundError(
+                f"{context.asset_key.to_user_string()}: no warehouse file for partitions "
+                f"{missing[:5]} under {self._root_path()}"
+            )
+        if missing:
+            context.log.warning(
+                f"{context.asset_key.to_user_string()}: partitions not materialized yet: {missing[:5]}"
+            )
+        return pl.concat(frames, how="diagonal_relaxed")

@@ -1,0 +1,31 @@
+"""Run the sandbox: `python -m sandbox --port 8700 --seed 7 --skus 2000`."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from sandbox.app import create_app
+from sandbox.world import World
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments and serve the sandbox on 127.0.0.1 until stopped."""
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
+    parser.add_argument("--port", type=int, default=8700)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--skus", type=int, default=2000, help="catalog size")
+    parser.add_argument("--orders-db", default=None, help="also generate the orders SQLite DB here")
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    world = World(seed=args.seed, catalog_size=args.skus)
+    if args.orders_db:
+        from sandbox.bootstrap import make_orders_db
+
+        make_orders_db(world, args.orders_db)
+    uvicorn.run(create_app(world), host="127.0.0.1", port=args.port, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    main()

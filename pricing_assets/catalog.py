@@ -1,0 +1,61 @@
+"""The `catalog` asset: the SKUs to price, from the storefront's catalog endpoint or a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from pricing_assets.logic.batching import assign_batches
+from resources.schemas import CATALOG_SCHEMA, conform
+from resources.storefront import Storefront
+
+
+class CatalogConfig(Config):
+    """Where the catalog comes from: the storefront (default) or a CSV/Parquet file."""
+
+    file: str | None = Field(default=None, description="CSV or Parquet file instead of the storefront")
+    batches: int = Field(default=16, ge=1, description="number of catalog_batch partitions")
+
+
+def read_catalog_file(path: str) -> pl.DataFrame:
+    """Read a catalog CSV or Parquet file into the catalog contract."""
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"catalog file not found: {file}")
+    frame = pl.read_parquet(file) if file.suffix == ".parquet" else pl.read_csv(file, infer_schema=False)
+    if "active" in frame.columns and frame.schema["active"] == pl.String:
+        frame = frame.with_columns(pl.col("active").str.to_lowercase().is_in(["true", "1", "yes"]))
+    for name, dtype in CATALOG_SCHEMA.items():
+        if name not in frame.columns:
+            default = True if name == "active" else None
+            frame = frame.with_columns(pl.lit(default, dtype=dtype).alias(name))
+    return conform(frame, CATALOG_SCHEMA)
+
+
+def build_catalog_asset(batches: int):  # noqa: ANN201 - returns an AssetsDefinition
+    """The catalog asset, assigning each SKU to one of `batches` partitions."""
+
+    @asset(name="catalog", group_name="pricing", kinds={"polars"})
+    def catalog(context: AssetExecutionContext, storefront: Storefront) -> pl.DataFrame:
+        """Every SKU the shop sells, with its category, active flag and catalog batch."""
+        frame = storefront.fetch_catalog()
+        duplicates = frame.height - frame.get_column("sku").n_unique()
+        if duplicates:
+            raise ValueError(f"catalog has {duplicates} duplicate SKUs")
+        frame = assign_batches(frame, batches).sort("sku")
+        context.add_output_metadata(
+            {
+                "skus": MetadataValue.int(frame.height),
+                "active": MetadataValue.int(int(frame.get_column("active").sum())),
+                "batches": MetadataValue.int(batches),
+            }
+        )
+        return frame
+
+    return catalog
+
+
+__all__ = ["CatalogConfig", "MaterializeResult", "build_catalog_asset", "read_catalog_file"]

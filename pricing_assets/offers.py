@@ -1,0 +1,161 @@
+"""`best_offers` and `storefront_prices`: thin wiring around the pure functions in pricing_assets.logic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import polars as pl
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetsDefinition,
+    BackfillPolicy,
+    MetadataValue,
+    PartitionsDefinition,
+    asset,
+)
+
+from pricing_assets.logic.best_offers import select_best_offers
+from pricing_assets.logic.guard import apply_guard
+from pricing_assets.logic.markup import apply_markup
+from resources.config import Registry
+from resources.runtime import RuntimeConfig
+from resources.schemas import OFFERS_SCHEMA, empty_frame
+from resources.warehouse import Warehouse
+
+# One run may cover many batches (a backfill), paying process start-up once instead of per batch.
+BATCH_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=16)
+
+
+def offers_key(supplier_id: str) -> AssetKey:
+    """The asset key of one supplier's offers."""
+    return AssetKey(["supplier_offers", supplier_id])
+
+
+def read_supplier_offers(warehouse: Warehouse, supplier_ids: list[str], batches: list[str]) -> pl.DataFrame:
+    """Every supplier's last good offers for the batches (a supplier down keeps its previous file)."""
+    frames = []
+    for supplier_id in supplier_ids:
+        frame = warehouse.read_partitions(offers_key(supplier_id).path, batches)
+        if frame is not None and frame.height:
+            frames.append(frame.select(list(OFFERS_SCHEMA)))
+    return pl.concat(frames) if frames else empty_frame(OFFERS_SCHEMA)
+
+
+def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefinition) -> AssetsDefinition:
+    """`best_offers`: the cheapest available offer per SKU of each batch (DESIGN §4)."""
+
+    @asset(
+        name="best_offers",
+        group_name="pricing",
+        partitions_def=partitions_def,
+        backfill_policy=BATCH_BACKFILL_POLICY,
+        ins={"catalog": AssetIn("catalog")},
+        deps=[offers_key(entry.id) for entry in registry.suppliers],
+        kinds={"polars"},
+    )
+    def best_offers(
+        context: AssetExecutionContext,
+        catalog: pl.DataFrame,
+        warehouse: Warehouse,
+        service_config: RuntimeConfig,
+    ) -> pl.DataFrame:
+        """Cheapest available offer per SKU, chosen supplier, runner-up, offer count and spread."""
+        config = service_config.load()
+        config.check_suppliers(registry.order)
+        batches = list(context.partition_keys)
+        batch_catalog = catalog.filter(pl.col("batch").is_in(batches))
+        offers = read_supplier_offers(warehouse, registry.order, batches)
+        enabled = [supplier for supplier in registry.order if config.enabled(supplier)]
+        best = select_best_offers(
+            batch_catalog,
+            offers,
+            supplier_order=registry.order,
+            enabled=enabled,
+            fx=registry.fx_rates(),
+            now=datetime.now(UTC),
+            staleness_ttl=config.staleness_ttl,
+        )
+        best = best.join(batch_catalog.select("sku", "batch"), on="sku", how="left")
+        available = best.filter(pl.col("available"))
+        used = available.group_by("supplier").len().sort("supplier")
+        spread = available.get_column("spread").drop_nulls().cast(pl.Float64)
+        context.add_output_metadata(
+            {
+                "skus": MetadataValue.int(best.height),
+                "available": MetadataValue.int(available.height),
+                "unavailable": MetadataValue.int(best.height - available.height),
+                "offers_considered": MetadataValue.int(offers.height),
+                "suppliers_disabled": MetadataValue.text(
+                    ", ".join(s for s in registry.order if s not in enabled) or "none"
+                ),
+                **{
+                    f"chosen_{row['supplier']}": MetadataValue.int(row["len"])
+                    for row in used.iter_rows(named=True)
+                },
+                "spread_median": MetadataValue.float(float(spread.median() or 0.0)),
+                "spread_max": MetadataValue.float(float(spread.max() or 0.0)),
+            }
+        )
+        return best
+
+    return best_offers
+
+
+def read_last_pushed(warehouse: Warehouse, batches: list[str]) -> pl.DataFrame:
+    """What the storefront last acknowledged for these batches (empty before the first push)."""
+    ledger = warehouse.read_partitions(["storefront_sync"], batches)
+    if ledger is None:
+        return pl.DataFrame(
+            schema={
+                "sku": pl.String,
+                "price": pl.Decimal(20, 4),
+                "available": pl.Boolean,
+                "supplier": pl.String,
+            }
+        )
+    return ledger.select("sku", "price", "available", "supplier")
+
+
+def build_storefront_prices_asset(
+    registry: Registry, partitions_def: PartitionsDefinition
+) -> AssetsDefinition:
+    """`storefront_prices`: target price after markup, rounding, floor and guard (DESIGN §4)."""
+
+    @asset(
+        name="storefront_prices",
+        group_name="pricing",
+        partitions_def=partitions_def,
+        backfill_policy=BATCH_BACKFILL_POLICY,
+        kinds={"polars"},
+    )
+    def storefront_prices(
+        context: AssetExecutionContext,
+        best_offers: pl.DataFrame,
+        warehouse: Warehouse,
+        service_config: RuntimeConfig,
+    ) -> pl.DataFrame:
+        """The price each SKU should show, in the store currency, with held changes flagged."""
+        config = service_config.load()
+        batches = list(context.partition_keys)
+        priced = apply_markup(best_offers, config.markup).with_columns(
+            pl.lit(registry.store_currency).alias("currency")
+        )
+        guarded = apply_guard(priced, read_last_pushed(warehouse, batches), config.guard)
+        held = int(guarded.get_column("held").sum())
+        changed = guarded.filter(
+            pl.col("price").is_not_null()
+            & (pl.col("last_pushed_price").is_null() | (pl.col("price") != pl.col("last_pushed_price")))
+        ).height
+        context.add_output_metadata(
+            {
+                "skus": MetadataValue.int(guarded.height),
+                "price_changes": MetadataValue.int(changed),
+                "held": MetadataValue.int(held),
+                "unavailable": MetadataValue.int(int((~guarded.get_column("available")).sum())),
+            }
+        )
+        return guarded
+
+    return storefront_prices

@@ -1,0 +1,179 @@
+"""The warehouse IO manager: path contract, partition column, atomic writes."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dagster import (
+    AssetIn,
+    BackfillPolicy,
+    DailyPartitionsDefinition,
+    StaticPartitionsDefinition,
+    asset,
+    materialize,
+)
+from upath import UPath
+
+from resources import warehouse as wh
+from resources.warehouse import Warehouse, WarehouseIOManager, table_path
+
+batches = StaticPartitionsDefinition(["batch-000", "batch-001", "batch-002"])
+days = DailyPartitionsDefinition(start_date="2026-11-01", timezone="UTC")
+
+
+def money_frame(n: int = 3) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"sku": [f"S{i}" for i in range(n)], "price": [Decimal("1.10") * (i + 1) for i in range(n)]},
+        schema={"sku": pl.String, "price": pl.Decimal(20, 4)},
+    )
+
+
+def test_unpartitioned_round_trip_at_contract_path(tmp_path):
+    @asset
+    def catalog() -> pl.DataFrame:
+        return money_frame()
+
+    @asset
+    def downstream(catalog: pl.DataFrame) -> pl.DataFrame:
+        return catalog.with_columns(pl.col("price") * 2)
+
+    result = materialize(
+        [catalog, downstream], resources={"io_manager": WarehouseIOManager(base_dir=str(tmp_path))}
+    )
+    assert result.success
+    stored = pl.read_parquet(tmp_path / "catalog.parquet")
+    assert stored.equals(money_frame())
+    assert stored.schema["price"] == pl.Decimal(20, 4)
+    assert pl.read_parquet(tmp_path / "downstream.parquet").get_column("price").to_list()[0] == Decimal("2.2")
+
+
+def test_nested_key_path(tmp_path):
+    @asset(key=["supplier_offers", "alpha"], partitions_def=batches)
+    def offers() -> pl.DataFrame:
+        return money_frame()
+
+    materialize(
+        [offers],
+        partition_key="batch-001",
+        resources={"io_manager": WarehouseIOManager(base_dir=str(tmp_path))},
+    )
+    stored = pl.read_parquet(tmp_path / "supplier_offers" / "alpha" / "batch-001.parquet")
+    assert stored.get_column("batch").unique().to_list() == ["batch-001"]
+
+
+def test_daily_partition_column_is_day_and_folder_scan_works(tmp_path):
+    @asset(partitions_def=days)
+    def sales_report(context) -> pl.DataFrame:
+        return money_frame(2)
+
+    io = WarehouseIOManager(base_dir=str(tmp_path))
+    for day in ("2026-11-01", "2026-11-02"):
+        assert materialize([sales_report], partition_key=day, resources={"io_manager": io}).success
+    scanned = pl.scan_parquet(str(tmp_path / "sales_report" / "*.parquet")).collect()
+    assert sorted(scanned.get_column("day").unique().to_list()) == ["2026-11-01", "2026-11-02"]
+    assert scanned.height == 4
+
+
+def test_multi_partition_output_is_split_per_partition(tmp_path):
+    @asset(partitions_def=batches, backfill_policy=BackfillPolicy.single_run())
+    def best_offers(context) -> pl.DataFrame:
+        keys = list(context.partition_keys)
+        # batch-002 gets no rows: its file must still be (re)written, empty.
+        return pl.DataFrame({"sku": ["a", "b", "c"], "batch": [keys[0], keys[0], keys[1]]})
+
+    @asset(
+        partitions_def=batches,
+        ins={"best_offers": AssetIn("best_offers")},
+        backfill_policy=BackfillPolicy.single_run(),
+    )
+    def prices(context, best_offers: pl.DataFrame) -> pl.DataFrame:
+        return best_offers
+
+    io = WarehouseIOManager(base_dir=str(tmp_path))
+    result = materialize(
+        [best_offers, prices],
+        tags={
+            "dagster/asset_partition_range_start": "batch-000",
+            "dagster/asset_partition_range_end": "batch-002",
+        },
+        resources={"io_manager": io},
+    )
+    assert result.success
+    heights = {
+        key: pl.read_parquet(tmp_path / "best_offers" / f"{key}.parquet").height
+        for key in batches.get_partition_keys()
+    }
+    assert heights == {"batch-000": 2, "batch-001": 1, "batch-002": 0}
+    assert pl.read_parquet(tmp_path / "prices" / "batch-000.parquet").height == 2
+
+
+def test_rows_for_foreign_partition_are_refused(tmp_path):
+    @asset(partitions_def=batches)
+    def bad() -> pl.DataFrame:
+        return pl.DataFrame({"sku": ["a"], "batch": ["batch-002"]})
+
+    result = materialize(
+        [bad],
+        partition_key="batch-000",
+        resources={"io_manager": WarehouseIOManager(base_dir=str(tmp_path))},
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert not (tmp_path / "bad" / "batch-000.parquet").exists()
+
+
+def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
+    path = UPath(tmp_path) / "catalog.parquet"
+    wh.write_parquet_atomic(money_frame(3), path)
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full halfway")
+
+    # Fail after the temp file was opened and partly written: the rename must never happen.
+    real_fsync = wh.os.fsync
+    monkeypatch.setattr(wh.os, "fsync", explode)
+    with pytest.raises(OSError, match="disk full"):
+        wh.write_parquet_atomic(money_frame(10), path)
+    monkeypatch.setattr(wh.os, "fsync", real_fsync)
+    assert pl.read_parquet(str(path)).equals(money_frame(3))
+    assert [p.name for p in Path(tmp_path).iterdir()] == ["catalog.parquet"]  # no temp file left
+
+
+def test_killed_writer_leaves_no_half_file(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "t.parquet"
+    wh.write_parquet_atomic(money_frame(3), UPath(path))
+    script = (
+        "import os, polars as pl; from upath import UPath; import resources.warehouse as wh\n"
+        "orig = wh.os.replace\n"
+        "wh.os.replace = lambda *a: os._exit(9)\n"  # the process dies right before publishing
+        f"wh.write_parquet_atomic(pl.DataFrame({{'x': list(range(1000))}}), UPath({str(path)!r}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, check=False)
+    assert proc.returncode == 9
+    assert pl.read_parquet(path).equals(money_frame(3))
+
+
+def test_table_path_rejects_escape():
+    with pytest.raises(ValueError, match="unsafe path segment"):
+        table_path(UPath("/w"), ["a"], "../etc")
+    assert str(table_path(UPath("/w"), ["supplier_offers", "alpha"], "batch-000")).endswith(
+        "/w/supplier_offers/alpha/batch-000.parquet"
+    )
+
+
+def test_warehouse_resource_sidecar_and_partitions(tmp_path):
+    w = Warehouse(base_dir=str(tmp_path))
+    assert w.read_json(["supplier_files", "delta"], "state") is None
+    w.write_json({"etag": "abc"}, ["supplier_files", "delta"], "state")
+    assert w.read_json(["supplier_files", "delta"], "state") == {"etag": "abc"}
+    assert w.read_partitions(["x"], ["batch-000"]) is None
+    w.write(money_frame(2).with_columns(pl.lit("batch-000").alias("batch")), ["x"], "batch-000")
+    w.write(money_frame(1).with_columns(pl.lit("batch-001").alias("batch")), ["x"], "batch-001")
+    assert w.read_partitions(["x"]).height == 3
+    assert w.read_partitions(["x"], ["batch-001", "batch-002"]).height == 1

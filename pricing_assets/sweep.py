@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from dagster import (
     AssetSelection,
@@ -14,7 +15,6 @@ from dagster import (
     SensorResult,
     SkipReason,
     StaticPartitionsDefinition,
-    UnresolvedAssetJobDefinition,
     define_asset_job,
     sensor,
 )
@@ -26,6 +26,8 @@ SWEEP_INTERVAL_SECONDS = 30
 # Range tags are how Dagster itself launches one run over several partitions (backfills do the same).
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+# define_asset_job's return type is not exported by dagster's public API.
+AssetJob = Any
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def run_key(cursor: SweepCursor, chosen: list[str]) -> str:
     return f"sweep-{cursor.cycle}-{chosen[0]}-{chosen[-1]}"
 
 
-def build_sweep_job(selection: AssetSelection, partitions_def: StaticPartitionsDefinition) -> UnresolvedAssetJobDefinition:
+def build_sweep_job(selection: AssetSelection, partitions_def: StaticPartitionsDefinition) -> AssetJob:
     """The job a sweep tick launches: supplier offers, best offers and storefront prices for a range."""
     return define_asset_job(
         "price_sweep_job",
@@ -79,9 +81,7 @@ def build_sweep_job(selection: AssetSelection, partitions_def: StaticPartitionsD
     )
 
 
-def build_price_sweep_sensor(
-    job: UnresolvedAssetJobDefinition, partitions_def: StaticPartitionsDefinition
-) -> _SensorDefinition:
+def build_price_sweep_sensor(job: AssetJob, partitions_def: StaticPartitionsDefinition) -> _SensorDefinition:
     """The sweep sensor over `partitions_def`, launching `job` for one contiguous range per tick."""
 
     @sensor(
@@ -89,9 +89,11 @@ def build_price_sweep_sensor(
         job=job,
         minimum_interval_seconds=SWEEP_INTERVAL_SECONDS,
         default_status=DefaultSensorStatus.STOPPED,
-        description="Sweeps all catalog batches every sweep_minutes (SERVICE_CONFIG); resumes from its cursor.",
+        description="Sweeps every catalog batch once per sweep_minutes, resuming from its cursor.",
     )
-    def price_sweep(context: SensorEvaluationContext, service_config: RuntimeConfig) -> SensorResult | SkipReason:
+    def price_sweep(
+        context: SensorEvaluationContext, service_config: RuntimeConfig
+    ) -> SensorResult | SkipReason:
         """Launch the next range of batches and advance the cursor."""
         keys = partitions_def.get_partition_keys()
         config = service_config.load()

@@ -1,6 +1,5 @@
 """The `catalog` asset: the SKUs to price, from the storefront's catalog endpoint or a file."""
 
-from __future__ import annotations
 
 from pathlib import Path
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dagster import Definitions
+from dagster import AssetKey, AssetsDefinition, AssetSelection, Definitions
 
 from pricing_assets.catalog import build_catalog_asset
+from pricing_assets.file_offers import build_file_offer_assets
 from pricing_assets.offers import build_best_offers_asset, build_storefront_prices_asset
 from pricing_assets.partitions import catalog_batch_partitions
 from pricing_assets.storefront_sync import build_storefront_sync_asset
+from pricing_assets.supplier_files import build_supplier_file_assets, build_supplier_file_schedule
 from pricing_assets.supplier_offers import build_supplier_offer_assets
-from resources.config import load_registry
+from pricing_assets.sweep import build_price_sweep_sensor, build_sweep_job
+from resources.cdn_file import CdnFile
+from resources.config import Registry, load_registry
 from resources.runtime import RuntimeConfig
+from resources.shopify import ShopifyStorefront
 from resources.storefront import Storefront
 from resources.suppliers import SupplierClients
 from resources.warehouse import Warehouse, WarehouseIOManager
@@ -26,23 +31,50 @@ def default_resources(registry_path: str | None = None) -> dict[str, object]:
         "service_config": RuntimeConfig(),
         "storefront": Storefront.from_env(),
         "suppliers": SupplierClients(registry_path=registry_path),
+        "cdn_files": CdnFile(),
+        "shopify": ShopifyStorefront(),
     }
 
 
 def build_defs(registry_path: str | Path | None = None) -> Definitions:
     """Build the pricing location from a supplier registry (the structure: which suppliers exist)."""
     registry = load_registry(registry_path)
+    return Definitions.merge(
+        build_definitions_without_resources(registry),
+        Definitions(resources=default_resources(str(registry_path) if registry_path else registry.source)),
+    )
+
+
+def build_pricing_assets(registry: Registry) -> list[AssetsDefinition]:
+    """Every asset of the pricing location, without resources (tests bind their own)."""
     batches = catalog_batch_partitions(registry.catalog_batches)
-    assets = [
+    return [
         build_catalog_asset(registry.catalog_batches),
+        *build_supplier_file_assets(registry),
         *build_supplier_offer_assets(registry, batches),
+        *build_file_offer_assets(registry, batches),
         build_best_offers_asset(registry, batches),
         build_storefront_prices_asset(registry, batches),
         build_storefront_sync_asset(batches),
     ]
+
+
+def build_definitions_without_resources(registry: Registry) -> Definitions:
+    """Assets, jobs, schedules and sensors: everything but the resources."""
+    batches = catalog_batch_partitions(registry.catalog_batches)
+    assets = build_pricing_assets(registry)
+    file_assets = [a for a in assets if a.key.path[0] == "supplier_files"]
+    offer_keys = [a.key for a in assets if a.key.path[0] == "supplier_offers"]
+    sweep_selection = AssetSelection.assets(
+        *offer_keys, AssetKey("best_offers"), AssetKey("storefront_prices")
+    )
+    sweep_job = build_sweep_job(sweep_selection, batches)
+    schedules = [build_supplier_file_schedule(file_assets)] if file_assets else []
     return Definitions(
         assets=assets,
-        resources=default_resources(str(registry_path) if registry_path else registry.source),
+        jobs=[sweep_job],
+        schedules=schedules,
+        sensors=[build_price_sweep_sensor(sweep_job, batches)],
     )
 
 

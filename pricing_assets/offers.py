@@ -1,6 +1,5 @@
 """`best_offers` and `storefront_prices`: thin wiring around the pure functions in pricing_assets.logic."""
 
-from __future__ import annotations
 
 from datetime import UTC, datetime
 

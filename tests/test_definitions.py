@@ -45,7 +45,11 @@ def test_package_entry_points_expose_defs():
     assert pricing_assets.defs is not None and orders_assets.defs is not None
 
 
-def test_dagster_definitions_validate_workspace():
+def test_dagster_definitions_validate_workspace(tmp_path):
+    import os
+    import shutil
+
+    shutil.copyfile(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
     dagster = Path(sys.executable).parent / "dagster"
     proc = subprocess.run(
         [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
@@ -54,5 +58,6 @@ def test_dagster_definitions_validate_workspace():
         text=True,
         timeout=240,
         check=False,
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

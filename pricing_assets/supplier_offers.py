@@ -1,0 +1,219 @@
+"""`supplier_offers/<supplier>`: one asset per REST supplier of the registry, partitioned by catalog batch."""
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetsDefinition,
+    BackfillPolicy,
+    FreshnessPolicy,
+    MetadataValue,
+    Output,
+    PartitionsDefinition,
+    asset,
+)
+
+from resources.config import Registry, SupplierEntry
+from resources.runtime import RuntimeConfig
+from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA
+from resources.suppliers import REST_KINDS, FetchResult, SupplierClients, SupplierError
+from resources.warehouse import Warehouse
+
+REJECTED_SHARE_CHECK = "rejected_share"
+REACHABLE_CHECK = "supplier_reachable"
+DEFAULT_FRESHNESS = {"warn_minutes": 10, "fail_minutes": 30}
+
+
+def offers_asset_key(supplier_id: str) -> AssetKey:
+    """The asset key of one supplier's offers."""
+    return AssetKey(["supplier_offers", supplier_id])
+
+
+def quarantine_key_path(supplier_id: str) -> list[str]:
+    """Warehouse key path of a supplier's quarantined rows (one file per batch)."""
+    return ["supplier_quarantine", supplier_id]
+
+
+def freshness_policy(entry: SupplierEntry) -> FreshnessPolicy:
+    """The feed's freshness window from `request.freshness` (warn/fail minutes; default 10/30)."""
+    settings = {**DEFAULT_FRESHNESS, **entry.request.get("freshness", {})}
+    return FreshnessPolicy.time_window(
+        fail_window=timedelta(minutes=float(settings["fail_minutes"])),
+        warn_window=timedelta(minutes=float(settings["warn_minutes"])),
+    )
+
+
+def attach_batches(
+    result: FetchResult, batch_catalog: pl.DataFrame, batches: list[str]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Offers and quarantine with `batch`; quarantined rows without a SKU go to the run's first batch."""
+    sku_batch = batch_catalog.select("sku", "batch")
+    offers = result.offers.join(sku_batch, on="sku", how="inner").select([*OFFERS_SCHEMA, "batch"])
+    quarantine = (
+        result.quarantine.join(sku_batch, on="sku", how="left")
+        .with_columns(pl.col("batch").fill_null(batches[0]))
+        .select([*QUARANTINE_SCHEMA, "batch"])
+    )
+    return offers, quarantine
+
+
+def _numeric(values: dict[str, float | int]) -> dict[str, MetadataValue]:
+    return {
+        name: MetadataValue.int(value) if isinstance(value, int) else MetadataValue.float(float(value))
+        for name, value in values.items()
+    }
+
+
+def build_supplier_offers_asset(
+    entry: SupplierEntry, partitions_def: PartitionsDefinition
+) -> AssetsDefinition:
+    """The `supplier_offers/<id>` asset for one REST supplier, with its reachability and rejects checks."""
+    key = offers_asset_key(entry.id)
+
+    @asset(
+        key=key,
+        group_name="supplier_feeds",
+        description=f"Validated offers of supplier {entry.id} ({entry.kind}) for the batch's active SKUs.",
+        partitions_def=partitions_def,
+        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=16),
+        ins={"catalog": AssetIn("catalog")},
+        pool=entry.pool,
+        freshness_policy=freshness_policy(entry),
+        check_specs=[
+            AssetCheckSpec(
+                REACHABLE_CHECK,
+                asset=key,
+                blocking=False,
+                description="The supplier answered within its retries (fails during an outage).",
+            ),
+            AssetCheckSpec(
+                REJECTED_SHARE_CHECK,
+                asset=key,
+                blocking=True,
+                description="Share of quarantined rows is at most SERVICE_CONFIG quarantine_max_share.",
+            ),
+        ],
+        output_required=False,
+        kinds={"polars"},
+        metadata={"supplier": entry.id, "adapter": entry.kind, "pool": entry.pool},
+    )
+    def supplier_offers(
+        context: AssetExecutionContext,
+        catalog: pl.DataFrame,
+        suppliers: SupplierClients,
+        warehouse: Warehouse,
+        service_config: RuntimeConfig,
+    ) -> Iterator[Any]:
+        """One supplier's normalized, validated offers for the run's catalog batches."""
+        config = service_config.load()
+        batches = list(context.partition_keys)
+        if not config.enabled(entry.id):
+            context.log.warning(f"supplier {entry.id} is disabled in {config.source}: skipped")
+            yield from _unchanged(key, {"skipped": MetadataValue.text("disabled")}, reachable=None)
+            return
+        batch_catalog = catalog.filter(pl.col("batch").is_in(batches) & pl.col("active"))
+        skus = batch_catalog.get_column("sku").to_list()
+        try:
+            result = suppliers.fetch_offers(entry.id, skus)
+        except SupplierError as exc:
+            context.log.error(f"{exc}; its last good offers stay in place")
+            metadata: dict[str, Any] = {
+                "outage": MetadataValue.text(str(exc)),
+                "endpoint": MetadataValue.text(exc.endpoint or ""),
+                "status": MetadataValue.int(exc.status or 0),
+                "skus": MetadataValue.int(len(skus)),
+            }
+            if exc.stats is not None:
+                metadata |= _numeric(exc.stats.as_metadata())
+            yield from _unchanged(key, metadata, reachable=False)
+            return
+        offers, quarantine = attach_batches(result, batch_catalog, batches)
+        for batch in batches:
+            # Every batch of the run is written, empty or not, so a re-run replaces stale rejects.
+            warehouse.write(quarantine.filter(pl.col("batch") == batch), quarantine_key_path(entry.id), batch)
+        share = result.rejected_share
+        limit = float(config.quarantine_max_share)
+        metadata = {
+            **_numeric({**result.metadata(), "rows": offers.height, "skus": len(skus)}),
+            "rejected_share": MetadataValue.float(round(share, 6)),
+            "reasons": MetadataValue.md(_reasons_table(quarantine)),
+        }
+        check_metadata = {
+            "rejected": MetadataValue.int(quarantine.height),
+            "rows": MetadataValue.int(offers.height),
+            "rejected_share": MetadataValue.float(round(share, 6)),
+            "max_share": MetadataValue.float(limit),
+        }
+        if share > limit:
+            context.log.error(
+                f"supplier {entry.id}: {quarantine.height} of {quarantine.height + offers.height} rows "
+                f"rejected ({share:.1%} > {limit:.1%}); offers not published, previous files kept"
+            )
+            # No Output: the blocking check fails the step and the last good offers stay in place.
+            yield AssetCheckResult(check_name=REACHABLE_CHECK, asset_key=key, passed=True)
+            yield AssetCheckResult(
+                check_name=REJECTED_SHARE_CHECK,
+                asset_key=key,
+                passed=False,
+                severity=AssetCheckSeverity.ERROR,
+                metadata=check_metadata,
+            )
+            return
+        yield Output(offers, metadata=metadata)
+        yield AssetCheckResult(check_name=REACHABLE_CHECK, asset_key=key, passed=True)
+        yield AssetCheckResult(
+            check_name=REJECTED_SHARE_CHECK, asset_key=key, passed=True, metadata=check_metadata
+        )
+
+    return supplier_offers
+
+
+def _unchanged(key: AssetKey, metadata: dict[str, Any], *, reachable: bool | None) -> Iterator[Any]:
+    """Events for a run that leaves the supplier's files as they are (disabled, or down after retries).
+
+    Output(None) makes the warehouse IO manager write nothing, so the last good offers stay (best_offers
+    ages them out by fetched_at); an Output is still yielded because a missing one would make Dagster
+    skip best_offers in the same run, and one supplier must never hold up the others.
+    """
+    yield Output(None, metadata=metadata)
+    if reachable is False:
+        yield AssetCheckResult(
+            check_name=REACHABLE_CHECK,
+            asset_key=key,
+            passed=False,
+            severity=AssetCheckSeverity.ERROR,
+            description=metadata["outage"].value,
+            metadata=metadata,
+        )
+    else:
+        yield AssetCheckResult(check_name=REACHABLE_CHECK, asset_key=key, passed=True, metadata=metadata)
+    # Nothing was fetched, so nothing was rejected; check outputs must be yielded all the same.
+    yield AssetCheckResult(check_name=REJECTED_SHARE_CHECK, asset_key=key, passed=True, metadata=metadata)
+
+
+def _reasons_table(quarantine: pl.DataFrame) -> str:
+    if quarantine.is_empty():
+        return "no rejected rows"
+    counts = quarantine.group_by("reason").len().sort(["len", "reason"], descending=[True, False])
+    lines = ["| reason | rows |", "|---|---|"]
+    lines += [f"| {row['reason']} | {row['len']} |" for row in counts.iter_rows(named=True)]
+    return "\n".join(lines)
+
+
+def build_supplier_offer_assets(
+    registry: Registry, partitions_def: PartitionsDefinition
+) -> list[AssetsDefinition]:
+    """One `supplier_offers/<id>` asset per REST supplier of the registry (file suppliers: elsewhere)."""
+    return [
+        build_supplier_offers_asset(entry, partitions_def)
+        for entry in registry.suppliers
+        if entry.kind in REST_KINDS
+    ]

@@ -1,0 +1,300 @@
+"""One supplier's HTTP session: auth, rate limit with burst, bounded parallelism, retries, statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any
+
+import httpx
+from aiolimiter import AsyncLimiter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+from tenacity.wait import wait_base
+
+from resources.config import SupplierEntry
+from resources.suppliers.auth import build_auth
+from resources.suppliers.errors import RetryableError, SupplierError
+
+NOT_FOUND = object()  # returned by request_json for a 404 the caller allowed
+
+
+@dataclass
+class FetchStats:
+    """What fetching one supplier cost: requests, retries, throttling, latency and duration."""
+
+    requests: int = 0  # data requests sent, retries included
+    retries: int = 0
+    throttled: int = 0  # 429 responses
+    server_errors: int = 0  # 5xx responses
+    timeouts: int = 0
+    connection_errors: int = 0
+    malformed: int = 0  # 2xx answers whose body was not the JSON expected
+    token_requests: int = 0
+    pages: int = 0
+    not_found: int = 0
+    unmapped: int = 0  # SKUs with no supplier id (ASIN) to ask for
+    records: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def latency_ms(self, quantile: float) -> float:
+        """Latency quantile over every attempt (nearest rank), 0 when nothing was sent."""
+        if not self.latencies_ms:
+            return 0.0
+        ordered = sorted(self.latencies_ms)
+        rank = max(1, math.ceil(quantile * len(ordered)))
+        return ordered[rank - 1]
+
+    def as_metadata(self) -> dict[str, float | int]:
+        """Numeric values for Dagster metadata (plottable in the UI)."""
+        return {
+            "requests": self.requests,
+            "retries": self.retries,
+            "throttled": self.throttled,
+            "server_errors": self.server_errors,
+            "timeouts": self.timeouts,
+            "token_requests": self.token_requests,
+            "pages": self.pages,
+            "not_found": self.not_found,
+            "unmapped": self.unmapped,
+            "latency_p50_ms": round(self.latency_ms(0.5), 2),
+            "latency_p95_ms": round(self.latency_ms(0.95), 2),
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; None if absent/invalid."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class _RetryAfterOrBackoff(wait_base):
+    """Wait what the server asked for (Retry-After), else exponential backoff with full jitter."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self._backoff = wait_random_exponential(multiplier=initial, max=maximum)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if isinstance(error, RetryableError) and error.retry_after is not None:
+            return error.retry_after
+        return self._backoff(retry_state)
+
+
+def _loads(content: bytes) -> Any:
+    # Decimal keeps JSON number prices (Oxylabs style) exact; floats never touch money.
+    return json.loads(content, parse_float=Decimal)
+
+
+class SupplierHttp:
+    """An async HTTP session for one supplier, used as `async with SupplierHttp(entry) as http`."""
+
+    def __init__(
+        self,
+        entry: SupplierEntry,
+        *,
+        environ: Mapping[str, str] | None = None,
+        stats: FetchStats | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.entry = entry
+        self.stats = stats or FetchStats()
+        self._environ = environ
+        self._transport = transport
+        limits = entry.rate_limit
+        # A leaky bucket of `burst` requests draining at requests_per_second: rps on average, burst at once.
+        self._limiter = AsyncLimiter(limits.burst, limits.burst / limits.requests_per_second)
+        self._slots = asyncio.Semaphore(limits.max_in_flight)
+        self._resume_at = 0.0
+        self._client: httpx.AsyncClient | None = None
+        self._auth: httpx.Auth | None = None
+
+    async def __aenter__(self) -> SupplierHttp:
+        base_url = self.entry.resolved_base_url(dict(self._environ) if self._environ is not None else None)
+        in_flight = self.entry.rate_limit.max_in_flight
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(self.entry.timeout_seconds),
+            limits=httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight),
+            transport=self._transport,
+            follow_redirects=False,
+        )
+        try:
+            self._auth = build_auth(
+                self.entry.auth,
+                supplier=self.entry.id,
+                base_url=base_url,
+                client=self._client,
+                environ=self._environ,
+                on_token_request=self._count_token_request,
+            )
+        except BaseException:
+            await self._client.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    def _count_token_request(self) -> None:
+        self.stats.token_requests += 1
+
+    def _error(
+        self, message: str, *, endpoint: str, status: int | None, attempts: int | None = None
+    ) -> SupplierError:
+        return SupplierError(
+            f"supplier {self.entry.id!r}: {endpoint}: {message}",
+            supplier=self.entry.id,
+            endpoint=endpoint,
+            status=status,
+            attempts=attempts,
+        )
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        allow_not_found: bool = False,
+    ) -> Any:
+        """Send one request with rate limit, bounded retries and auth; the decoded JSON body.
+
+        Returns NOT_FOUND for a 404 when allow_not_found. Raises SupplierError naming the supplier,
+        endpoint and status for a non-retryable answer or when retries run out.
+        """
+        assert self._client is not None, "use SupplierHttp as an async context manager"
+        retry = self.entry.retry
+        endpoint = f"{method} {self._client.base_url.path.rstrip('/')}/{path.lstrip('/')}"
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(retry.max_attempts),
+            wait=_RetryAfterOrBackoff(retry.backoff_initial_seconds, retry.backoff_max_seconds),
+            retry=retry_if_exception_type(RetryableError),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(
+                        method,
+                        path,
+                        endpoint,
+                        params=params,
+                        json_body=json_body,
+                        allow_not_found=allow_not_found,
+                    )
+        except RetryableError as exc:
+            raise self._error(
+                f"failed after {retry.max_attempts} attempts: {exc}",
+                endpoint=endpoint,
+                status=exc.status,
+                attempts=retry.max_attempts,
+            ) from None
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def _count_retry(self, retry_state: RetryCallState) -> None:
+        self.stats.retries += 1
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        *,
+        params: Mapping[str, Any] | None,
+        json_body: Any,
+        allow_not_found: bool,
+    ) -> Any:
+        assert self._client is not None
+        async with self._slots:
+            # A 429/503 with Retry-After pauses the whole supplier, not just the request that got it.
+            delay = self._resume_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._limiter.acquire()
+            self.stats.requests += 1
+            started = time.perf_counter()
+            try:
+                response = await self._client.request(
+                    method, path, params=params, json=json_body, auth=self._auth or httpx.USE_CLIENT_DEFAULT
+                )
+            except httpx.TimeoutException as exc:
+                self.stats.timeouts += 1
+                raise RetryableError(f"timeout after {self.entry.timeout_seconds}s") from exc
+            except httpx.TransportError as exc:
+                self.stats.connection_errors += 1
+                raise RetryableError(f"connection error ({type(exc).__name__})") from exc
+            finally:
+                self.stats.latencies_ms.append((time.perf_counter() - started) * 1000)
+        return self._interpret(response, endpoint, allow_not_found=allow_not_found)
+
+    def _interpret(self, response: httpx.Response, endpoint: str, *, allow_not_found: bool) -> Any:
+        status = response.status_code
+        if 200 <= status < 300:
+            try:
+                return _loads(response.content)
+            except ValueError as exc:
+                self.stats.malformed += 1
+                raise RetryableError(f"malformed JSON in HTTP {status} response", status=status) from exc
+        if status == 404 and allow_not_found:
+            return NOT_FOUND
+        if status in (429, 503):
+            if status == 429:
+                self.stats.throttled += 1
+            else:
+                self.stats.server_errors += 1
+            wait = parse_retry_after(response.headers.get("Retry-After"))
+            limit = self.entry.retry.max_retry_after_seconds
+            if wait is not None and wait > limit:
+                raise self._error(
+                    f"HTTP {status} asks to retry after {wait:.0f}s, "
+                    f"more than max_retry_after_seconds={limit:g}",
+                    endpoint=endpoint,
+                    status=status,
+                )
+            if wait is not None:
+                self._resume_at = max(self._resume_at, time.monotonic() + wait)
+            raise RetryableError(f"HTTP {status}", status=status, retry_after=wait)
+        if status >= 500 or status == 408:
+            self.stats.server_errors += status >= 500
+            raise RetryableError(f"HTTP {status}", status=status)
+        hint = ""
+        if status in (401, 403) and self.entry.auth.kind != "none":
+            hint = f" (credentials from {', '.join(self.entry.auth.secret_env_names())})"
+        raise self._error(f"HTTP {status}{hint}", endpoint=endpoint, status=status)

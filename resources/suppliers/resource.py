@@ -1,0 +1,180 @@
+"""`SupplierClients`: the Dagster resource that fetches and validates one supplier's offers for a SKU list."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import polars as pl
+from dagster import ConfigurableResource
+from pydantic import Field, PrivateAttr
+
+from resources.config import Registry, SupplierEntry, load_registry
+from resources.offer_validation import validate_offers
+from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA, empty_frame
+from resources.suppliers.adapters import (
+    Collected,
+    fetch_per_sku_post,
+    fetch_rest_batch,
+    fetch_rest_paginated,
+    load_sku_map,
+)
+from resources.suppliers.errors import SupplierError
+from resources.suppliers.http import FetchStats, SupplierHttp
+from resources.suppliers.parsing import RecordMapper, record_json
+
+REST_KINDS = ("rest_batch", "rest_paginated", "per_sku_post")
+
+
+@dataclass
+class FetchResult:
+    """One supplier's validated offers and quarantined rows for a SKU list, with what it cost."""
+
+    supplier: str
+    offers: pl.DataFrame = field(default_factory=lambda: empty_frame(OFFERS_SCHEMA))
+    quarantine: pl.DataFrame = field(default_factory=lambda: empty_frame(QUARANTINE_SCHEMA))
+    stats: FetchStats = field(default_factory=FetchStats)
+    fetched_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    unrequested: int = 0  # rows for SKUs nobody asked for (listing rows outside the batch)
+
+    @property
+    def rejected_share(self) -> float:
+        """Quarantined rows / all rows considered (0 when there were none)."""
+        total = self.offers.height + self.quarantine.height
+        return self.quarantine.height / total if total else 0.0
+
+    def metadata(self) -> dict[str, float | int]:
+        """Numeric materialization metadata: rows, rejected and the fetch statistics."""
+        return {
+            "rows": self.offers.height,
+            "rejected": self.quarantine.height,
+            "unrequested": self.unrequested,
+            **self.stats.as_metadata(),
+        }
+
+
+async def fetch_supplier_offers(
+    entry: SupplierEntry,
+    skus: Sequence[str],
+    *,
+    known_currencies: set[str],
+    registry_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> FetchResult:
+    """Fetch one REST supplier's offers for SKUs, map and validate them (the asset's whole fetch path)."""
+    if entry.kind not in REST_KINDS:
+        raise ValueError(f"supplier {entry.id!r} is kind {entry.kind!r}, not a REST supplier")
+    started = time.perf_counter()
+    stats = FetchStats()
+    fetched_at = datetime.now(UTC)
+    unique_skus = list(dict.fromkeys(skus))
+    mapper = RecordMapper(
+        supplier=entry.id, fields=entry.fields, parsers=entry.parsers, default_currency=entry.currency
+    )
+    try:
+        collected = await _collect(entry, unique_skus, stats, registry_dir, environ, transport)
+    except SupplierError as exc:
+        stats.duration_s = time.perf_counter() - started
+        exc.stats = stats
+        raise
+    stats.records = len(collected.records)
+    raw = mapper.to_frame(collected.records, collected.skus)
+    # Rows for SKUs outside the request belong to other batches; rows without a SKU stay for quarantine.
+    sku = pl.col("sku").str.strip_chars()
+    wanted = sku.is_null() | (sku == "") | sku.is_in(unique_skus)
+    unrequested = raw.height - raw.filter(wanted).height
+    raw = raw.filter(wanted)
+    limits = entry.request.get("validation", {})
+    offers, quarantine = validate_offers(
+        raw,
+        supplier=entry.id,
+        known_currencies=known_currencies,
+        fetched_at=fetched_at,
+        max_price=Decimal(str(limits.get("max_price", "100000"))),
+        max_stock=int(limits.get("max_stock", 10_000_000)),
+    )
+    if quarantine.height:
+        positions = quarantine.get_column("raw").cast(pl.Int64).to_list()
+        quarantine = quarantine.with_columns(
+            raw=pl.Series([record_json(collected.records[index]) for index in positions], dtype=pl.String)
+        )
+    stats.duration_s = time.perf_counter() - started
+    return FetchResult(
+        supplier=entry.id,
+        offers=offers,
+        quarantine=quarantine,
+        stats=stats,
+        fetched_at=fetched_at,
+        unrequested=unrequested,
+    )
+
+
+async def _collect(
+    entry: SupplierEntry,
+    skus: list[str],
+    stats: FetchStats,
+    registry_dir: Path | None,
+    environ: Mapping[str, str] | None,
+    transport: httpx.AsyncBaseTransport | None,
+) -> Collected:
+    if not skus:
+        return Collected(records=[])
+    async with SupplierHttp(entry, environ=environ, stats=stats, transport=transport) as http:
+        if entry.kind == "rest_batch":
+            return await fetch_rest_batch(http, skus)
+        if entry.kind == "rest_paginated":
+            return await fetch_rest_paginated(http, skus)
+        sku_map = load_sku_map(entry, registry_dir=registry_dir)
+        return await fetch_per_sku_post(http, skus, sku_map=sku_map)
+
+
+class SupplierClients(ConfigurableResource):
+    """HTTP clients for the REST suppliers of the registry: auth, rate limits, retries, validation."""
+
+    registry_path: str | None = Field(
+        default=None, description="supplier registry YAML; default $SUPPLIER_REGISTRY or the packaged one"
+    )
+    _registry: Registry | None = PrivateAttr(default=None)
+
+    def registry(self) -> Registry:
+        """The supplier registry this resource serves (loaded once per resource instance)."""
+        if self._registry is None:
+            self._registry = load_registry(self.registry_path)
+        return self._registry
+
+    def entry(self, supplier_id: str) -> SupplierEntry:
+        """One supplier's registry entry; an unknown id is a KeyError naming the known ones."""
+        registry = self.registry()
+        try:
+            return registry.by_id[supplier_id]
+        except KeyError:
+            raise KeyError(
+                f"unknown supplier {supplier_id!r} (registry has: {', '.join(registry.order)})"
+            ) from None
+
+    async def afetch_offers(
+        self, supplier_id: str, skus: Sequence[str], *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> FetchResult:
+        """Fetch and validate a supplier's offers for SKUs (async); secrets are read from env now."""
+        registry = self.registry()
+        source = Path(registry.source)
+        return await fetch_supplier_offers(
+            self.entry(supplier_id),
+            skus,
+            known_currencies=set(registry.fx_rates()),
+            registry_dir=source.parent if source.exists() else None,
+            environ=os.environ,
+            transport=transport,
+        )
+
+    def fetch_offers(self, supplier_id: str, skus: list[str]) -> FetchResult:
+        """Fetch and validate a supplier's offers for SKUs; raises SupplierError when the supplier fails."""
+        return asyncio.run(self.afetch_offers(supplier_id, skus))

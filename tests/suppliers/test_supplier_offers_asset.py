@@ -1,0 +1,248 @@
+"""The supplier_offers/<id> assets, materialized against the sandbox through a real Dagster instance."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+from dagster import AssetKey, DagsterInstance, asset, materialize
+
+from pricing_assets.logic.batching import assign_batches
+from pricing_assets.partitions import catalog_batch_partitions
+from pricing_assets.supplier_offers import build_supplier_offer_assets, offers_asset_key
+from resources.config import Registry, load_registry
+from resources.runtime import RuntimeConfig
+from resources.schemas import CATALOG_SCHEMA, OFFERS_SCHEMA, QUARANTINE_SCHEMA
+from resources.suppliers import SupplierClients
+from resources.warehouse import Warehouse, WarehouseIOManager
+from tests.suppliers.conftest import FAST_LIMIT, FAST_RETRY, SANDBOX_WORLD
+
+BATCHES = 4
+PARTITIONS = catalog_batch_partitions(BATCHES)
+BATCH = "batch-001"
+PLOTTABLE = (
+    "rows",
+    "rejected",
+    "requests",
+    "retries",
+    "throttled",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "duration_s",
+)
+
+
+def world_catalog() -> pl.DataFrame:
+    rows = [{name: row[name] for name in CATALOG_SCHEMA} for row in SANDBOX_WORLD.catalog]
+    return assign_batches(pl.DataFrame(rows, schema=CATALOG_SCHEMA), BATCHES)
+
+
+@asset(name="catalog")
+def catalog_stub() -> pl.DataFrame:
+    """Stand-in for the catalog asset (which reads the storefront): the sandbox world's catalog."""
+    return world_catalog()
+
+
+def batch_skus(batch: str) -> set[str]:
+    catalog = world_catalog()
+    return set(catalog.filter((pl.col("batch") == batch) & pl.col("active"))["sku"])
+
+
+@pytest.fixture
+def registry_file(tmp_path: Path) -> Path:
+    """The packaged registry's REST suppliers with fast retries, as a YAML file."""
+    raw = load_registry().model_dump(mode="json", exclude={"source"})
+    raw["catalog_batches"] = BATCHES
+    raw["suppliers"] = [
+        {**entry, "retry": FAST_RETRY.model_dump(), "rate_limit": FAST_LIMIT.model_dump()}
+        for entry in raw["suppliers"]
+        if entry["kind"] != "cdn_file"
+    ]
+    path = tmp_path / "suppliers.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def harness(sandbox, registry_file: Path, tmp_path: Path):
+    """Materialize supplier assets for a batch in one instance, with the catalog already there."""
+    registry = load_registry(registry_file)
+    feeds = build_supplier_offer_assets(registry, PARTITIONS)
+    instance = DagsterInstance.ephemeral()
+    warehouse_dir = str(tmp_path / "warehouse")
+
+    def resources(service_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "io_manager": WarehouseIOManager(base_dir=warehouse_dir),
+            "warehouse": Warehouse(base_dir=warehouse_dir),
+            "service_config": RuntimeConfig(override_json=json.dumps(service_config or {})),
+            "suppliers": SupplierClients(registry_path=str(registry_file)),
+        }
+
+    materialize([catalog_stub], resources=resources(), instance=instance)
+
+    def run(
+        suppliers: list[str],
+        *,
+        partition_key: str | None = BATCH,
+        service_config: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+        extra: list | None = None,
+    ):
+        selection = [offers_asset_key(s) for s in suppliers] + [a.key for a in extra or []]
+        return materialize(
+            [catalog_stub, *feeds, *(extra or [])],
+            selection=selection,
+            partition_key=partition_key,
+            resources=resources(service_config),
+            instance=instance,
+            tags=tags,
+            raise_on_error=False,
+        )
+
+    return _Harness(run=run, warehouse=Warehouse(base_dir=warehouse_dir), registry=registry, feeds=feeds)
+
+
+class _Harness:
+    def __init__(self, *, run, warehouse: Warehouse, registry: Registry, feeds: list) -> None:
+        self.run = run
+        self.warehouse = warehouse
+        self.registry = registry
+        self.feeds = feeds
+
+
+def materializations(result) -> dict[str, Any]:
+    return {
+        event.asset_key.path[-1]: event.materialization for event in result.get_asset_materialization_events()
+    }
+
+
+def test_definitions_carry_pool_freshness_partitions_and_blocking_check(registry_file):
+    feeds = {a.key: a for a in build_supplier_offer_assets(load_registry(registry_file), PARTITIONS)}
+    assert set(feeds) == {offers_asset_key(s) for s in ("alpha", "beta", "gamma")}
+    alpha = feeds[offers_asset_key("alpha")]
+    assert alpha.op.pool == "supplier_alpha"
+    assert alpha.partitions_def == PARTITIONS
+    assert alpha.backfill_policy.max_partitions_per_run == 16
+    spec = next(iter(alpha.specs))
+    assert spec.freshness_policy.fail_window.to_timedelta() == timedelta(minutes=30)
+    assert spec.freshness_policy.warn_window.to_timedelta() == timedelta(minutes=10)
+    checks = {spec.name: spec.blocking for spec in alpha.check_specs}
+    assert checks == {"rejected_share": True, "supplier_reachable": False}
+    assert AssetKey("catalog") in alpha.dependency_keys
+
+
+def test_every_feed_materializes_its_batch_with_plottable_metadata(harness):
+    result = harness.run(["alpha", "beta", "gamma"])
+    assert result.success
+    events = materializations(result)
+    skus = batch_skus(BATCH)
+    for supplier in ("alpha", "beta", "gamma"):
+        metadata = events[supplier].metadata
+        for name in PLOTTABLE:
+            assert isinstance(metadata[name].value, int | float), (supplier, name)
+        frame = harness.warehouse.read(["supplier_offers", supplier], BATCH)
+        assert frame.columns == [*OFFERS_SCHEMA, "batch"]
+        assert set(frame["sku"]) == skus & set(SANDBOX_WORLD.offers(supplier))
+        assert metadata["rows"].value == frame.height
+        assert metadata["rejected"].value == 0
+        assert frame["batch"].unique().to_list() == [BATCH]
+        quarantine = harness.warehouse.read(["supplier_quarantine", supplier], BATCH)
+        assert quarantine.height == 0 and quarantine.columns == [*QUARANTINE_SCHEMA, "batch"]
+    assert events["gamma"].metadata["requests"].value == len(skus)
+    checks = {(e.asset_key.path[-1], e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {
+        (s, c): True for s in ("alpha", "beta", "gamma") for c in ("supplier_reachable", "rejected_share")
+    }
+
+
+def test_ranged_run_writes_one_file_per_batch(harness):
+    tags = {
+        "dagster/asset_partition_range_start": "batch-000",
+        "dagster/asset_partition_range_end": "batch-003",
+    }
+    result = harness.run(["alpha"], partition_key=None, tags=tags)
+    assert result.success
+    for batch in PARTITIONS.get_partition_keys():
+        frame = harness.warehouse.read(["supplier_offers", "alpha"], batch)
+        assert set(frame["sku"]) == batch_skus(batch) & set(SANDBOX_WORLD.offers("alpha"))
+
+
+def test_quarantine_is_written_and_counted(harness, sandbox):
+    sandbox.control(faults={"alpha": {"bad_rows": 4, "duplicate_conflicts": 1}})
+    result = harness.run(["alpha"])
+    assert result.success
+    injected = sandbox.counters()["alpha.bad_rows"]
+    assert injected == 6
+    quarantine = harness.warehouse.read(["supplier_quarantine", "alpha"], BATCH)
+    assert quarantine.height == injected
+    assert materializations(result)["alpha"].metadata["rejected"].value == injected
+    assert "conflicting duplicate sku" in materializations(result)["alpha"].metadata["reasons"].value
+
+
+def test_rejected_share_over_threshold_fails_and_publishes_nothing(harness, sandbox):
+    assert harness.run(["alpha"]).success
+    before = harness.warehouse.read(["supplier_offers", "alpha"], BATCH)
+    sandbox.control(faults={"alpha": {"bad_rows": 1000}})
+    result = harness.run(["alpha"], service_config={"quarantine_max_share": "0.2"})
+    assert not result.success
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["supplier_reachable"].passed
+    evaluation = checks["rejected_share"]
+    assert not evaluation.passed and evaluation.metadata["rejected_share"].value == 1.0
+    assert "alpha" not in materializations(result)
+    # The last good offers stay; the rejects are there for a human to read.
+    assert harness.warehouse.read(["supplier_offers", "alpha"], BATCH).equals(before)
+    assert harness.warehouse.read(["supplier_quarantine", "alpha"], BATCH).height == before.height
+
+
+def best_offers_asset(harness):
+    from pricing_assets.offers import build_best_offers_asset
+
+    return build_best_offers_asset(harness.registry, PARTITIONS)
+
+
+def test_one_supplier_down_others_and_best_offers_still_materialize(harness, sandbox):
+    assert harness.run(["alpha", "beta", "gamma"]).success
+    before = harness.warehouse.read(["supplier_offers", "alpha"], BATCH)
+    sandbox.control(faults={"alpha": {"outage": True, "retry_after": 0}})
+    best = best_offers_asset(harness)
+    result = harness.run(["alpha", "beta", "gamma"], extra=[best])
+    assert result.success
+    events = materializations(result)
+    assert {"beta", "gamma", "best_offers"} <= set(events)
+    # The outage is visible: a failed check and metadata naming the endpoint and status.
+    checks = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
+    down = checks[("alpha", "supplier_reachable")]
+    assert not down.passed and down.severity.value == "ERROR"
+    assert "failed after 3 attempts" in down.description and "HTTP 503" in down.description
+    assert events["alpha"].metadata["status"].value == 503 and events["alpha"].metadata["requests"].value == 3
+    assert checks[("beta", "supplier_reachable")].passed
+    # Alpha's last good offers stay in place and still count for best offers (within staleness_ttl).
+    assert harness.warehouse.read(["supplier_offers", "alpha"], BATCH).equals(before)
+    chosen = harness.warehouse.read(["best_offers"], BATCH)
+    assert set(chosen["sku"]) == batch_skus(BATCH)
+    assert {"alpha", "beta", "gamma"} <= set(chosen["supplier"].drop_nulls())
+
+
+def test_disabled_supplier_is_skipped_visibly_and_left_out_of_best_offers(harness, sandbox):
+    assert harness.run(["beta"]).success  # beta has offers on file from before it was switched off
+    sandbox.control(reset=True)
+    config = {"suppliers": {"beta": {"enabled": False}}}
+    result = harness.run(["alpha", "beta"], service_config=config, extra=[best_offers_asset(harness)])
+    assert result.success
+    events = materializations(result)
+    assert events["beta"].metadata["skipped"].value == "disabled"
+    assert "rows" not in events["beta"].metadata
+    checks = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
+    assert checks[("beta", "rejected_share")].metadata["skipped"].value == "disabled"
+    assert sandbox.counters().get("beta.requests", 0) == 0
+    chosen = harness.warehouse.read(["best_offers"], BATCH)
+    assert "beta" not in set(chosen["supplier"].drop_nulls())
+    assert "beta" not in set(chosen["runner_up_supplier"].drop_nulls())
+    assert "alpha" in set(chosen["supplier"].drop_nulls())

@@ -1,0 +1,293 @@
+"""`supplier_files/<supplier>`: encrypted CDN price files, downloaded, decrypted and cached as Parquet.
+
+One unpartitioned asset per `cdn_file` supplier in the registry. A run does a conditional GET; an
+unchanged file (304, or the same bytes) is not decrypted again. A new file is decrypted, parsed,
+validated and written atomically; on any failure the previous Parquet stays and the run fails with a
+`dagster.Failure` naming the cause. `supplier_offers/<supplier>` batch slices read the cache through
+`read_cached_offers` (no network). State (ETag, Last-Modified, content hash, when the CDN last
+confirmed the file) lives in a JSON sidecar next to the Parquet.
+"""
+
+import hashlib
+import time
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    AssetSelection,
+    DataVersion,
+    DefaultScheduleStatus,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    ScheduleDefinition,
+    asset,
+    define_asset_job,
+)
+
+from resources.cdn_crypto import BadRowsError, CdnFeedError, CdnHttpError
+from resources.cdn_file import CdnFile, PriceFile, decrypt_price_file
+from resources.config import ConfigError, Registry, SupplierEntry
+from resources.runtime import RuntimeConfig
+from resources.schemas import OFFERS_SCHEMA, UTC_TS, empty_frame
+from resources.warehouse import Warehouse
+
+KEY_PREFIX = "supplier_files"
+STATE_NAME = "state"
+SCHEDULE_CRON = "*/30 * * * *"
+
+
+def cache_key(supplier_id: str) -> list[str]:
+    """Warehouse key path of a supplier's cached offers: supplier_files/<id>.parquet."""
+    return [KEY_PREFIX, supplier_id]
+
+
+def quarantine_key(supplier_id: str) -> list[str]:
+    """Warehouse key path of the rows the last accepted file had rejected."""
+    return ["supplier_files_quarantine", supplier_id]
+
+
+def check_quality(price_file: PriceFile, *, max_share: float) -> None:
+    """Refuse a file with no valid rows, or with more than max_share of its rows quarantined."""
+    good, bad = price_file.offers.height, price_file.quarantine.height
+    if good == 0:
+        raise BadRowsError(f"no valid rows ({bad} quarantined)")
+    if bad / (good + bad) > max_share:
+        reasons = price_file.quarantine.get_column("reason").value_counts(sort=True).head(3).rows()
+        top = ", ".join(f"{reason} x{count}" for reason, count in reasons)
+        raise BadRowsError(f"{bad} of {good + bad} rows failed validation (over {max_share:.0%}): {top}")
+
+
+def cache_price_file(
+    path: Path,
+    entry: SupplierEntry,
+    *,
+    passphrase: bytes,
+    warehouse: Warehouse,
+    fetched_at: datetime,
+    known_currencies: Collection[str],
+    quarantine_max_share: float,
+) -> PriceFile:
+    """Decrypt, parse and validate a downloaded file, then publish it as the supplier's cache."""
+    assert entry.cdn is not None, "only cdn_file suppliers have files"
+    with path.open("rb") as source:
+        price_file = decrypt_price_file(
+            source,
+            entry.cdn,
+            passphrase,
+            supplier=entry.id,
+            fetched_at=fetched_at,
+            known_currencies=known_currencies,
+        )
+    check_quality(price_file, max_share=quarantine_max_share)
+    # Quarantine first: the offers write is the one that makes the new file current.
+    warehouse.write(price_file.quarantine, quarantine_key(entry.id))
+    warehouse.write(price_file.offers, cache_key(entry.id))
+    return price_file
+
+
+def read_cached_offers(
+    warehouse: Warehouse,
+    supplier_id: str,
+    skus: Sequence[str],
+    *,
+    staleness_ttl: timedelta | None = None,
+    now: datetime | None = None,
+) -> pl.DataFrame:
+    """The cached offers for these SKUs (OFFERS_SCHEMA), no network; empty when nothing is cached.
+
+    fetched_at is when the CDN last confirmed the file (a 304 counts), so offers age out only when
+    the feed stops confirming them. With staleness_ttl, offers older than that are left out.
+    """
+    key = cache_key(supplier_id)
+    path = warehouse.path(key)
+    if not path.exists():
+        return empty_frame(OFFERS_SCHEMA)
+    wanted = pl.Series("sku", list(skus), dtype=pl.String).implode()
+    if getattr(path, "protocol", "") in ("", "file", "local"):
+        offers = pl.scan_parquet(str(path)).filter(pl.col("sku").is_in(wanted)).collect()
+    else:
+        offers = warehouse.read(key).filter(pl.col("sku").is_in(wanted))
+    state = warehouse.read_json(key, STATE_NAME) or {}
+    if state.get("confirmed_at"):
+        confirmed = datetime.fromisoformat(state["confirmed_at"])
+        # max(): a refresh writes the Parquet before the state, so the state may be the older one.
+        offers = offers.with_columns(
+            fetched_at=pl.max_horizontal(pl.col("fetched_at"), pl.lit(confirmed, dtype=UTC_TS))
+        )
+    if staleness_ttl is not None:
+        cutoff = (now or datetime.now(UTC)) - staleness_ttl
+        offers = offers.filter(pl.col("fetched_at") >= cutoff)
+    return offers.select([pl.col(name).cast(dtype) for name, dtype in OFFERS_SCHEMA.items()])
+
+
+def _settings_fingerprint(entry: SupplierEntry, url: str) -> str:
+    assert entry.cdn is not None
+    return hashlib.sha256(f"{url}\n{entry.cdn.model_dump_json()}".encode()).hexdigest()[:16]
+
+
+def _cache_metadata(state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "previous_cache_rows": state.get("rows"),
+        "previous_cache_fetched_at": state.get("fetched_at"),
+        "previous_cache_confirmed_at": state.get("confirmed_at"),
+    }
+
+
+def _refresh(
+    context: AssetExecutionContext,
+    entry: SupplierEntry,
+    known_currencies: Collection[str],
+    warehouse: Warehouse,
+    service_config: RuntimeConfig,
+    cdn_files: CdnFile,
+) -> MaterializeResult:
+    config = service_config.load()
+    if not config.enabled(entry.id):
+        context.log.info(f"supplier {entry.id} is disabled in SERVICE_CONFIG: file not fetched")
+        return MaterializeResult(metadata={"skipped": "disabled"})
+    key = cache_key(entry.id)
+    state: dict[str, Any] = warehouse.read_json(key, STATE_NAME) or {}
+    has_cache = warehouse.exists(key)
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    try:
+        passphrase = cdn_files.passphrase(entry)
+        client, url = cdn_files.client(entry), cdn_files.url(entry)
+        # Conditional only with a cache made from this URL and these settings: a registry change
+        # (new KDF, header, ...) must re-read the file even if the CDN has not changed it.
+        fingerprint = _settings_fingerprint(entry, url)
+        conditional = has_cache and state.get("settings") == fingerprint
+        etag = state.get("etag") if conditional else None
+        last_modified = state.get("last_modified") if conditional else None
+        with client.download(url, etag=etag, last_modified=last_modified) as download:
+            if download.unchanged and not conditional:
+                raise CdnHttpError("HTTP 304 to a request without validators: nothing to keep")
+            same_bytes = (
+                conditional and download.sha256 is not None and download.sha256 == state.get("sha256")
+            )
+            if download.unchanged or same_bytes:
+                state.update(
+                    confirmed_at=now.isoformat(),
+                    etag=download.etag or state.get("etag"),
+                    last_modified=download.last_modified or state.get("last_modified"),
+                    last_error=None,
+                )
+                warehouse.write_json(state, key, STATE_NAME)
+                context.log.info(f"{entry.id}: file unchanged (HTTP {download.status_code}), not decrypted")
+                return MaterializeResult(
+                    metadata={
+                        "unchanged": True,
+                        "http_status": download.status_code,
+                        "rows": state.get("rows"),
+                        "etag": str(state.get("etag")),
+                        "fetched_at": str(state.get("fetched_at")),
+                        "confirmed_at": now.isoformat(),
+                    },
+                    data_version=DataVersion(state["sha256"]) if state.get("sha256") else None,
+                )
+            assert download.path is not None
+            price_file = cache_price_file(
+                download.path,
+                entry,
+                passphrase=passphrase,
+                warehouse=warehouse,
+                fetched_at=now,
+                known_currencies=known_currencies,
+                quarantine_max_share=float(config.quarantine_max_share),
+            )
+    except (CdnFeedError, ConfigError) as exc:
+        cause = exc.cause if isinstance(exc, CdnFeedError) else "config"
+        state["last_error"] = {"cause": cause, "message": str(exc), "at": now.isoformat()}
+        warehouse.write_json(state, key, STATE_NAME)
+        kept = "previous cache kept" if has_cache else "no previous cache"
+        raise Failure(
+            description=f"supplier_files/{entry.id}: {exc} ({kept})",
+            metadata={"cause": cause, "previous_cache": has_cache, **_cache_metadata(state)},
+            # Only a network problem can go away by itself; a bad file stays bad until replaced.
+            allow_retries=cause == "http_error",
+        ) from None
+    state = {
+        "settings": fingerprint,
+        "etag": download.etag,
+        "last_modified": download.last_modified,
+        "sha256": download.sha256,
+        "fetched_at": now.isoformat(),
+        "confirmed_at": now.isoformat(),
+        "rows": price_file.offers.height,
+        "quarantined": price_file.quarantine.height,
+        "last_error": None,
+    }
+    warehouse.write_json(state, key, STATE_NAME)
+    reasons = price_file.quarantine.get_column("reason").value_counts(sort=True).head(10)
+    return MaterializeResult(
+        metadata={
+            "unchanged": False,
+            "rows": price_file.offers.height,
+            "quarantined": price_file.quarantine.height,
+            "quarantine_reasons": MetadataValue.json(dict(reasons.rows())),
+            "bytes": download.size,
+            "plaintext_bytes": price_file.plaintext_bytes,
+            "base64": price_file.base64,
+            "etag": str(download.etag),
+            "last_modified": str(download.last_modified),
+            "attempts": download.attempts,
+            "seconds": round(time.perf_counter() - started, 3),
+            "path": MetadataValue.path(str(warehouse.path(key))),
+        },
+        data_version=DataVersion(download.sha256 or now.isoformat()),
+    )
+
+
+def _build_one(entry: SupplierEntry, known_currencies: Collection[str]) -> AssetsDefinition:
+    assert entry.cdn is not None
+
+    @asset(
+        key=AssetKey(cache_key(entry.id)),
+        pool=entry.pool,
+        group_name="supplier_feeds",
+        kinds={"parquet"},
+        description=(
+            f"Supplier {entry.id}'s encrypted CDN price file ({entry.cdn.kdf}/{entry.cdn.digest}), "
+            "decrypted, validated and cached as Parquet."
+        ),
+        metadata={"supplier": entry.id, "cdn_path": entry.cdn.path},
+    )
+    def supplier_file(
+        context: AssetExecutionContext,
+        warehouse: Warehouse,
+        service_config: RuntimeConfig,
+        cdn_files: CdnFile,
+    ) -> MaterializeResult:
+        """The supplier's decrypted price file as validated offers, cached as Parquet."""
+        return _refresh(context, entry, known_currencies, warehouse, service_config, cdn_files)
+
+    return supplier_file
+
+
+def build_supplier_file_assets(registry: Registry) -> list[AssetsDefinition]:
+    """One `supplier_files/<id>` asset per `cdn_file` supplier in the registry."""
+    known = set(registry.fx_rates())
+    return [_build_one(entry, known) for entry in registry.suppliers if entry.kind == "cdn_file"]
+
+
+def build_supplier_file_schedule(
+    assets: Sequence[AssetsDefinition],
+    *,
+    default_status: DefaultScheduleStatus = DefaultScheduleStatus.RUNNING,
+) -> ScheduleDefinition:
+    """Every 30 minutes (UTC), refresh all supplier files; unchanged files cost one conditional GET."""
+    job = define_asset_job("supplier_files_job", selection=AssetSelection.assets(*assets))
+    return ScheduleDefinition(
+        name="supplier_files_schedule",
+        job=job,
+        cron_schedule=SCHEDULE_CRON,
+        execution_timezone="UTC",
+        default_status=default_status,
+    )

@@ -1,0 +1,496 @@
+"""supplier_files/<supplier> against the sandbox CDN over real HTTP, and the download client's rules."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import httpx
+import polars as pl
+import pytest
+
+from pricing_assets import supplier_files as sf
+from resources.cdn_crypto import CdnHttpError, TooLargeError, TruncatedError
+from resources.cdn_file import CdnFile, CdnFileClient
+from resources.config import Registry, RetryConfig
+from resources.runtime import RuntimeConfig
+from resources.schemas import OFFERS_SCHEMA
+from resources.warehouse import Warehouse
+from tests.conftest import SANDBOX_ENV, Sandbox
+
+PASSPHRASE = SANDBOX_ENV["DELTA_CDN_PASSPHRASE"]
+KEY = ["supplier_files", "delta"]
+
+
+def make_registry(url: str, **cdn: Any) -> Registry:
+    """A registry with only the CDN supplier, pointed at the sandbox, retrying fast."""
+    return Registry.model_validate(
+        {
+            "store_currency": "EUR",
+            "fx": {"USD": "0.92", "GBP": "1.17"},
+            "suppliers": [
+                {
+                    "id": "delta",
+                    "kind": "cdn_file",
+                    "base_url": f"{url}/cdn",
+                    "timeout_seconds": 5,
+                    "retry": {
+                        "max_attempts": 2,
+                        "backoff_initial_seconds": 0.01,
+                        "backoff_max_seconds": 0.05,
+                    },
+                    "cdn": {
+                        "path": "/delta/prices.csv.enc",
+                        "passphrase_env": "DELTA_CDN_PASSPHRASE",
+                        "kdf": "pbkdf2",
+                        "digest": "sha256",
+                        "iterations": 10000,
+                        "base64": "auto",
+                        **cdn,
+                    },
+                }
+            ],
+        }
+    )
+
+
+class Feed:
+    """Runs supplier_files/delta with resources pointed at a temp warehouse and the sandbox."""
+
+    def __init__(self, sandbox: Sandbox, tmp_path: Path) -> None:
+        self.sandbox = sandbox
+        self.warehouse = Warehouse(base_dir=str(tmp_path / "warehouse"))
+        self.tmp_dir = tmp_path / "downloads"
+        self.tmp_dir.mkdir()
+        self.service_config = "{}"
+
+    def run(self, **cdn: Any) -> dg.ExecuteInProcessResult:
+        """Materialize the asset once (not raising on failure)."""
+        assets = sf.build_supplier_file_assets(make_registry(self.sandbox.url, **cdn))
+        return dg.materialize(
+            assets,
+            resources={
+                "warehouse": self.warehouse,
+                "service_config": RuntimeConfig(override_json=self.service_config),
+                "cdn_files": CdnFile(tmp_dir=str(self.tmp_dir)),
+            },
+            raise_on_error=False,
+        )
+
+    def metadata(self, result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+        """The materialization's metadata as plain values."""
+        assert result.success, self.failure(result)
+        [event] = result.get_asset_materialization_events()
+        return {k: v.value for k, v in event.materialization.metadata.items()}
+
+    @staticmethod
+    def failure(result: dg.ExecuteInProcessResult) -> str:
+        """The step failure's description (empty when the run succeeded)."""
+        failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        if not failures:
+            return ""
+        error = failures[0].step_failure_data.user_failure_data
+        return error.description if error else str(failures[0].step_failure_data.error)
+
+    def cache_bytes(self) -> bytes:
+        """The cached Parquet file's bytes."""
+        return Path(str(self.warehouse.path(KEY))).read_bytes()
+
+    def state(self) -> dict[str, Any]:
+        """The JSON sidecar."""
+        return self.warehouse.read_json(KEY, "state") or {}
+
+    def served_rows(self) -> list[tuple[str, Decimal, str, int | None]]:
+        """What the sandbox serves right now, decrypted by the real openssl CLI (the oracle)."""
+        return sorted(
+            (r["sku"], Decimal(r["price"]), r["currency"], int(r["stock"]) if r["stock"] else None)
+            for r in csv.DictReader(io.StringIO(self.served_plaintext().decode()))
+        )
+
+    def served_plaintext(self) -> bytes:
+        """The file the sandbox serves right now, decrypted by the openssl CLI."""
+        body = httpx.get(f"{self.sandbox.url}/cdn/delta/prices.csv.enc", timeout=10).content
+        openssl = shutil.which("openssl")
+        assert openssl, "the openssl CLI is required"
+        args = ["-a"] if body.startswith(b"U2FsdGVk") else []
+        return subprocess.run(
+            [openssl, "enc", "-d", "-aes-256-cbc", "-pbkdf2", *args, "-pass", "env:P"],
+            input=body,
+            capture_output=True,
+            check=True,
+            env={"P": PASSPHRASE, "PATH": "/usr/bin:/bin"},
+        ).stdout
+
+
+@pytest.fixture
+def feed(sandbox: Sandbox, tmp_path: Path) -> Feed:
+    """A feed runner on a reset sandbox and an empty warehouse."""
+    return Feed(sandbox, tmp_path)
+
+
+def cached_rows(feed: Feed) -> list[tuple[str, Decimal, str, int | None]]:
+    """The cached offers as comparable tuples."""
+    return sorted(feed.warehouse.read(KEY).select("sku", "price", "currency", "stock").iter_rows())
+
+
+# ---------------------------------------------------------------- the asset against the sandbox
+
+
+def test_first_run_caches_exactly_the_served_rows(feed: Feed) -> None:
+    meta = feed.metadata(feed.run())
+    assert meta["unchanged"] is False
+    assert cached_rows(feed) == feed.served_rows()
+    assert meta["rows"] == len(feed.served_rows()) > 100
+    assert meta["quarantined"] == 0
+    assert meta["base64"] is True  # the registry default makes the sandbox serve `openssl -a` text
+    assert feed.warehouse.read(KEY).schema == pl.Schema(OFFERS_SCHEMA)
+    assert feed.state()["etag"] == meta["etag"]
+    assert list(feed.tmp_dir.iterdir()) == []  # the download was cleaned up
+
+
+def test_unchanged_file_is_not_decrypted_again(feed: Feed, monkeypatch: pytest.MonkeyPatch) -> None:
+    feed.metadata(feed.run())
+    before = feed.cache_bytes()
+    first_confirmed = feed.state()["confirmed_at"]
+
+    def must_not_decrypt(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an unchanged file was decrypted again")
+
+    monkeypatch.setattr(sf, "cache_price_file", must_not_decrypt)
+    meta = feed.metadata(feed.run())
+    assert meta["unchanged"] is True
+    assert meta["http_status"] == 304
+    assert feed.sandbox.counters()["cdn.delta.not_modified"] == 1
+    assert feed.cache_bytes() == before
+    assert feed.state()["confirmed_at"] > first_confirmed
+
+
+def test_regenerated_file_is_downloaded_and_decrypted_again(feed: Feed) -> None:
+    first = feed.metadata(feed.run())
+    httpx.post(f"{feed.sandbox.url}/cdn/delta/regenerate", timeout=10).raise_for_status()
+    second = feed.metadata(feed.run())
+    assert second["unchanged"] is False
+    assert second["etag"] != first["etag"]
+    assert cached_rows(feed) == feed.served_rows()
+
+
+def test_changed_registry_settings_bypass_the_conditional_get(feed: Feed) -> None:
+    feed.metadata(feed.run())
+    before = feed.cache_bytes()
+    result = feed.run(kdf="evp_bytestokey")  # same file on the CDN, wrong KDF configured now
+    assert not result.success
+    assert "bad_decrypt" in feed.failure(result)
+    assert feed.cache_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("faults", "cdn", "cause"),
+    [
+        ({"rekeyed": True}, {}, "bad_decrypt"),
+        ({"truncated": True}, {}, "truncated"),
+        ({"base64": "no"}, {"kdf": "evp_bytestokey", "digest": "md5"}, "bad_decrypt"),
+        ({"outage": True}, {}, "http_error"),
+        ({"status": 404}, {}, "http_error"),
+        ({"base64": "no"}, {"max_bytes": 1000}, "too_large"),
+        ({"bad_rows": 100_000}, {}, "bad_rows"),
+        ({"base64": "no"}, {"base64": "yes"}, "bad_magic"),
+    ],
+    ids=["rekeyed", "truncated", "wrong-kdf", "outage", "not-found", "too-large", "bad-rows", "not-base64"],
+)
+def test_failures_keep_the_previous_cache_and_name_the_cause(
+    feed: Feed, faults: dict[str, Any], cdn: dict[str, Any], cause: str
+) -> None:
+    good = feed.metadata(feed.run())
+    before = feed.cache_bytes()
+    offers_before = sf.read_cached_offers(feed.warehouse, "delta", ["SKU-000000", "SKU-000001", "SKU-000002"])
+    feed.sandbox.control(faults={"delta": faults})
+
+    result = feed.run(**cdn)
+
+    assert not result.success
+    description = feed.failure(result)
+    if cause == "bad_decrypt" and "unexpected_header" in description:
+        # The 1 wrong key in 256 whose padding happens to check out is caught by the header.
+        cause = "unexpected_header"
+    assert description.startswith(f"supplier_files/delta: {cause}:"), description
+    assert "previous cache kept" in description
+    assert PASSPHRASE not in description
+    assert feed.cache_bytes() == before
+    assert feed.state()["last_error"]["cause"] == cause
+    assert feed.state()["etag"] == good["etag"]
+    after = sf.read_cached_offers(feed.warehouse, "delta", ["SKU-000000", "SKU-000001", "SKU-000002"])
+    assert after.equals(offers_before)
+    assert PASSPHRASE not in json.dumps(feed.state())
+
+
+def test_a_few_bad_rows_are_quarantined_and_the_rest_cached(feed: Feed) -> None:
+    feed.sandbox.control(faults={"delta": {"bad_rows": 3}})
+    meta = feed.metadata(feed.run())
+    quarantine = feed.warehouse.read(sf.quarantine_key("delta"))
+    assert meta["quarantined"] == quarantine.height == 3
+    assert set(quarantine.get_column("reason")) == {"price is not a decimal number"}
+    served = feed.served_plaintext().decode().splitlines()[1:]
+    assert sum("n/a" in line for line in served) == 3
+    assert meta["rows"] == len(served) - 3
+
+
+def test_corrupted_bytes_never_reach_the_cache_as_offers(feed: Feed) -> None:
+    feed.sandbox.control(faults={"delta": {"corrupted": 1}})
+    meta = feed.metadata(feed.run())
+    # One flipped ciphertext byte garbles its 16-byte block: the damaged line is quarantined.
+    assert meta["quarantined"] >= 1
+    quarantine = feed.warehouse.read(sf.quarantine_key("delta"))
+    cached = cached_rows(feed)
+    assert not {row[0] for row in cached} & set(quarantine.get_column("sku").drop_nulls())
+    feed.sandbox.control(faults={"delta": None})
+    clean = feed.served_rows()
+    assert set(cached) < set(clean)  # every cached row is a true row of the file
+    assert len(cached) >= len(clean) - 2 * meta["quarantined"]
+
+
+def test_disabled_supplier_is_skipped_visibly_without_a_request(feed: Feed) -> None:
+    feed.service_config = json.dumps({"suppliers": {"delta": {"enabled": False}}})
+    meta = feed.metadata(feed.run())
+    assert meta == {"skipped": "disabled"}
+    assert feed.sandbox.counters().get("cdn.delta.requests", 0) == 0
+    assert not feed.warehouse.exists(KEY)
+
+
+def test_missing_passphrase_is_a_failure_naming_the_variable(
+    feed: Feed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DELTA_CDN_PASSPHRASE")
+    result = feed.run()
+    assert not result.success
+    assert "DELTA_CDN_PASSPHRASE" in feed.failure(result)
+    assert "no previous cache" in feed.failure(result)
+
+
+def test_read_cached_offers_serves_the_cache_until_stale(feed: Feed) -> None:
+    assert sf.read_cached_offers(feed.warehouse, "delta", ["SKU-000000"]).height == 0  # nothing cached yet
+    feed.metadata(feed.run())
+    served = {row[0]: row for row in feed.served_rows()}
+    wanted = [*list(served)[:5], "SKU-NOT-THERE"]
+    offers = sf.read_cached_offers(feed.warehouse, "delta", wanted)
+    assert sorted(offers.get_column("sku")) == sorted(list(served)[:5])
+    assert offers.schema == pl.Schema(OFFERS_SCHEMA)
+    confirmed = datetime.fromisoformat(feed.state()["confirmed_at"])
+    ttl = timedelta(minutes=30)
+    fresh = sf.read_cached_offers(feed.warehouse, "delta", wanted, staleness_ttl=ttl, now=confirmed + ttl)
+    assert fresh.height == 5
+    stale = sf.read_cached_offers(
+        feed.warehouse, "delta", wanted, staleness_ttl=ttl, now=confirmed + ttl + timedelta(seconds=1)
+    )
+    assert stale.height == 0
+
+
+def test_a_304_keeps_the_cached_offers_fresh(feed: Feed) -> None:
+    feed.metadata(feed.run())
+    sku = feed.served_rows()[0][0]
+    first = sf.read_cached_offers(feed.warehouse, "delta", [sku]).get_column("fetched_at")[0]
+    feed.metadata(feed.run())  # 304
+    second = sf.read_cached_offers(feed.warehouse, "delta", [sku]).get_column("fetched_at")[0]
+    assert second > first
+
+
+def test_assets_schedule_and_pool_follow_the_registry() -> None:
+    registry = make_registry("http://127.0.0.1:9")
+    assets = sf.build_supplier_file_assets(registry)
+    assert [a.key for a in assets] == [dg.AssetKey(["supplier_files", "delta"])]
+    assert [a.op.pool for a in assets] == ["supplier_delta"]
+    schedule = sf.build_supplier_file_schedule(assets)
+    assert schedule.cron_schedule == "*/30 * * * *"
+    assert schedule.execution_timezone == "UTC"
+    defs = dg.Definitions(
+        assets=assets,
+        schedules=[schedule],
+        resources={
+            "warehouse": Warehouse(base_dir="/nonexistent"),
+            "service_config": RuntimeConfig(),
+            "cdn_files": CdnFile(),
+        },
+    )
+    job = defs.resolve_job_def(schedule.job_name)
+    assert set(job.asset_layer.executable_asset_keys) == {dg.AssetKey(["supplier_files", "delta"])}
+    no_files = Registry.model_validate(
+        {"suppliers": [{"id": "alpha", "kind": "rest_batch", "base_url": "http://127.0.0.1:9"}]}
+    )
+    assert sf.build_supplier_file_assets(no_files) == []
+
+
+# ---------------------------------------------------------------- download client rules
+
+
+class Recorder:
+    """A MockTransport handler answering from a script and recording requests."""
+
+    def __init__(self, *responses: httpx.Response | Exception | Callable[[], httpx.Response]) -> None:
+        self.responses = list(responses)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.responses.pop(0) if len(self.responses) > 1 else self.responses[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer() if callable(answer) else answer
+
+
+def client(handler: Recorder, sleeps: list[float], **kwargs: Any) -> CdnFileClient:
+    """A download client on a mock transport that records its sleeps instead of sleeping."""
+    retry = RetryConfig(max_attempts=3, backoff_initial_seconds=0.5, backoff_max_seconds=1.0)
+    return CdnFileClient(retry=retry, transport=httpx.MockTransport(handler), sleep=sleeps.append, **kwargs)
+
+
+URL = "http://cdn.invalid/delta/prices.csv.enc"
+
+
+def test_download_retries_server_errors_then_succeeds(tmp_path: Path) -> None:
+    handler = Recorder(
+        httpx.Response(500), httpx.ConnectError("refused"), httpx.Response(200, content=b"x" * 10)
+    )
+    sleeps: list[float] = []
+    with client(handler, sleeps, tmp_dir=str(tmp_path)).download(URL) as result:
+        assert result.path is not None and result.path.read_bytes() == b"x" * 10
+        assert result.attempts == 3
+        path = result.path
+    assert not path.exists()
+    assert len(sleeps) == 2 and all(0 <= s <= 1.0 for s in sleeps)
+
+
+def test_download_honours_retry_after_within_its_cap() -> None:
+    handler = Recorder(
+        httpx.Response(429, headers={"Retry-After": "7"}),
+        httpx.Response(503, headers={"Retry-After": "3600"}),
+        httpx.Response(200, content=b"ok"),
+    )
+    sleeps: list[float] = []
+    retry = RetryConfig(max_attempts=3, max_retry_after_seconds=60)
+    downloader = CdnFileClient(retry=retry, transport=httpx.MockTransport(handler), sleep=sleeps.append)
+    with downloader.download(URL) as result:
+        assert result.size == 2
+    assert sleeps == [7.0, 60.0]
+
+
+def test_download_gives_up_after_max_attempts() -> None:
+    handler = Recorder(httpx.Response(503))
+    sleeps: list[float] = []
+    with pytest.raises(CdnHttpError, match="HTTP 503") as caught, client(handler, sleeps).download(URL):
+        pass
+    assert len(handler.requests) == 3
+    assert caught.value.status_code == 503
+
+
+def test_client_errors_are_not_retried() -> None:
+    handler = Recorder(httpx.Response(403))
+    with pytest.raises(CdnHttpError, match="HTTP 403"), client(handler, []).download(URL):
+        pass
+    assert len(handler.requests) == 1
+
+
+def test_conditional_headers_are_sent_and_304_means_unchanged() -> None:
+    handler = Recorder(httpx.Response(304, headers={"ETag": '"v1"'}))
+    with client(handler, []).download(
+        URL, etag='"v1"', last_modified="Mon, 01 Jan 2024 00:00:00 GMT"
+    ) as result:
+        assert result.unchanged and result.path is None and result.etag == '"v1"'
+    sent = handler.requests[0].headers
+    assert sent["If-None-Match"] == '"v1"'
+    assert sent["If-Modified-Since"] == "Mon, 01 Jan 2024 00:00:00 GMT"
+
+
+def test_size_limit_applies_to_declared_and_streamed_length(tmp_path: Path) -> None:
+    declared = Recorder(httpx.Response(200, content=b"x" * 101))
+    with pytest.raises(TooLargeError), client(declared, [], max_bytes=100).download(URL):
+        pass
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(50):
+            yield b"y" * 10
+
+    streamed = Recorder(httpx.Response(200, content=chunks()))  # no Content-Length
+    with (
+        pytest.raises(TooLargeError),
+        client(streamed, [], max_bytes=100, tmp_dir=str(tmp_path)).download(URL),
+    ):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+class _CutStream(httpx.SyncByteStream):
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"partial"
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+
+def test_a_body_cut_short_is_truncated_after_retries(tmp_path: Path) -> None:
+    handler = Recorder(lambda: httpx.Response(200, stream=_CutStream()))
+    with pytest.raises(TruncatedError), client(handler, [], tmp_dir=str(tmp_path)).download(URL):
+        pass
+    assert len(handler.requests) == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_error_messages_leave_out_url_credentials_and_query() -> None:
+    handler = Recorder(httpx.Response(404))
+    url = "https://user:hunter2@cdn.invalid/prices.csv.enc?token=s3cret"
+    with pytest.raises(CdnHttpError) as caught, client(handler, []).download(url):
+        pass
+    message = str(caught.value)
+    assert "cdn.invalid/prices.csv.enc" in message
+    assert "s3cret" not in message and "hunter2" not in message
+
+
+# ---------------------------------------------------------------- the sandbox CDN itself
+
+
+@pytest.mark.parametrize(
+    ("settings", "openssl_args"),
+    [
+        ({"kdf": "evp_bytestokey", "digest": "md5", "base64": "one_line"}, ["-md", "md5", "-a", "-A"]),
+        (
+            {"iterations": 100000, "digest": "sha512", "base64": "no"},
+            ["-pbkdf2", "-iter", "100000", "-md", "sha512"],
+        ),
+    ],
+)
+def test_sandbox_serves_what_openssl_decrypts_in_the_configured_mode(
+    sandbox: Sandbox, settings: dict[str, Any], openssl_args: list[str]
+) -> None:
+    sandbox.control(faults={"delta": settings})
+    body = httpx.get(f"{sandbox.url}/cdn/delta/prices.csv.enc", timeout=10).content
+    openssl = shutil.which("openssl")
+    assert openssl, "the openssl CLI is required"
+    plain = subprocess.run(
+        [openssl, "enc", "-d", "-aes-256-cbc", *openssl_args, "-pass", "env:P"],
+        input=body,
+        capture_output=True,
+        check=True,
+        env={"P": PASSPHRASE, "PATH": "/usr/bin:/bin"},
+    ).stdout
+    assert plain.startswith(b"sku,price,currency,stock\nSKU-")
+
+
+def test_sandbox_conditional_get_regenerate_and_outage(sandbox: Sandbox) -> None:
+    url = f"{sandbox.url}/cdn/delta/prices.csv.enc"
+    first = httpx.get(url, timeout=10)
+    etag, modified = first.headers["ETag"], first.headers["Last-Modified"]
+    assert httpx.get(url, headers={"If-None-Match": etag}, timeout=10).status_code == 304
+    assert httpx.get(url, headers={"If-Modified-Since": modified}, timeout=10).status_code == 304
+    httpx.post(f"{sandbox.url}/cdn/delta/regenerate", timeout=10).raise_for_status()
+    second = httpx.get(url, headers={"If-None-Match": etag}, timeout=10)
+    assert second.status_code == 200 and second.headers["ETag"] != etag
+    assert second.content != first.content
+    sandbox.control(faults={"delta": {"outage": True, "retry_after": 2}})
+    outage = httpx.get(url, timeout=10)
+    assert outage.status_code == 503 and outage.headers["Retry-After"] == "2"
+    assert httpx.get(f"{sandbox.url}/cdn/nobody/prices.csv.enc", timeout=10).status_code == 404

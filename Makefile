@@ -5,14 +5,20 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: demo test lint format bench venv clean
+.PHONY: demo test lint format bench venv tools clean
 
 .tools/bin/uv:
 	python3 -m venv .tools
 	.tools/bin/pip install --quiet uv==$(UV_VERSION)
 
-venv: $(UV)
+venv: $(UV) tools
 	$(UV) sync --frozen --quiet
+
+# The CDN feed's tests encrypt with the real `openssl enc` CLI: install it when a machine lacks it.
+tools:
+	@command -v openssl >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openssl; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq openssl; fi; }
 
 demo: venv  ## sandbox suppliers + storefront + Dagster UI (http://127.0.0.1:3000)
 	$(VENV)/bin/python -m sandbox.demo

@@ -6,9 +6,9 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import polars as pl
 from dagster import (
@@ -42,25 +42,33 @@ def table_path(root: UPath, key_path: Sequence[str], partition: str | None = Non
     return root.joinpath(*key_path, f"{partition}.parquet")
 
 
-def _is_local(path: UPath) -> bool:
-    return getattr(path, "protocol", "") in ("", "file", "local")
+def _local_target(path: UPath) -> Path | None:
+    """The local filesystem path behind a UPath, or None for object storage."""
+    if getattr(path, "protocol", "") in ("", "file", "local"):
+        return Path(str(path.path if hasattr(path, "path") else path))
+    return None
+
+
+def _publish_atomic(target: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write via `write` into a temp file beside target, fsync, then rename over target."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_bytes_atomic(data: bytes, path: UPath) -> None:
     """Write bytes so that readers see the old file or the new one, never half of either."""
-    if _is_local(path):
-        target = Path(str(path.path if hasattr(path, "path") else path))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    target = _local_target(path)
+    if target is not None:
+        _publish_atomic(target, lambda handle: handle.write(data))
     else:
         # Object stores make a single PUT visible all at once, which is the atomicity we need.
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +76,13 @@ def write_bytes_atomic(data: bytes, path: UPath) -> None:
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: UPath) -> None:
-    """Serialize a frame to Parquet in memory, then publish it atomically at path."""
+    """Write a frame as Parquet and publish it atomically at path (streamed, no in-memory copy)."""
+    target = _local_target(path)
+    if target is not None:
+        _publish_atomic(
+            target, lambda handle: frame.write_parquet(handle, compression="zstd", statistics=True)
+        )
+        return
     buffer = io.BytesIO()
     frame.write_parquet(buffer, compression="zstd", statistics=True)
     write_bytes_atomic(buffer.getvalue(), path)

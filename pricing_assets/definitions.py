@@ -10,6 +10,7 @@ from pricing_assets.catalog import build_catalog_asset
 from pricing_assets.file_offers import build_file_offer_assets
 from pricing_assets.offers import build_best_offers_asset, build_storefront_prices_asset
 from pricing_assets.partitions import catalog_batch_partitions
+from pricing_assets.push_sensor import build_storefront_push_sensor, build_storefront_sync_job
 from pricing_assets.storefront_sync import build_storefront_sync_asset
 from pricing_assets.supplier_files import build_supplier_file_assets, build_supplier_file_schedule
 from pricing_assets.supplier_offers import build_supplier_offer_assets
@@ -69,12 +70,13 @@ def build_definitions_without_resources(registry: Registry) -> Definitions:
         *offer_keys, AssetKey("best_offers"), AssetKey("storefront_prices")
     )
     sweep_job = build_sweep_job(sweep_selection, batches)
+    sync_job = build_storefront_sync_job(batches)
     schedules = [build_supplier_file_schedule(file_assets)] if file_assets else []
     return Definitions(
         assets=assets,
-        jobs=[sweep_job],
+        jobs=[sweep_job, sync_job],
         schedules=schedules,
-        sensors=[build_price_sweep_sensor(sweep_job, batches)],
+        sensors=[build_price_sweep_sensor(sweep_job, batches), build_storefront_push_sensor(sync_job)],
     )
 
 

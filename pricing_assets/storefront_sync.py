@@ -1,42 +1,74 @@
-"""`storefront_sync`: push what changed to the storefront, exactly once, and keep its acknowledged state."""
+"""`storefront_sync`: push what changed to the storefront, exactly once, and keep its acknowledged state.
 
-from __future__ import annotations
+Exactly once (docs/storefront.md): every chunk is written to the batch's push journal *before* it
+is sent, with its exact entries (the Idempotency-Key is the hash of that content). The next sync
+first resends every journaled chunk the ledger does not hold, unchanged (same key, so the storefront
+answers 409 if it had applied it), and only then diffs the rest; SKUs of a chunk still in doubt are
+left out of the diff, so no change ever travels under two keys."""
 
 import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import polars as pl
 from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
+    BackfillPolicy,
     Failure,
     MetadataValue,
     PartitionsDefinition,
     asset,
 )
 
-from pricing_assets.offers import BATCH_BACKFILL_POLICY
 from resources.runtime import RuntimeConfig
 from resources.schemas import MONEY, UTC_TS
-from resources.storefront import PushStats, Storefront
+from resources.shopify import ShopifyStorefront, variants_from_catalog
+from resources.storefront import (
+    ACKNOWLEDGED,
+    DEFERRED,
+    ENTRY_SCHEMA,
+    IN_DOUBT,
+    REFUSED,
+    PushChunk,
+    PushOutcome,
+    PushStats,
+    Storefront,
+    StorefrontPusher,
+)
 from resources.warehouse import Warehouse
+
+# Same policy as the upstream pricing assets: one run may sync many batches.
+SYNC_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=16)
 
 # storefront_sync/<batch>: the storefront's acknowledged state per SKU (the push ledger).
 SYNC_SCHEMA: dict[str, pl.DataType] = {
     "sku": pl.String(),
-    "price": MONEY,
+    "price": MONEY,  # acknowledged price (null: never acknowledged)
     "currency": pl.String(),
     "available": pl.Boolean(),
     "supplier": pl.String(),
-    "version": pl.Int64(),
+    "version": pl.Int64(),  # per-SKU change counter, +1 per acknowledged change
     "acknowledged_at": UTC_TS,
-    "idempotency_key": pl.String(),
-    "pending_status": pl.String(),  # null (in sync) | would_push (dry run) | failed | held
+    "idempotency_key": pl.String(),  # key of the push that the storefront acknowledged
+    # null (in sync) | would_push (dry run) | held (guard) | refused | deferred | in_doubt
+    "pending_status": pl.String(),
     "pending_price": MONEY,
     "pending_error": pl.String(),
 }
+PENDING_STATUSES = ("would_push", "held", REFUSED, DEFERRED, IN_DOUBT)
 _COMPARED = ("price", "available", "supplier")
+LOGGED_WOULD_PUSH = 50
+LEDGER_KEY = ["storefront_sync"]
+# Internal state, not an analyst table: <WAREHOUSE_DIR>/_journal/storefront_sync/<batch>.parquet.
+JOURNAL_KEY = ["_journal", "storefront_sync"]
+# Push entries as sent, tagged with the request (chunk) they went in and its Idempotency-Key.
+JOURNAL_SCHEMA: dict[str, pl.DataType] = {"chunk": pl.Int64(), "key": pl.String(), **ENTRY_SCHEMA}
 
 
 def empty_ledger() -> pl.DataFrame:
@@ -76,50 +108,309 @@ def compute_changes(targets: pl.DataFrame, ledger: pl.DataFrame) -> pl.DataFrame
     )
 
 
+def entry_frame(changes: pl.DataFrame) -> pl.DataFrame:
+    """Changes as push entries: the price becomes its exact decimal string (never a float)."""
+    return changes.select([pl.col(name).cast(dtype) for name, dtype in ENTRY_SCHEMA.items()])
+
+
 def to_entries(changes: pl.DataFrame) -> list[dict[str, Any]]:
-    """Push protocol entries: price as a decimal string, never a float."""
+    """Push protocol entries {sku, price (decimal string), currency, available, supplier, version}."""
+    return entry_frame(changes).to_dicts()
+
+
+def apply_acknowledged(ledger: pl.DataFrame, acknowledged: pl.DataFrame, now: datetime) -> pl.DataFrame:
+    """The ledger with acknowledged entries (ENTRY_SCHEMA columns + idempotency_key) written in.
+
+    A SKU acknowledged twice in one sync (a resent chunk, then a newer diff) keeps the newest version.
+    """
+    if acknowledged.is_empty():
+        return ledger
+    rows = (
+        acknowledged.sort("version")
+        .unique("sku", keep="last")
+        .with_columns(pl.col("price").cast(MONEY), pl.lit(now).cast(UTC_TS).alias("acknowledged_at"))
+    )
+    rows = rows.select(
+        [
+            pl.col(n).cast(t) if n in rows.columns else pl.lit(None, dtype=t).alias(n)
+            for n, t in SYNC_SCHEMA.items()
+        ]
+    )
+    kept = ledger.select(list(SYNC_SCHEMA)).join(rows.select("sku"), on="sku", how="anti")
+    return pl.concat([kept, rows]).sort("sku")
+
+
+class PushJournal:
+    """Per batch, the chunks sent that the ledger may not show yet (_journal/storefront_sync/<batch>)."""
+
+    def __init__(self, warehouse: Warehouse) -> None:
+        self._warehouse = warehouse
+
+    def load(self, batch: str) -> pl.DataFrame:
+        """The batch's journal rows (JOURNAL_SCHEMA), empty when never written."""
+        if not self._warehouse.exists(JOURNAL_KEY, batch):
+            return pl.DataFrame(schema=JOURNAL_SCHEMA)
+        return self._warehouse.read(JOURNAL_KEY, batch).select(list(JOURNAL_SCHEMA))
+
+    def save(self, batch: str, rows: pl.DataFrame) -> None:
+        """Atomically replace the batch's journal."""
+        self._warehouse.write(rows.select(list(JOURNAL_SCHEMA)), JOURNAL_KEY, batch)
+
+
+@dataclass
+class Pending:
+    """Why one SKU is not (yet) what the storefront shows."""
+
+    status: str
+    price: Any
+    error: str | None = None
+
+
+@dataclass
+class BatchSync:
+    """The result of syncing one batch: the new ledger and what happened, for metadata."""
+
+    batch: str
+    ledger: pl.DataFrame
+    counts: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    would_push: list[dict[str, Any]] = field(default_factory=list)
+    storefront_unavailable: bool = False
+
+
+def unconfirmed(journal: pl.DataFrame, ledger: pl.DataFrame) -> pl.DataFrame:
+    """Journal rows of chunks the ledger does not fully hold (some entry newer than its version)."""
+    if journal.is_empty():
+        return journal
+    versions = ledger.select("sku", pl.col("version").alias("ack_version"))
+    missing = (
+        journal.join(versions, on="sku", how="left")
+        .filter(pl.col("ack_version").fill_null(0) < pl.col("version"))
+        .select("chunk")
+        .unique()
+    )
+    return journal.join(missing, on="chunk", how="semi").sort("chunk", maintain_order=True)
+
+
+def _journaled_chunks(batch: str, rows: pl.DataFrame) -> list[tuple[int, PushChunk]]:
+    """The journal's chunks, rebuilt with the keys they were sent with."""
     return [
-        {
-            "sku": row["sku"],
-            "price": None if row["price"] is None else str(row["price"]),
-            "currency": row["currency"],
-            "available": bool(row["available"]),
-            "supplier": row["supplier"],
-            "version": int(row["version"]),
-        }
-        for row in changes.iter_rows(named=True)
+        (int(chunk_id), PushChunk.build(batch, group.drop("chunk", "key"), key=group.get_column("key")[0]))
+        for (chunk_id,), group in rows.group_by("chunk", maintain_order=True)
     ]
 
 
-def chunks(entries: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
-    """Split entries into push requests of at most `size` prices."""
-    return [entries[start : start + size] for start in range(0, len(entries), size)]
+def sync_batch(
+    batch: str,
+    targets: pl.DataFrame,
+    ledger: pl.DataFrame,
+    *,
+    journal: PushJournal,
+    pusher: StorefrontPusher | None,
+    push_batch_size: int,
+    dry_run: bool,
+    stats: PushStats,
+    now: datetime,
+    may_send: bool = True,
+) -> BatchSync:
+    """Resend the batch's unconfirmed pushes, then push the diff in chunks; return the new ledger.
+
+    `pusher` may be None for a dry run. `may_send=False` (the storefront was found unavailable
+    earlier in the run) sends nothing and leaves everything pending for the next sync.
+    """
+    result = BatchSync(batch, ledger)
+    on_disk = journal.load(batch)
+    outstanding_rows = unconfirmed(on_disk, ledger)
+    outstanding = _journaled_chunks(batch, outstanding_rows)
+    pending: dict[str, Pending] = {}
+    sending = may_send and not dry_run and pusher is not None
+    acked: set[int] = set()  # chunk ids the storefront acknowledged...
+    not_acked: list[tuple[int, str]] = []  # ...except these (chunk, sku) inside them
+    keep: set[int] = set()  # chunk ids the journal keeps whole
+    partial_keep: list[pl.DataFrame] = []  # rows kept from chunks only partly in doubt
+
+    def deliver(chunk_id: int, chunk: PushChunk, *, resend: bool) -> None:
+        """Push one chunk, record each SKU's fate, and keep in the journal what may have been applied."""
+        nonlocal sending
+        assert pusher is not None
+        outcome = pusher.push_prices(chunk, stats=stats)
+        if outcome.acknowledged:
+            acked.add(chunk_id)
+        if outcome.acknowledged and not outcome.per_sku:
+            keep.add(chunk_id)
+            return
+        journaled = []
+        for sku, price in chunk.entries.select("sku", "price").iter_rows():
+            status, error = outcome.sku_status(sku)
+            if status == ACKNOWLEDGED:
+                journaled.append(sku)
+                continue
+            not_acked.append((chunk_id, sku))
+            if resend and status == DEFERRED:
+                # Not applied now, but the earlier attempt might have been: still in doubt.
+                status = IN_DOUBT
+            if status == IN_DOUBT:
+                journaled.append(sku)
+            pending[sku] = Pending(status, price, error)
+            result.counts[status] += 1
+        if len(journaled) == chunk.entries.height:
+            keep.add(chunk_id)
+        elif journaled:
+            part = PushChunk.build(batch, chunk.entries.filter(pl.col("sku").is_in(journaled)))
+            partial_keep.append(
+                part.entries.with_columns(
+                    pl.lit(chunk_id, dtype=pl.Int64).alias("chunk"), pl.lit(part.key).alias("key")
+                )
+            )
+        if not outcome.acknowledged or outcome.per_sku:
+            result.errors.append(outcome.error or next(iter(outcome.per_sku.values()))[1])
+        if outcome.status in (IN_DOUBT, DEFERRED):
+            # The storefront is unavailable: stop instead of burning retries on every chunk.
+            sending = False
+            result.storefront_unavailable = True
+
+    def acknowledged_rows(rows: pl.DataFrame) -> pl.DataFrame:
+        rows = rows.filter(pl.col("chunk").is_in(list(acked))).rename({"key": "idempotency_key"})
+        if not not_acked:
+            return rows
+        refused = pl.DataFrame(not_acked, schema={"chunk": pl.Int64, "sku": pl.String}, orient="row")
+        return rows.join(refused, on=["chunk", "sku"], how="anti")
+
+    # 1. Whatever was sent before and is not in the ledger goes first, with its journaled key.
+    for chunk_id, chunk in outstanding:
+        if sending:
+            result.counts["resent_chunks"] += 1
+            deliver(chunk_id, chunk, resend=True)
+            continue
+        keep.add(chunk_id)
+        for sku, price in chunk.entries.select("sku", "price").iter_rows():
+            pending[sku] = Pending(IN_DOUBT, price, "sent earlier, outcome not confirmed")
+            result.counts[IN_DOUBT] += 1
+    resent = acknowledged_rows(outstanding_rows) if outstanding else outstanding_rows.clear()
+    ledger = apply_acknowledged(ledger, resent, now)
+
+    # 2. The diff against what is acknowledged now, without SKUs still pending from step 1 (in doubt,
+    #    or refused: the same content would be refused again now).
+    changes = compute_changes(targets, ledger)
+    if pending:
+        changes = changes.filter(~pl.col("sku").is_in(list(pending)))
+    held = targets.filter(pl.col("held"))
+    result.counts["held"] += held.height
+    settled = targets.filter(~pl.col("held")).join(changes.select("sku"), on="sku", how="anti")
+    result.counts["unchanged"] += settled.filter(~pl.col("sku").is_in(list(pending))).height
+    for sku, price, reason in held.select("sku", "price", "hold_reason").iter_rows():
+        pending.setdefault(sku, Pending("held", price, reason))
+    first_id = int(on_disk.get_column("chunk").max() or 0) + 1 if on_disk.height else 0
+    entries = entry_frame(changes)
+    new_chunks = [
+        (first_id + index, PushChunk.build(batch, entries.slice(start, push_batch_size)))
+        for index, start in enumerate(range(0, entries.height, push_batch_size))
+    ]
+
+    if dry_run:
+        would = [outstanding_rows.drop("chunk", "key"), entries]
+        result.would_push = pl.concat(would).to_dicts()
+        result.counts["would_push"] += len(result.would_push)
+        for sku, price in entries.select("sku", "price").iter_rows():
+            pending[sku] = Pending("would_push", price)
+        result.ledger = mark_pending(ledger, pending)
+        return result
+    index = pl.int_range(0, entries.height, dtype=pl.Int64, eager=True) // push_batch_size
+    keys = pl.Series("key", [chunk.key for _, chunk in new_chunks], dtype=pl.String)
+    new_rows = entries.with_columns(chunk=index + first_id, key=keys.gather(index)).select(
+        list(JOURNAL_SCHEMA)
+    )
+    if new_chunks and sending:
+        # Write-ahead: the journal holds each chunk before the storefront can possibly apply it.
+        on_disk = pl.concat([outstanding_rows.filter(pl.col("chunk").is_in(list(keep))), new_rows])
+        journal.save(batch, on_disk)
+    for chunk_id, chunk in new_chunks:
+        if sending:
+            deliver(chunk_id, chunk, resend=False)
+            continue
+        for sku, price in chunk.entries.select("sku", "price").iter_rows():
+            pending[sku] = Pending(DEFERRED, price, "not sent: the storefront is unavailable")
+            result.counts[DEFERRED] += 1
+    # Acknowledged chunks stay journaled until the next sync finds them in the written ledger:
+    # a crash before then resends them under the same key instead of re-diffing them.
+    final = pl.concat([outstanding_rows, new_rows]).filter(pl.col("chunk").is_in(list(keep)))
+    if partial_keep:
+        final = pl.concat([final, *(part.select(list(JOURNAL_SCHEMA)) for part in partial_keep)])
+    if not final.equals(on_disk):
+        journal.save(batch, final)
+    fresh = acknowledged_rows(new_rows)
+    ledger = apply_acknowledged(ledger, fresh, now)
+    result.counts["pushed"] += resent.height + fresh.height
+    result.ledger = mark_pending(ledger, pending)
+    return result
 
 
-def apply_acknowledged(
-    ledger: pl.DataFrame, acknowledged: list[dict[str, Any]], key_by_sku: dict[str, str], now: datetime
-) -> pl.DataFrame:
-    """The ledger with acknowledged entries written in (newer versions replace older rows)."""
-    if not acknowledged:
-        return ledger
-    rows = pl.DataFrame(
-        [
-            {
-                **entry,
-                "price": entry["price"],
-                "acknowledged_at": now,
-                "idempotency_key": key_by_sku[entry["sku"]],
-            }
-            for entry in acknowledged
-        ],
-        schema_overrides={"price": pl.String},
-    ).with_columns(pl.col("price").cast(MONEY), pl.col("acknowledged_at").cast(UTC_TS))
-    for name, dtype in SYNC_SCHEMA.items():
-        if name not in rows.columns:
-            rows = rows.with_columns(pl.lit(None, dtype=dtype).alias(name))
-    rows = rows.select([pl.col(n).cast(t) for n, t in SYNC_SCHEMA.items()])
-    kept = ledger.select(list(SYNC_SCHEMA)).filter(~pl.col("sku").is_in(rows.get_column("sku").implode()))
-    return pl.concat([kept, rows]).sort("sku")
+def mark_pending(ledger: pl.DataFrame, pending: Mapping[str, Pending]) -> pl.DataFrame:
+    """The ledger with each row's pending status, price and error (SKUs never acknowledged get a row)."""
+    if not pending:
+        cleared = [
+            pl.lit(None, dtype=SYNC_SCHEMA[n]).alias(n) for n in SYNC_SCHEMA if n.startswith("pending_")
+        ]
+        return ledger.with_columns(cleared).select(list(SYNC_SCHEMA))
+    frame = pl.DataFrame(
+        {
+            "sku": list(pending),
+            "p_status": [p.status for p in pending.values()],
+            "p_price": [None if p.price is None else str(p.price) for p in pending.values()],
+            "p_error": [p.error for p in pending.values()],
+        },
+        schema={"sku": pl.String, "p_status": pl.String, "p_price": pl.String, "p_error": pl.String},
+    ).with_columns(pl.col("p_price").cast(MONEY))
+    base = ledger.select([n for n in SYNC_SCHEMA if not n.startswith("pending_")])
+    return (
+        base.join(frame, on="sku", how="full", coalesce=True)
+        .with_columns(
+            pl.col("p_status").alias("pending_status"),
+            pl.col("p_price").alias("pending_price"),
+            pl.col("p_error").alias("pending_error"),
+        )
+        .select([pl.col(n).cast(t) for n, t in SYNC_SCHEMA.items()])
+        .sort("sku")
+    )
+
+
+def _open_pusher(
+    adapter: str, storefront: Storefront, shopify: ShopifyStorefront, warehouse: Warehouse
+) -> AbstractContextManager[StorefrontPusher]:
+    if adapter == "shopify":
+        # Shopify addresses variants, not SKUs: the catalog maps one to the other.
+        return shopify.open_pusher(variants_from_catalog(warehouse.read(["catalog"])))
+    return storefront.open_pusher()
+
+
+class _LazyPusher:
+    """Opens the real pusher on the first push, so a sync with nothing to send opens nothing."""
+
+    def __init__(
+        self, adapter: str, opener: Callable[[], AbstractContextManager[StorefrontPusher]], stack: ExitStack
+    ) -> None:
+        self.adapter = adapter
+        self._opener = opener
+        self._stack = stack
+        self._pusher: StorefrontPusher | None = None
+
+    def push_prices(self, chunk: PushChunk, *, stats: PushStats) -> PushOutcome:
+        """Push through the real pusher, opening it first if needed."""
+        if self._pusher is None:
+            self._pusher = self._stack.enter_context(self._opener())
+        return self._pusher.push_prices(chunk, stats=stats)
+
+
+def _preview(rows: Sequence[Mapping[str, Any]], limit: int = 20) -> str:
+    """A markdown table of the first rows, for the UI."""
+    lines = ["| sku | price | available | supplier | version |", "|---|---|---|---|---|"]
+    for row in rows[:limit]:
+        lines.append(
+            f"| {row['sku']} | {row['price']} | {row['available']} | {row['supplier']} | {row['version']} |"
+        )
+    if len(rows) > limit:
+        lines.append(f"| … {len(rows) - limit} more | | | | |")
+    return "\n".join(lines)
 
 
 def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsDefinition:
@@ -129,7 +420,7 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         name="storefront_sync",
         group_name="pricing",
         partitions_def=partitions_def,
-        backfill_policy=BATCH_BACKFILL_POLICY,
+        backfill_policy=SYNC_BACKFILL_POLICY,
         kinds={"polars"},
         pool="storefront",
     )
@@ -137,109 +428,100 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         context: AssetExecutionContext,
         storefront_prices: pl.DataFrame,
         storefront: Storefront,
+        shopify: ShopifyStorefront,
         warehouse: Warehouse,
         service_config: RuntimeConfig,
     ) -> pl.DataFrame:
-        """What the storefront has acknowledged per SKU, after pushing only what changed."""
+        """What the storefront has acknowledged per SKU, after pushing only what changed, exactly once."""
         started = time.monotonic()
         config = service_config.load()
+        adapter = storefront.resolved_adapter()
         stats = PushStats()
-        ledgers = []
-        totals = {"pushed": 0, "unchanged": 0, "held": 0, "failed": 0, "would_push": 0}
-        errors: list[str] = []
-        for batch in context.partition_keys:
-            targets = storefront_prices.filter(pl.col("batch") == batch)
-            previous = warehouse.read_partitions(["storefront_sync"], [batch])
-            ledger = empty_ledger() if previous is None else previous.select(list(SYNC_SCHEMA))
-            changes = compute_changes(targets, ledger)
-            held = targets.filter(pl.col("held"))
-            totals["held"] += held.height
-            totals["unchanged"] += targets.height - held.height - changes.height
-            entries = to_entries(changes)
-            acknowledged: list[dict[str, Any]] = []
-            key_by_sku: dict[str, str] = {}
-            failed: dict[str, str] = {}
-            if config.dry_run:
-                totals["would_push"] += len(entries)
-                for entry in entries:
-                    context.log.info(f"dry run: would push {entry}")
-            else:
-                for chunk in chunks(entries, config.push_batch_size):
-                    outcome = storefront.push_prices(batch, chunk, stats=stats)
-                    if outcome.status in ("applied", "already_applied"):
-                        acknowledged.extend(chunk)
-                        key_by_sku.update({entry["sku"]: outcome.key for entry in chunk})
-                    else:
-                        errors.append(outcome.error or "push failed")
-                        failed.update({entry["sku"]: outcome.error or "push failed" for entry in chunk})
-            totals["pushed"] += len(acknowledged)
-            totals["failed"] += len(failed)
-            ledger = apply_acknowledged(ledger, acknowledged, key_by_sku, datetime.now(UTC))
-            ledger = _mark_pending(ledger, changes, held, failed, dry_run=config.dry_run)
-            ledgers.append(ledger.with_columns(pl.lit(batch).alias("batch")))
-        context.add_output_metadata(
-            {
-                **{name: MetadataValue.int(value) for name, value in totals.items()},
-                "requests": MetadataValue.int(stats.requests),
-                "retries": MetadataValue.int(stats.retries),
-                "throttled": MetadataValue.int(stats.throttled),
-                "duplicates_avoided": MetadataValue.int(stats.duplicates_avoided),
-                "dry_run": MetadataValue.bool(config.dry_run),
-                "duration_s": MetadataValue.float(round(time.monotonic() - started, 3)),
-            }
-        )
-        result = pl.concat(ledgers) if ledgers else empty_ledger().with_columns(pl.lit("").alias("batch"))
-        if errors:
-            # A failed step discards its output, but what the storefront did acknowledge must be
-            # recorded or it would be pushed again: write the ledger directly, then fail visibly.
-            for batch_frame in ledgers:
-                warehouse.write(batch_frame, ["storefront_sync"], batch_frame.get_column("batch")[0])
+        journal = PushJournal(warehouse)
+        results: list[BatchSync] = []
+        may_send = True
+        with ExitStack() as stack:
+            opener = partial(_open_pusher, adapter, storefront, shopify, warehouse)
+            pusher = _LazyPusher(adapter, opener, stack)
+            for batch in context.partition_keys:
+                previous = warehouse.read_partitions(LEDGER_KEY, [batch])
+                outcome = sync_batch(
+                    batch,
+                    storefront_prices.filter(pl.col("batch") == batch),
+                    empty_ledger() if previous is None else previous.select(list(SYNC_SCHEMA)),
+                    journal=journal,
+                    pusher=None if config.dry_run else pusher,
+                    push_batch_size=config.push_batch_size,
+                    dry_run=config.dry_run,
+                    stats=stats,
+                    now=datetime.now(UTC),
+                    may_send=may_send,
+                )
+                may_send = may_send and not outcome.storefront_unavailable
+                results.append(outcome)
+                if outcome.would_push:
+                    # Every SKU is in the ledger; the log gets a sample (one event per line is costly).
+                    sample = "\n".join(str(entry) for entry in outcome.would_push[:LOGGED_WOULD_PUSH])
+                    context.log.info(
+                        f"dry run, {batch}: would push {len(outcome.would_push)} prices:\n{sample}"
+                    )
+        totals: Counter[str] = Counter()
+        for outcome in results:
+            totals.update(outcome.counts)
+        failed = totals[REFUSED] + totals[DEFERRED] + totals[IN_DOUBT]
+        would_push = [entry for outcome in results for entry in outcome.would_push]
+        metadata: dict[str, Any] = {
+            "adapter": MetadataValue.text(adapter),
+            "dry_run": MetadataValue.bool(config.dry_run),
+            "pushed": MetadataValue.int(totals["pushed"]),
+            "unchanged": MetadataValue.int(totals["unchanged"]),
+            "held": MetadataValue.int(totals["held"]),
+            "failed": MetadataValue.int(failed),
+            "refused": MetadataValue.int(totals[REFUSED]),
+            "deferred": MetadataValue.int(totals[DEFERRED]),
+            "in_doubt": MetadataValue.int(totals[IN_DOUBT]),
+            "would_push": MetadataValue.int(totals["would_push"]),
+            "resent_chunks": MetadataValue.int(totals["resent_chunks"]),
+            "duplicates_avoided": MetadataValue.int(stats.duplicates_avoided),
+            "requests": MetadataValue.int(stats.requests),
+            "retries": MetadataValue.int(stats.retries),
+            "throttled": MetadataValue.int(stats.throttled),
+            "throttle_wait_s": MetadataValue.float(round(stats.throttle_wait_seconds, 3)),
+            "duration_s": MetadataValue.float(round(time.monotonic() - started, 3)),
+        }
+        if would_push:
+            metadata["would_push_preview"] = MetadataValue.md(_preview(would_push))
+        ledgers = [outcome.ledger.with_columns(pl.lit(outcome.batch).alias("batch")) for outcome in results]
+        if failed and not config.dry_run:
+            # A failed step's output is discarded, but what the storefront did acknowledge must be
+            # recorded for the guard and analysts: write the ledgers here, then fail visibly.
+            for outcome, frame in zip(results, ledgers, strict=True):
+                warehouse.write(frame, LEDGER_KEY, outcome.batch)
+            errors = sorted({error for outcome in results for error in outcome.errors})
             raise Failure(
-                description=f"{totals['failed']} prices still pending after retries: {errors[0]}",
-                metadata={"failed": MetadataValue.int(totals["failed"]), "pushed": totals["pushed"]},
+                description=f"{failed} prices still pending for the next sync: {'; '.join(errors[:3])}",
+                metadata=metadata,
             )
-        return result
+        context.add_output_metadata(metadata)
+        if not ledgers:
+            return empty_ledger().with_columns(pl.lit(None, dtype=pl.String).alias("batch"))
+        return pl.concat(ledgers)
 
     return storefront_sync
 
 
-def _mark_pending(
-    ledger: pl.DataFrame,
-    changes: pl.DataFrame,
-    held: pl.DataFrame,
-    failed: dict[str, str],
-    *,
-    dry_run: bool,
-) -> pl.DataFrame:
-    """Annotate ledger rows with what is still pending (dry-run, failed or held) and why."""
-    status: dict[str, tuple[str, Any, str | None]] = {}
-    for row in changes.iter_rows(named=True):
-        if dry_run:
-            status[row["sku"]] = ("would_push", row["price"], None)
-        elif row["sku"] in failed:
-            status[row["sku"]] = ("failed", row["price"], failed[row["sku"]])
-    for row in held.iter_rows(named=True):
-        status[row["sku"]] = ("held", row["price"], row.get("hold_reason"))
-    if not status:
-        return ledger.with_columns(
-            pl.lit(None, dtype=pl.String).alias("pending_status"),
-            pl.lit(None, dtype=MONEY).alias("pending_price"),
-            pl.lit(None, dtype=pl.String).alias("pending_error"),
-        )
-    pending = pl.DataFrame(
-        [{"sku": sku, "p_status": s, "p_price": p, "p_error": e} for sku, (s, p, e) in status.items()],
-        schema={"sku": pl.String, "p_status": pl.String, "p_price": MONEY, "p_error": pl.String},
-    )
-    # SKUs never acknowledged still get a ledger row, so a pending first push is visible.
-    missing = pending.filter(~pl.col("sku").is_in(ledger.get_column("sku").implode())).select("sku")
-    base = pl.concat([ledger, missing], how="diagonal_relaxed") if missing.height else ledger
-    return (
-        base.join(pending, on="sku", how="left")
-        .with_columns(
-            pl.col("p_status").alias("pending_status"),
-            pl.col("p_price").alias("pending_price"),
-            pl.col("p_error").alias("pending_error"),
-        )
-        .select([pl.col(n).cast(t) for n, t in SYNC_SCHEMA.items()])
-        .sort("sku")
-    )
+__all__ = [
+    "PENDING_STATUSES",
+    "SYNC_SCHEMA",
+    "BatchSync",
+    "PushJournal",
+    "apply_acknowledged",
+    "build_storefront_sync_asset",
+    "compute_changes",
+    "empty_ledger",
+    "entry_frame",
+    "mark_pending",
+    "sync_batch",
+    "to_entries",
+    "unconfirmed",
+]

@@ -5,34 +5,125 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import polars as pl
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
+from resources.config import ConfigError
 from resources.schemas import CATALOG_SCHEMA, conform
+
+ADAPTERS = ("webhook", "shopify")
+ADAPTER_ENV = "STOREFRONT_ADAPTER"
+
+# Outcome of one push, for the whole chunk or (in PushOutcome.per_sku) for single SKUs:
+APPLIED = "applied"  # the storefront applied it now
+ALREADY_APPLIED = "already_applied"  # 409: applied by an earlier attempt with the same key
+PARTIAL = "partial"  # applied except the SKUs listed in per_sku (Shopify userErrors)
+REFUSED = "refused"  # a definitive no (4xx other than 409/429): nothing applied, not retried
+DEFERRED = "deferred"  # only 429/503 or no connection: certainly not applied, try at the next sync
+IN_DOUBT = "in_doubt"  # retries ran out after an attempt that may have been applied (5xx, timeout)
+ACKNOWLEDGED = "acknowledged"  # per-SKU view of applied / already_applied / partial
+_ACKNOWLEDGED_STATUSES = frozenset({APPLIED, ALREADY_APPLIED, PARTIAL})
+
+
+# One price in a push (DESIGN §7); price is the exact decimal string, never a float.
+ENTRY_SCHEMA: dict[str, pl.DataType] = {
+    "sku": pl.String(),
+    "price": pl.String(),
+    "currency": pl.String(),
+    "available": pl.Boolean(),
+    "supplier": pl.String(),
+    "version": pl.Int64(),
+}
+
+_ENTRY_POLARS_SCHEMA = pl.Schema(ENTRY_SCHEMA)
 
 
 class StorefrontError(RuntimeError):
     """A push the storefront refused for good (a 4xx other than 409/429): not retried."""
 
 
+def conform_entries(entries: pl.DataFrame) -> pl.DataFrame:
+    """Entries with exactly the ENTRY_SCHEMA columns, order and types."""
+    if entries.schema == _ENTRY_POLARS_SCHEMA:
+        return entries
+    return entries.select([pl.col(name).cast(dtype) for name, dtype in ENTRY_SCHEMA.items()])
+
+
+def encode_body(batch: str, entries: pl.DataFrame) -> bytes:
+    """The request body {"batch", "prices": [...]}: compact JSON, fields in ENTRY_SCHEMA order.
+
+    Equal content gives equal bytes (the serializer is deterministic for fixed columns and types).
+    """
+    prices = conform_entries(entries).write_json()
+    return b'{"batch":' + json.dumps(batch).encode() + b',"prices":' + prices.encode() + b"}"
+
+
+def key_of_body(body: bytes) -> str:
+    """The Idempotency-Key of a body: the first 40 hex digits of its SHA-256."""
+    return hashlib.sha256(body).hexdigest()[:40]
+
+
+@dataclass(frozen=True)
+class PushChunk:
+    """One push request: its entries, the exact body and the Idempotency-Key derived from it."""
+
+    batch: str
+    entries: pl.DataFrame
+    body: bytes
+    key: str
+
+    @classmethod
+    def build(cls, batch: str, entries: pl.DataFrame, key: str | None = None) -> PushChunk:
+        """Encode the entries; `key` is given when resending a chunk whose key was journaled."""
+        entries = conform_entries(entries)
+        body = encode_body(batch, entries)
+        return cls(batch, entries, body, key or key_of_body(body))
+
+    @classmethod
+    def from_entries(cls, batch: str, entries: Sequence[Mapping[str, Any]]) -> PushChunk:
+        """A chunk from entry dicts {sku, price, currency, available, supplier, version}."""
+        return cls.build(batch, pl.DataFrame(list(entries), schema=ENTRY_SCHEMA))
+
+    def skus(self) -> list[str]:
+        """The chunk's SKUs, in order."""
+        return self.entries.get_column("sku").to_list()
+
+
 @dataclass
 class PushOutcome:
-    """What happened to one batch push."""
+    """What happened to one chunk of price entries."""
 
     key: str
-    status: str  # applied | already_applied | failed
+    status: str  # applied | already_applied | partial | refused | deferred | in_doubt
     http_status: int | None
     attempts: int
     error: str | None = None
+    # SKUs whose fate differs from the chunk's status: sku -> (status, error).
+    per_sku: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def acknowledged(self) -> bool:
+        """Whether the storefront confirmed the chunk (possibly minus the SKUs in per_sku)."""
+        return self.status in _ACKNOWLEDGED_STATUSES
+
+    def sku_status(self, sku: str) -> tuple[str, str | None]:
+        """One SKU's fate: ("acknowledged", None) or (refused | deferred | in_doubt, error)."""
+        if sku in self.per_sku:
+            return self.per_sku[sku]
+        if self.acknowledged:
+            return ACKNOWLEDGED, None
+        return self.status, self.error
 
 
 @dataclass
@@ -42,14 +133,34 @@ class PushStats:
     requests: int = 0
     retries: int = 0
     throttled: int = 0
+    throttle_wait_seconds: float = 0.0
     duplicates_avoided: int = 0
     outcomes: list[PushOutcome] = field(default_factory=list)
 
 
-def idempotency_key(batch: str, entries: Sequence[dict[str, Any]]) -> str:
+class StorefrontPusher(Protocol):
+    """An open connection to the storefront that applies one chunk of price entries per call."""
+
+    adapter: str
+
+    def push_prices(self, chunk: PushChunk, *, stats: PushStats) -> PushOutcome:
+        """Push one chunk; never raises for storefront or transport errors (they are in the outcome)."""
+        ...
+
+
+def resolve_adapter(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The push adapter: the explicit value, else $STOREFRONT_ADAPTER, else "webhook"."""
+    env = os.environ if environ is None else environ
+    value = (explicit or env.get(ADAPTER_ENV) or "webhook").strip().lower()
+    if value not in ADAPTERS:
+        source = "storefront resource push_adapter" if explicit else ADAPTER_ENV
+        raise ConfigError(f"{source}: unknown storefront adapter {value!r} (expected one of {ADAPTERS})")
+    return value
+
+
+def idempotency_key(batch: str, entries: Sequence[Mapping[str, Any]]) -> str:
     """Hash of a push's content: the same content always gets the same key, across retries and runs."""
-    canonical = json.dumps({"batch": batch, "prices": list(entries)}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:40]
+    return PushChunk.from_entries(batch, entries).key
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -71,6 +182,79 @@ def retry_after_seconds(value: str | None, default: float) -> float:
             return default
 
 
+def full_jitter(attempt: int, initial: float, maximum: float) -> float:
+    """Backoff before retry `attempt` (1-based): uniform in [0, min(maximum, initial * 2^(attempt-1))]."""
+    # Full jitter keeps many retrying runs from hammering the storefront in lockstep.
+    return random.uniform(0, min(maximum, initial * 2 ** (attempt - 1)))
+
+
+class WebhookPusher:
+    """The signed webhook of DESIGN §7 over one open HTTP connection pool."""
+
+    adapter = "webhook"
+
+    def __init__(self, storefront: Storefront, client: httpx.Client, sleep: Callable[[float], None]) -> None:
+        self._storefront = storefront
+        self._client = client
+        self._sleep = sleep
+
+    def push_prices(self, chunk: PushChunk, *, stats: PushStats) -> PushOutcome:
+        """POST one chunk, signed, with its content-derived Idempotency-Key, retrying per DESIGN §7."""
+        outcome = self._push(chunk, stats)
+        stats.outcomes.append(outcome)
+        return outcome
+
+    def _push(self, chunk: PushChunk, stats: PushStats) -> PushOutcome:
+        config = self._storefront
+        body, key = chunk.body, chunk.key
+        # Once an attempt may have reached the storefront, giving up leaves the chunk in doubt.
+        maybe_applied = False
+        last_error = "no attempt made"
+        last_status: int | None = None
+        for attempt in range(1, config.max_attempts + 1):
+            if attempt > 1:
+                stats.retries += 1
+            headers = {
+                "Content-Type": "application/json",
+                "Idempotency-Key": key,
+                # Signed at each attempt: the timestamp must be fresh for the receiver's tolerance.
+                "X-Signature": sign(config.webhook_secret, body, int(time.time())),
+            }
+            stats.requests += 1
+            wait = config.backoff(attempt)
+            try:
+                response = self._client.post("/prices", content=body, headers=headers)
+            except httpx.ConnectError as exc:
+                last_status, last_error = None, f"{type(exc).__name__}: storefront not reachable"
+            except httpx.TransportError as exc:
+                maybe_applied = True
+                last_status, last_error = None, f"{type(exc).__name__} talking to the storefront"
+            else:
+                status = last_status = response.status_code
+                if 200 <= status < 300:
+                    return PushOutcome(key, APPLIED, status, attempt)
+                if status == 409:
+                    stats.duplicates_avoided += 1
+                    return PushOutcome(key, ALREADY_APPLIED, status, attempt)
+                if status in (429, 503):
+                    stats.throttled += 1
+                    last_error = f"storefront answered {status}"
+                    retry_after = retry_after_seconds(response.headers.get("Retry-After"), wait)
+                    wait = min(retry_after, config.max_retry_after_seconds)
+                elif 400 <= status < 500:
+                    detail = response.text[:200]
+                    error = f"storefront refused batch {chunk.batch}: HTTP {status} {detail}"
+                    return PushOutcome(key, REFUSED, status, attempt, error)
+                else:
+                    maybe_applied = True
+                    last_error = f"storefront answered {status}"
+            if attempt < config.max_attempts:
+                self._sleep(wait)
+        status = IN_DOUBT if maybe_applied else DEFERRED
+        error = f"{last_error} after {config.max_attempts} attempts"
+        return PushOutcome(key, status, last_status, config.max_attempts, error)
+
+
 class Storefront(ConfigurableResource):
     """The storefront's HTTP API: catalog pages and the signed price webhook."""
 
@@ -82,11 +266,23 @@ class Storefront(ConfigurableResource):
     backoff_max_seconds: float = 5.0
     max_retry_after_seconds: float = 30.0
     catalog_page_size: int = 500
+    push_adapter: str | None = Field(
+        default=None,
+        description="webhook | shopify; unset: $STOREFRONT_ADAPTER when the run starts, else webhook",
+    )
 
     @classmethod
     def from_env(cls) -> Storefront:
         """The storefront configured from STOREFRONT_URL and STOREFRONT_WEBHOOK_SECRET."""
         return cls(url=EnvVar("STOREFRONT_URL"), webhook_secret=EnvVar("STOREFRONT_WEBHOOK_SECRET"))
+
+    def resolved_adapter(self) -> str:
+        """How prices reach the storefront in this run: "webhook" or "shopify"."""
+        return resolve_adapter(self.push_adapter)
+
+    def backoff(self, attempt: int) -> float:
+        """Jittered wait before retrying after failed attempt number `attempt`."""
+        return full_jitter(attempt, self.backoff_initial_seconds, self.backoff_max_seconds)
 
     def _client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url.rstrip("/"), timeout=self.timeout_seconds)
@@ -115,64 +311,20 @@ class Storefront(ConfigurableResource):
                 frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(name))
         return conform(frame, CATALOG_SCHEMA)
 
+    @contextmanager
+    def open_pusher(self, *, sleep: Callable[[float], None] = time.sleep) -> Iterator[WebhookPusher]:
+        """A webhook pusher sharing one connection pool for a whole sync."""
+        with self._client() as client:
+            yield WebhookPusher(self, client, sleep)
+
     def push_prices(
         self,
         batch: str,
-        entries: Sequence[dict[str, Any]],
+        entries: Sequence[Mapping[str, Any]],
         *,
         stats: PushStats,
         sleep: Callable[[float], None] = time.sleep,
     ) -> PushOutcome:
-        """POST one batch of prices, signed, retrying per DESIGN §7; never raises for transport errors."""
-        key = idempotency_key(batch, entries)
-        body = json.dumps({"batch": batch, "prices": list(entries)}, separators=(",", ":")).encode()
-        attempt = 0
-        last_error = "no attempt made"
-        last_status: int | None = None
-        with self._client() as client:
-            while attempt < self.max_attempts:
-                attempt += 1
-                if attempt > 1:
-                    stats.retries += 1
-                headers = {
-                    "Content-Type": "application/json",
-                    "Idempotency-Key": key,
-                    # Signed at each attempt: the timestamp must be fresh for the receiver's tolerance.
-                    "X-Signature": sign(self.webhook_secret, body, int(time.time())),
-                }
-                stats.requests += 1
-                try:
-                    response = client.post("/prices", content=body, headers=headers)
-                except httpx.TransportError as exc:
-                    last_status, last_error = None, f"{type(exc).__name__} talking to the storefront"
-                    sleep(self._backoff(attempt))
-                    continue
-                last_status = response.status_code
-                if 200 <= response.status_code < 300:
-                    return PushOutcome(key, "applied", response.status_code, attempt)
-                if response.status_code == 409:
-                    stats.duplicates_avoided += 1
-                    return PushOutcome(key, "already_applied", 409, attempt)
-                if response.status_code in (429, 503):
-                    stats.throttled += 1
-                    wait = retry_after_seconds(response.headers.get("Retry-After"), self._backoff(attempt))
-                    last_error = f"storefront answered {response.status_code}"
-                    sleep(min(wait, self.max_retry_after_seconds))
-                    continue
-                if 400 <= response.status_code < 500:
-                    detail = response.text[:200]
-                    return PushOutcome(
-                        key,
-                        "failed",
-                        response.status_code,
-                        attempt,
-                        f"storefront refused batch {batch}: HTTP {response.status_code} {detail}",
-                    )
-                last_error = f"storefront answered {response.status_code}"
-                sleep(self._backoff(attempt))
-        return PushOutcome(key, "failed", last_status, attempt, f"{last_error} after {attempt} attempts")
-
-    def _backoff(self, attempt: int) -> float:
-        # Full jitter keeps many retrying runs from hammering the storefront in lockstep.
-        ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** (attempt - 1))
-        return random.uniform(0, ceiling)
+        """POST one chunk of entry dicts over a fresh connection (see open_pusher for many chunks)."""
+        with self.open_pusher(sleep=sleep) as pusher:
+            return pusher.push_prices(PushChunk.from_entries(batch, entries), stats=stats)

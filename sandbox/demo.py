@@ -32,6 +32,9 @@ def demo_environment(sandbox_port: int, home: Path) -> dict[str, str]:
         **DEMO_ENV,
         "SANDBOX_URL": sandbox_url,
         "STOREFRONT_URL": f"{sandbox_url}/storefront",
+        # Used when STOREFRONT_ADAPTER=shopify: the sandbox's Shopify-compatible GraphQL endpoint.
+        "SHOPIFY_SHOP_URL": f"{sandbox_url}/shopify",
+        "SHOPIFY_ACCESS_TOKEN": "sandbox-shopify-token",
         "WAREHOUSE_DIR": str(ROOT / "warehouse"),
         "ORDERS_DB_URL": f"sqlite:///{ROOT / 'sandbox_data' / 'orders.db'}",
         "DAGSTER_HOME": str(home),

@@ -1,13 +1,20 @@
 """Sandbox storefront: paginated catalog, and a price webhook that verifies signatures (DESIGN §7).
 
 Faults (world.faults["storefront"]): `outage` (503 with Retry-After), `status` (answer every push
-with this status), `fail_next` (the next N pushes get 503), `retry_after` (seconds, with 429/503),
-`lose_response_next` (apply the next N pushes, then answer 502 as if the response was lost),
-`reject_batches` (list of batch names answered 400).
+with this status), `fail_next` (the next N pushes get 503), `throttle_next` (the next N get 429),
+`retry_after` (seconds, with 429/503), `lose_response_next` (apply the next N pushes, then answer 502
+as if the response was lost), `down_after` (answer N more pushes, apply the next one and lose its
+response, then stay in outage), `slow_next` + `latency_ms` (delay the next N pushes, then process
+them), `reject_batches` / `reject_skus` (a push naming one of these batches or SKUs is answered 400).
+
+Exactly-once evidence: a known Idempotency-Key is answered 409 before any validation and counted in
+`storefront.duplicates`; an entry whose (sku, version) is not newer than the live one is counted in
+`storefront.repeated_versions` (the same change applied twice under different keys).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -38,16 +45,28 @@ def routes(world: World) -> list[Route]:
         world.counters["storefront.catalog_requests"] += 1
         return JSONResponse({"items": items, "page": page, "next_page": next_page})
 
+    def take(faults: dict[str, Any], name: str) -> bool:
+        """Consume one of a next-N fault counter; True if it fired."""
+        remaining = int(faults.get(name, 0))
+        if remaining > 0:
+            faults[name] = remaining - 1
+            return True
+        return False
+
     async def prices(request: Request) -> Response:
         world.counters["storefront.requests"] += 1
         body = await request.body()
         faults = world.faults.get("storefront", {})
         retry_after = str(faults.get("retry_after", 1))
+        if take(faults, "slow_next"):
+            await asyncio.sleep(float(faults.get("latency_ms", 500)) / 1000)
         if faults.get("outage"):
             return JSONResponse({"error": "down"}, status_code=503, headers={"Retry-After": retry_after})
-        if faults.get("fail_next", 0) > 0:
-            faults["fail_next"] -= 1
+        if take(faults, "fail_next"):
             return JSONResponse({"error": "busy"}, status_code=503, headers={"Retry-After": retry_after})
+        if take(faults, "throttle_next"):
+            world.counters["storefront.throttled"] += 1
+            return JSONResponse({"error": "slow down"}, status_code=429, headers={"Retry-After": retry_after})
         if "status" in faults:
             status = int(faults["status"])
             headers = {"Retry-After": retry_after} if status in (429, 503) else {}
@@ -59,23 +78,39 @@ def routes(world: World) -> list[Route]:
         key = request.headers.get("Idempotency-Key")
         if not key:
             return JSONResponse({"error": "Idempotency-Key header is required"}, status_code=400)
-        try:
-            payload: dict[str, Any] = json.loads(body)
-            batch, entries = payload["batch"], payload["prices"]
-        except (ValueError, KeyError, TypeError):
-            return JSONResponse({"error": "body must be {batch, prices}"}, status_code=400)
-        if batch in faults.get("reject_batches", []):
-            return JSONResponse({"error": f"batch {batch} rejected"}, status_code=400)
+        # A known key is answered before any validation, so a retry never sees a different verdict.
         if key in world.applied_keys:
             world.counters["storefront.duplicates"] += 1
             return JSONResponse({"status": "already applied"}, status_code=409)
+        try:
+            payload: dict[str, Any] = json.loads(body)
+            batch, entries = payload["batch"], payload["prices"]
+            skus = {entry["sku"] for entry in entries}
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": "body must be {batch, prices: [{sku, ...}]}"}, status_code=400)
+        if batch in faults.get("reject_batches", []):
+            world.counters["storefront.rejected"] += 1
+            return JSONResponse({"error": f"batch {batch} rejected"}, status_code=400)
+        bad = sorted(skus & set(faults.get("reject_skus", [])))
+        if bad:
+            world.counters["storefront.rejected"] += 1
+            return JSONResponse({"error": f"unknown SKUs: {', '.join(bad[:5])}"}, status_code=400)
         for entry in entries:
+            current = world.storefront_prices.get(entry["sku"])
+            if current is not None and int(entry.get("version", 0)) <= int(current.get("version", 0)):
+                # The same change arriving under another key: exactly-once was broken upstream.
+                world.counters["storefront.repeated_versions"] += 1
             world.storefront_prices[entry["sku"]] = entry
         world.applied_keys[key] = len(entries)
         world.pushes.append({"key": key, "batch": batch, "prices": entries, "received_at": time.time()})
         world.counters["storefront.applied"] += len(entries)
-        if faults.get("lose_response_next", 0) > 0:
-            faults["lose_response_next"] -= 1
+        if "down_after" in faults:
+            faults["down_after"] = int(faults["down_after"]) - 1
+            if faults["down_after"] < 0:
+                # Crashed while answering: this push was applied, its response is lost, and it stays down.
+                faults["outage"] = True
+                return JSONResponse({"error": "connection reset"}, status_code=502)
+        if take(faults, "lose_response_next"):
             return JSONResponse({"error": "gateway lost the response"}, status_code=502)
         return JSONResponse({"status": "applied", "count": len(entries)})
 
@@ -86,6 +121,7 @@ def routes(world: World) -> list[Route]:
                 "prices": world.storefront_prices,
                 "duplicates": world.counters["storefront.duplicates"],
                 "bad_signatures": world.counters["storefront.bad_signatures"],
+                "repeated_versions": world.counters["storefront.repeated_versions"],
             }
         )
 

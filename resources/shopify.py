@@ -1,0 +1,377 @@
+"""Shopify adapter: Admin GraphQL `productVariantsBulkUpdate` per product, paced on the cost bucket."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import httpx
+import polars as pl
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from resources.config import ConfigError
+from resources.storefront import (
+    APPLIED,
+    DEFERRED,
+    IN_DOUBT,
+    PARTIAL,
+    REFUSED,
+    PushChunk,
+    PushOutcome,
+    PushStats,
+    full_jitter,
+    retry_after_seconds,
+)
+
+DEFAULT_API_VERSION = "2025-07"
+# What Shopify charges for one mutation field; the estimate before the first response tells us more.
+MUTATION_COST = 10
+SUPPLIER_METAFIELD = {"namespace": "pricing", "key": "supplier", "type": "single_line_text_field"}
+_VARIANT_INDEX = re.compile(r"^\d+$")
+
+
+@dataclass(frozen=True)
+class VariantRef:
+    """Where one SKU lives in Shopify: its product and variant GIDs."""
+
+    product_id: str
+    variant_id: str
+
+
+def variants_from_catalog(catalog: pl.DataFrame) -> dict[str, VariantRef]:
+    """SKU -> Shopify product and variant, from the catalog's product_id / variant_id columns."""
+    rows = catalog.filter(pl.col("product_id").is_not_null() & pl.col("variant_id").is_not_null())
+    return {
+        sku: VariantRef(product, variant)
+        for sku, product, variant in rows.select("sku", "product_id", "variant_id").iter_rows()
+    }
+
+
+def variant_input(entry: Mapping[str, Any], variant_id: str) -> dict[str, Any]:
+    """One ProductVariantsBulkInput: price, availability as inventory policy, routed supplier metafield."""
+    item: dict[str, Any] = {
+        "id": variant_id,
+        # Digital goods are sold without stock tracking: CONTINUE sells, DENY stops sales.
+        "inventoryPolicy": "CONTINUE" if entry["available"] else "DENY",
+        "metafields": [{**SUPPLIER_METAFIELD, "value": entry.get("supplier") or "none"}],
+    }
+    if entry.get("price") is not None:
+        item["price"] = entry["price"]
+    return item
+
+
+@cache
+def bulk_update_document(products: int) -> str:
+    """A mutation with one aliased productVariantsBulkUpdate per product (p0, p1, ...)."""
+    params = ", ".join(f"$p{i}: ID!, $v{i}: [ProductVariantsBulkInput!]!" for i in range(products))
+    fields = "\n".join(
+        f"  p{i}: productVariantsBulkUpdate(productId: $p{i}, variants: $v{i}, allowPartialUpdates: true) "
+        "{ productVariants { id } userErrors { field message code } }"
+        for i in range(products)
+    )
+    return f"mutation PushPrices({params}) {{\n{fields}\n}}"
+
+
+@dataclass
+class CostBucket:
+    """Our model of Shopify's leaky bucket, refreshed from every response's throttleStatus."""
+
+    maximum: float | None = None
+    available: float | None = None
+    restore_rate: float | None = None
+    observed_at: float = 0.0
+
+    def update(self, throttle_status: Mapping[str, Any] | None, now: float) -> None:
+        """Take the server's view of the bucket after a response."""
+        if not throttle_status:
+            return
+        self.maximum = float(throttle_status.get("maximumAvailable") or self.maximum or 0) or None
+        self.available = float(throttle_status.get("currentlyAvailable") or 0)
+        self.restore_rate = float(throttle_status.get("restoreRate") or 0) or None
+        self.observed_at = now
+
+    def estimate(self, now: float) -> float | None:
+        """Points available now, counting what leaked back since the last response."""
+        if self.available is None:
+            return None
+        restored = (self.restore_rate or 0) * max(0.0, now - self.observed_at)
+        estimate = self.available + restored
+        return min(estimate, self.maximum) if self.maximum else estimate
+
+    def wait_for(self, cost: float, now: float) -> float:
+        """Seconds to wait before a request of this cost fits in the bucket (0 when unknown)."""
+        available = self.estimate(now)
+        if available is None or available >= cost or not self.restore_rate:
+            return 0.0
+        return (cost - available) / self.restore_rate
+
+    def spend(self, cost: float, now: float) -> None:
+        """Account for a request sent before its response tells us the real level."""
+        available = self.estimate(now)
+        if available is not None:
+            self.available, self.observed_at = available - cost, now
+
+
+class ShopifyPusher:
+    """Pushes chunks as productVariantsBulkUpdate mutations, several products per request."""
+
+    adapter = "shopify"
+
+    def __init__(
+        self,
+        shop: ShopifyStorefront,
+        client: httpx.Client,
+        variants: Mapping[str, VariantRef],
+        sleep: Callable[[float], None],
+    ) -> None:
+        self._shop = shop
+        self._client = client
+        self._variants = variants
+        self._sleep = sleep
+        self.bucket = CostBucket()
+        self._cap: int | None = None
+
+    def push_prices(self, chunk: PushChunk, *, stats: PushStats) -> PushOutcome:
+        """Update the chunk's variants; userErrors and unknown SKUs come back per SKU."""
+        key = chunk.key
+        entries = chunk.entries.to_dicts()
+        per_sku: dict[str, tuple[str, str]] = {}
+        products: dict[str, list[Mapping[str, Any]]] = {}
+        for entry in entries:
+            ref = self._variants.get(entry["sku"])
+            if ref is None:
+                per_sku[entry["sku"]] = (REFUSED, "SKU has no Shopify variant in the catalog")
+            else:
+                products.setdefault(ref.product_id, []).append(entry)
+        queue = list(products.items())
+        attempts = 0
+        last_status: int | None = None
+        while queue:
+            size = self._group_size()
+            group, queue = queue[:size], queue[size:]
+            sent = self._send(group, stats)
+            if sent is None:
+                # More than the bucket can ever hold: retry the same products in smaller requests.
+                self._cap = max(1, min(len(group) // 2, self._group_size()))
+                queue = group + queue
+                continue
+            results, request_attempts, last_status = sent
+            attempts += request_attempts
+            per_sku.update(results)
+        outcome = _summarize(key, entries, per_sku, attempts, last_status)
+        stats.outcomes.append(outcome)
+        return outcome
+
+    def _group_size(self) -> int:
+        size = min(self._shop.products_per_request, self._cap or self._shop.products_per_request)
+        if self.bucket.maximum:
+            # A single query may never cost more than the whole bucket holds.
+            size = min(size, max(1, int(self.bucket.maximum // MUTATION_COST)))
+        return size
+
+    def _send(
+        self, group: list[tuple[str, list[Mapping[str, Any]]]], stats: PushStats
+    ) -> tuple[dict[str, tuple[str, str]], int, int | None] | None:
+        """One GraphQL request for a group of products: per-SKU failures, attempts, last HTTP status.
+
+        None when the request costs more than the whole bucket (MAX_COST_EXCEEDED) and can be split.
+        """
+        shop = self._shop
+        skus = [entry["sku"] for _, items in group for entry in items]
+        variables: dict[str, Any] = {}
+        for i, (product_id, items) in enumerate(group):
+            variables[f"p{i}"] = product_id
+            variables[f"v{i}"] = [variant_input(e, self._variants[e["sku"]].variant_id) for e in items]
+        payload = {"query": bulk_update_document(len(group)), "variables": variables}
+        cost = MUTATION_COST * len(group)
+        maybe_applied = False
+        last_error = "no attempt made"
+        last_status: int | None = None
+        attempts = 0
+        throttled = 0
+        # Bounded: at most max_attempts failures plus max_throttle_waits THROTTLED answers.
+        for _ in range(shop.max_attempts + shop.max_throttle_waits):
+            pause = self.bucket.wait_for(cost, time.monotonic())
+            if pause > 0:
+                stats.throttle_wait_seconds += pause
+                self._sleep(pause)
+            attempts += 1
+            stats.requests += 1
+            if attempts > 1:
+                stats.retries += 1
+            self.bucket.spend(cost, time.monotonic())
+            wait = shop.backoff(attempts - throttled)
+            try:
+                response = self._client.post(shop.graphql_path(), json=payload)
+            except httpx.ConnectError as exc:
+                last_status, last_error = None, f"{type(exc).__name__}: Shopify not reachable"
+            except httpx.TransportError as exc:
+                maybe_applied = True
+                last_status, last_error = None, f"{type(exc).__name__} talking to Shopify"
+            else:
+                last_status = response.status_code
+                if response.status_code == 200:
+                    body = response.json()
+                    cost_info = (body.get("extensions") or {}).get("cost") or {}
+                    self.bucket.update(cost_info.get("throttleStatus"), time.monotonic())
+                    codes = _error_codes(body)
+                    if "THROTTLED" in codes:
+                        # Not a failure: the bucket is empty, so wait until it holds this request's cost.
+                        throttled += 1
+                        stats.throttled += 1
+                        requested = float(cost_info.get("requestedQueryCost") or cost)
+                        pause = max(self.bucket.wait_for(requested, time.monotonic()), 0.05)
+                        stats.throttle_wait_seconds += pause
+                        self._sleep(pause)
+                        continue
+                    if "MAX_COST_EXCEEDED" in codes and len(group) > 1:
+                        return None
+                    if body.get("data"):
+                        return _user_errors(group, body), attempts, last_status
+                    message = _error_messages(body)
+                    if "INTERNAL_SERVER_ERROR" in codes:
+                        maybe_applied = True
+                        last_error = f"Shopify internal error: {message}"
+                    else:
+                        return dict.fromkeys(skus, (REFUSED, f"Shopify refused: {message}")), attempts, 200
+                elif response.status_code in (429, 503):
+                    stats.throttled += 1
+                    last_error = f"Shopify answered {response.status_code}"
+                    retry_after = retry_after_seconds(response.headers.get("Retry-After"), wait)
+                    wait = min(retry_after, shop.max_retry_after_seconds)
+                elif 400 <= response.status_code < 500:
+                    error = f"Shopify refused the request: HTTP {response.status_code} {response.text[:200]}"
+                    return dict.fromkeys(skus, (REFUSED, error)), attempts, last_status
+                else:
+                    maybe_applied = True
+                    last_error = f"Shopify answered {response.status_code}"
+            if attempts - throttled >= shop.max_attempts:
+                break
+            self._sleep(wait)
+        status = IN_DOUBT if maybe_applied else DEFERRED
+        return dict.fromkeys(skus, (status, f"{last_error} after {attempts} attempts")), attempts, last_status
+
+
+def _error_codes(body: Mapping[str, Any]) -> set[str]:
+    return {
+        str((error.get("extensions") or {}).get("code", ""))
+        for error in body.get("errors") or []
+        if isinstance(error, dict)
+    }
+
+
+def _error_messages(body: Mapping[str, Any]) -> str:
+    errors = body.get("errors")
+    if isinstance(errors, str):
+        return errors[:200]
+    return "; ".join(str(e.get("message", e)) for e in errors or [] if isinstance(e, dict))[:300] or "no data"
+
+
+def _user_errors(
+    group: list[tuple[str, list[Mapping[str, Any]]]], body: Mapping[str, Any]
+) -> dict[str, tuple[str, str]]:
+    """Map each alias's userErrors (field ["variants", "<i>", ...]) back to SKUs."""
+    data = body.get("data") or {}
+    failed: dict[str, tuple[str, str]] = {}
+    for i, (_, items) in enumerate(group):
+        result = data.get(f"p{i}")
+        if result is None:
+            message = _error_messages(body)
+            failed.update({e["sku"]: (REFUSED, f"Shopify: {message}") for e in items})
+            continue
+        for error in result.get("userErrors") or []:
+            path = error.get("field") or []
+            reason = f"Shopify userError {error.get('code') or ''}: {error.get('message', '')}".strip()
+            if len(path) >= 2 and path[0] == "variants" and _VARIANT_INDEX.match(str(path[1])):
+                index = int(path[1])
+                if index < len(items):
+                    failed[items[index]["sku"]] = (REFUSED, reason)
+                    continue
+            # An error not tied to one variant (e.g. productId) fails the whole product.
+            failed.update({e["sku"]: (REFUSED, reason) for e in items if e["sku"] not in failed})
+    return failed
+
+
+def _summarize(
+    key: str,
+    entries: Sequence[Mapping[str, Any]],
+    per_sku: dict[str, tuple[str, str]],
+    attempts: int,
+    http_status: int | None,
+) -> PushOutcome:
+    """Fold per-SKU results into one outcome whose status describes the chunk."""
+    if not per_sku:
+        return PushOutcome(key, APPLIED, http_status, attempts)
+    statuses = {status for status, _ in per_sku.values()}
+    first_error = next(iter(per_sku.values()))[1]
+    if len(per_sku) < len(entries):
+        return PushOutcome(key, PARTIAL, http_status, attempts, first_error, per_sku)
+    # Nothing went through: the chunk takes the most uncertain status; each SKU keeps its own reason.
+    worst = IN_DOUBT if IN_DOUBT in statuses else DEFERRED if DEFERRED in statuses else REFUSED
+    return PushOutcome(key, worst, http_status, attempts, first_error, per_sku)
+
+
+class ShopifyStorefront(ConfigurableResource):
+    """A Shopify store's Admin GraphQL API; the access token is read from the environment when pushing."""
+
+    shop_url: str | None = Field(
+        default=None, description="https://<shop>.myshopify.com; unset: $SHOPIFY_SHOP_URL at push time"
+    )
+    access_token_env: str = Field(
+        default="SHOPIFY_ACCESS_TOKEN", description="name of the env var holding the Admin API token"
+    )
+    api_version: str = DEFAULT_API_VERSION
+    timeout_seconds: float = 10.0
+    max_attempts: int = 5
+    max_throttle_waits: int = 50
+    backoff_initial_seconds: float = 0.2
+    backoff_max_seconds: float = 5.0
+    max_retry_after_seconds: float = 30.0
+    products_per_request: int = Field(default=10, ge=1, le=100)
+
+    def graphql_path(self) -> str:
+        """The Admin GraphQL endpoint path for the configured API version."""
+        return f"/admin/api/{self.api_version}/graphql.json"
+
+    def backoff(self, attempt: int) -> float:
+        """Jittered wait before retrying after failed attempt number `attempt`."""
+        return full_jitter(attempt, self.backoff_initial_seconds, self.backoff_max_seconds)
+
+    def _base_url(self) -> str:
+        url = self.shop_url or os.environ.get("SHOPIFY_SHOP_URL")
+        if not url:
+            raise ConfigError("shopify: shop_url is not set and SHOPIFY_SHOP_URL is empty")
+        return url.rstrip("/")
+
+    def _token(self) -> str:
+        token = os.environ.get(self.access_token_env)
+        if not token:
+            raise ConfigError(f"shopify: environment variable {self.access_token_env} is not set")
+        return token
+
+    @contextmanager
+    def open_pusher(
+        self, variants: Mapping[str, VariantRef], *, sleep: Callable[[float], None] = time.sleep
+    ) -> Iterator[ShopifyPusher]:
+        """A pusher for one sync, knowing each SKU's product and variant."""
+        headers = {"X-Shopify-Access-Token": self._token(), "Content-Type": "application/json"}
+        with httpx.Client(base_url=self._base_url(), headers=headers, timeout=self.timeout_seconds) as client:
+            yield ShopifyPusher(self, client, variants, sleep)
+
+
+__all__ = [
+    "CostBucket",
+    "ShopifyPusher",
+    "ShopifyStorefront",
+    "VariantRef",
+    "bulk_update_document",
+    "variant_input",
+    "variants_from_catalog",
+]

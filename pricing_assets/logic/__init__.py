@@ -1,0 +1,1 @@
+"""Pure pricing transformations over polars frames: batching, best offers, markup, guard, history."""

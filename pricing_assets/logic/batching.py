@@ -1,0 +1,46 @@
+"""Stable assignment of SKUs to `catalog_batch` partitions (DESIGN §3, docs/pricing.md)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import polars as pl
+
+BATCH_PREFIX = "batch-"
+
+
+def batch_index(sku: str, n: int) -> int:
+    """The batch a SKU belongs to: first 64 bits of MD5(utf-8 SKU), big-endian, modulo n."""
+    if n < 1:
+        raise ValueError(f"number of batches must be >= 1, got {n}")
+    return int(hashlib.md5(sku.encode("utf-8")).hexdigest()[:16], 16) % n
+
+
+def batch_key(index: int) -> str:
+    """The partition key of a batch index: 3 -> 'batch-003'."""
+    if index < 0:
+        raise ValueError(f"batch index must be >= 0, got {index}")
+    return f"{BATCH_PREFIX}{index:03d}"
+
+
+def batch_keys(n: int) -> list[str]:
+    """All partition keys for n batches, in index order."""
+    if n < 1:
+        raise ValueError(f"number of batches must be >= 1, got {n}")
+    return [batch_key(index) for index in range(n)]
+
+
+def assign_batches(frame: pl.DataFrame, n: int, sku_col: str = "sku") -> pl.DataFrame:
+    """The frame with a `batch` String column holding each row's partition key."""
+    if n < 1:
+        raise ValueError(f"number of batches must be >= 1, got {n}")
+    skus = frame.get_column(sku_col)
+    if skus.null_count():
+        raise ValueError(f"column {sku_col!r} has {skus.null_count()} null SKUs; a SKU needs an id")
+    md5 = hashlib.md5
+    # polars has no stable MD5 expression (its own hash is seeded and version-dependent), so the
+    # digests come from hashlib; the modulo and the key formatting stay vectorised.
+    digests = pl.Series([md5(sku.encode("utf-8")).digest()[:8] for sku in skus.to_list()], dtype=pl.Binary)
+    index = digests.bin.reinterpret(dtype=pl.UInt64, endianness="big") % n
+    keys = pl.lit(BATCH_PREFIX) + index.cast(pl.String).str.zfill(3)
+    return frame.with_columns(pl.select(keys).to_series().alias("batch"))

@@ -1,0 +1,122 @@
+"""Price-change guard, approval release, and the blocking checks that gate a push (DESIGN §4)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import polars as pl
+
+from resources.config import GuardConfig
+from resources.schemas import MONEY
+
+GUARD_COLUMNS = ("last_pushed_price", "change_pct", "held", "hold_reason")
+EXAMPLES = 10  # SKUs listed in a failing check's metadata
+
+
+def _pct_text(value: Decimal) -> str:
+    """A threshold percent as people write it: 30 -> '30', 12.5 -> '12.5'."""
+    return format(value.normalize(), "f")
+
+
+def _fixed(value: pl.Expr, decimals: int) -> pl.Expr:
+    """A non-negative float as text with exactly `decimals` decimals (0.8 -> '0.80'), for messages."""
+    scaled = (value * 10**decimals).round(0).cast(pl.Int64)
+    return pl.concat_str(
+        (scaled // 10**decimals).cast(pl.String),
+        pl.lit("."),
+        (scaled % 10**decimals).cast(pl.String).str.zfill(decimals),
+    )
+
+
+def apply_guard(
+    prices: pl.DataFrame, last_pushed: pl.DataFrame, rules: GuardConfig, *, batch_col: str = "batch"
+) -> pl.DataFrame:
+    """`prices` plus last_pushed_price, change_pct, held and hold_reason (per DESIGN §4's guard)."""
+    last = (
+        last_pushed.select("sku", pl.col("price").cast(MONEY).alias("last_pushed_price"))
+        .filter(pl.col("sku").is_not_null())
+        .unique(subset="sku", keep="last", maintain_order=True)
+    )
+    frame = prices.drop([c for c in GUARD_COLUMNS if c in prices.columns]).join(
+        last, on="sku", how="left", maintain_order="left"
+    )
+    price, previous = pl.col("price"), pl.col("last_pushed_price")
+    comparable = price.is_not_null() & previous.is_not_null()
+    changed = comparable & (price != previous)
+    delta = (price - previous).abs()
+    # Exact: |new - old| * 100 > max_change_pct * old, no float involved in the decision.
+    too_big = changed & (previous > 0) & (delta * 100 > previous * pl.lit(rules.max_change_pct))
+    # A move away from zero (or to a non-positive price) is infinitely large: always held.
+    too_big = too_big | (changed & (previous <= 0))
+    change_pct = pl.when(comparable & (previous != 0)).then(
+        (price.cast(pl.Float64) - previous.cast(pl.Float64)) / previous.cast(pl.Float64) * 100
+    )
+
+    group = [batch_col] if batch_col in frame.columns else []
+    skus_in_batch = pl.len().over(group) if group else pl.len()
+    changes_in_batch = changed.sum().over(group) if group else changed.sum()
+    # share > limit  <=>  changes > limit * skus; both sides exact decimals.
+    batch_over = changes_in_batch.cast(pl.Decimal(38, 0)) > skus_in_batch.cast(pl.Decimal(38, 0)) * pl.lit(
+        rules.max_batch_change_share
+    )
+    share = changes_in_batch.cast(pl.Float64) / skus_in_batch.cast(pl.Float64)
+
+    pct_reason = pl.concat_str(
+        pl.lit("change "), _fixed(change_pct.abs(), 1), pl.lit(f"% > {_pct_text(rules.max_change_pct)}%")
+    )
+    pct_reason = pl.when(previous > 0).then(pct_reason).otherwise(pl.lit("change from a non-positive price"))
+    share_reason = pl.concat_str(
+        pl.lit("batch change share "), _fixed(share, 2), pl.lit(f" > {rules.max_batch_change_share:.2f}")
+    )
+    held_by_pct = too_big
+    held_by_share = changed & batch_over
+    reason = pl.concat_str(
+        pl.when(held_by_pct).then(pct_reason),
+        pl.when(held_by_share).then(share_reason),
+        separator="; ",
+        ignore_nulls=True,
+    )
+    return frame.with_columns(
+        change_pct=change_pct,
+        held=(held_by_pct | held_by_share).fill_null(False),
+        hold_reason=pl.when(held_by_pct | held_by_share).then(reason),
+    )
+
+
+def release_held(held: pl.DataFrame, skus: list[str] | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Approve held changes: (released rows with held=False, rows still held); None releases all."""
+    if skus is None:
+        wanted = held.get_column("sku").unique().to_list()
+    else:
+        wanted = list(dict.fromkeys(skus))
+        unknown = sorted(set(wanted) - set(held.get_column("sku").to_list()))
+        if unknown:
+            shown = ", ".join(unknown[:EXAMPLES]) + (" ..." if len(unknown) > EXAMPLES else "")
+            raise ValueError(f"{len(unknown)} SKU(s) have no held price change: {shown}")
+    chosen = pl.col("sku").is_in(wanted)
+    released = held.filter(chosen).with_columns(held=pl.lit(False), hold_reason=pl.lit(None, dtype=pl.String))
+    return released, held.filter(~chosen)
+
+
+def check_no_nonpositive_price(frame: pl.DataFrame) -> tuple[bool, dict[str, Any]]:
+    """Blocking check: no SKU gets a price of zero or less (unavailable SKUs have no price)."""
+    bad = frame.filter(pl.col("price").is_not_null() & (pl.col("price") <= 0))
+    return bad.height == 0, {
+        "nonpositive_prices": bad.height,
+        "checked": int(frame.get_column("price").is_not_null().sum()),
+        "examples": bad.get_column("sku").head(EXAMPLES).to_list(),
+    }
+
+
+def check_not_below_floor(frame: pl.DataFrame, min_margin: Decimal) -> tuple[bool, dict[str, Any]]:
+    """Blocking check: no price is below cost x (1 + min_margin), compared exactly."""
+    floor = pl.col("cost").cast(MONEY) * pl.lit(1 + min_margin)
+    priced = pl.col("price").is_not_null() & pl.col("cost").is_not_null()
+    bad = frame.filter(priced & (pl.col("price") < floor))
+    return bad.height == 0, {
+        "below_floor": bad.height,
+        "checked": int(frame.select(priced.sum()).item()),
+        "min_margin": str(min_margin),
+        "examples": bad.get_column("sku").head(EXAMPLES).to_list(),
+    }

@@ -1,0 +1,363 @@
+"""Best-offer selection (DESIGN §4): property tests against a plain-Python reference, plus rule tables."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pricing_assets.logic.best_offers import convert_to_store_currency, select_best_offers, tie_break_order
+from resources.schemas import BEST_OFFERS_SCHEMA, CATALOG_SCHEMA, OFFERS_SCHEMA
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TTL = timedelta(minutes=30)
+FX = {"EUR": Decimal(1), "USD": Decimal("0.9215"), "GBP": Decimal("1.17423")}
+CENT4 = Decimal("0.0001")
+
+
+# ------------------------------------------------------------------ reference implementation
+
+
+def reference(
+    catalog: list[dict[str, Any]],
+    offers: list[dict[str, Any]],
+    order: list[str],
+    enabled: Collection[str],
+    fx: Mapping[str, Decimal],
+    now: datetime,
+    ttl: timedelta,
+) -> list[dict[str, Any]]:
+    """DESIGN §4 written as plainly as possible, one SKU at a time."""
+    ranked = [s for s in dict.fromkeys(order) if s in enabled] + sorted(set(enabled) - set(order))
+    rank = {supplier: i for i, supplier in enumerate(ranked)}
+    out = []
+    for item in catalog:
+        if item["active"] is not True:
+            continue
+        best_of_supplier: dict[str, tuple[tuple[Decimal, int], dict[str, Any], Decimal]] = {}
+        for offer in offers:
+            if offer["sku"] != item["sku"] or offer["supplier"] not in rank:
+                continue
+            if offer["currency"] not in fx or offer["price"] is None or offer["price"] <= 0:
+                continue
+            if offer["fetched_at"] is None or offer["fetched_at"] < now - ttl:
+                continue
+            stock = offer["stock"]
+            if not ((stock is not None and stock > 0) or (stock is None and offer["in_stock"] is True)):
+                continue
+            cost = (offer["price"] * fx[offer["currency"]]).quantize(CENT4, rounding=ROUND_HALF_EVEN)
+            sort_key = (cost, rank[offer["supplier"]])
+            held = best_of_supplier.get(offer["supplier"])
+            if held is None or sort_key < held[0]:  # strict: the first listed of equal offers stays
+                best_of_supplier[offer["supplier"]] = (sort_key, offer, cost)
+        ordered = sorted(best_of_supplier.values(), key=lambda entry: entry[0])
+        row: dict[str, Any] = {"sku": item["sku"], "category": item["category"], "offer_count": len(ordered)}
+        if ordered:
+            _, offer, cost = ordered[0]
+            row |= {
+                "available": True,
+                "supplier": offer["supplier"],
+                "cost": cost,
+                "supplier_price": offer["price"],
+                "supplier_currency": offer["currency"],
+                "stock": offer["stock"],
+            }
+        else:
+            row |= dict.fromkeys(["supplier", "cost", "supplier_price", "supplier_currency", "stock"])
+            row["available"] = False
+        if len(ordered) > 1:
+            _, runner, runner_cost = ordered[1]
+            row |= {
+                "runner_up_supplier": runner["supplier"],
+                "runner_up_cost": runner_cost,
+                "spread": runner_cost - row["cost"],
+            }
+        else:
+            row |= dict.fromkeys(["runner_up_supplier", "runner_up_cost", "spread"])
+        out.append(row)
+    return out
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def catalog_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    full = [{"title": "t", "product_id": "p", "variant_id": "v", **row} for row in rows]
+    return pl.DataFrame(full, schema=CATALOG_SCHEMA)
+
+
+def offers_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=OFFERS_SCHEMA)
+
+
+def offer(sku: str, supplier: str, price: str, **extra: Any) -> dict[str, Any]:
+    base = {
+        "sku": sku,
+        "supplier": supplier,
+        "price": Decimal(price),
+        "currency": "EUR",
+        "stock": 5,
+        "in_stock": True,
+        "fetched_at": NOW,
+    }
+    return base | extra
+
+
+def run(catalog: list[dict[str, Any]], offers: list[dict[str, Any]], **kwargs: Any) -> list[dict[str, Any]]:
+    params = {"supplier_order": ["s1", "s2", "s3"], "enabled": {"s1", "s2", "s3"}, "fx": FX, "now": NOW}
+    params |= {"staleness_ttl": TTL} | kwargs
+    result = select_best_offers(catalog_frame(catalog), offers_frame(offers), **params)
+    assert result.schema == pl.Schema(BEST_OFFERS_SCHEMA)
+    return result.to_dicts()
+
+
+def one(offers: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    rows = run([{"sku": "a", "category": "c", "active": True}], offers, **kwargs)
+    assert len(rows) == 1
+    return rows[0]
+
+
+# ------------------------------------------------------------------ property test
+
+SUPPLIERS = ["s1", "s2", "s3", "zeta"]
+SKUS = ["a", "b", "c", "d"]
+prices = st.one_of(
+    st.decimals(min_value=Decimal("-1"), max_value=Decimal("30"), places=4, allow_nan=False),
+    st.sampled_from([Decimal("10"), Decimal("10.0000"), Decimal("9.9999")]),  # frequent ties
+    st.none(),
+)
+offer_rows = st.fixed_dictionaries(
+    {
+        "sku": st.sampled_from([*SKUS, "not-in-catalog"]),
+        "supplier": st.sampled_from([*SUPPLIERS, "unknown"]),
+        "price": prices,
+        "currency": st.sampled_from(["EUR", "USD", "GBP", "JPY", None]),
+        "stock": st.one_of(st.none(), st.integers(min_value=-1, max_value=3)),
+        "in_stock": st.one_of(st.none(), st.booleans()),
+        "fetched_at": st.one_of(
+            st.none(),
+            st.sampled_from([NOW, NOW - TTL, NOW - TTL - timedelta(microseconds=1), NOW - 2 * TTL]),
+        ),
+    }
+)
+catalog_rows = st.lists(
+    st.fixed_dictionaries(
+        {
+            "sku": st.sampled_from(SKUS),
+            "category": st.sampled_from(["x", "y", None]),
+            "active": st.one_of(st.booleans(), st.none()),
+        }
+    ),
+    max_size=4,
+    unique_by=lambda row: row["sku"],
+)
+fx_tables = st.fixed_dictionaries(
+    {"EUR": st.just(Decimal(1))},
+    optional={
+        "USD": st.decimals(min_value=Decimal("0.0001"), max_value=Decimal("3"), places=8),
+        "GBP": st.sampled_from([Decimal("1.17423"), Decimal("0.5"), Decimal("2")]),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    catalog=catalog_rows,
+    offers=st.lists(offer_rows, max_size=25),
+    order=st.permutations(SUPPLIERS),
+    enabled=st.sets(st.sampled_from(SUPPLIERS)),
+    fx=fx_tables,
+)
+def test_matches_reference(
+    catalog: list[dict[str, Any]],
+    offers: list[dict[str, Any]],
+    order: list[str],
+    enabled: set[str],
+    fx: dict[str, Decimal],
+) -> None:
+    # "zeta" is left out of the registry order sometimes: it must then rank after, by id.
+    registry_order = [s for s in order if s != "zeta"] if len(enabled) % 2 else list(order)
+    expected = reference(catalog, offers, registry_order, enabled, fx, NOW, TTL)
+    got = select_best_offers(
+        catalog_frame(catalog),
+        offers_frame(offers),
+        supplier_order=registry_order,
+        enabled=enabled,
+        fx=fx,
+        now=NOW,
+        staleness_ttl=TTL,
+    )
+    assert got.schema == pl.Schema(BEST_OFFERS_SCHEMA)
+    assert got.to_dicts() == [{name: row[name] for name in BEST_OFFERS_SCHEMA} for row in expected]
+
+
+@settings(max_examples=60, deadline=None)
+@given(offers=st.lists(offer_rows, max_size=12), big=st.decimals(min_value=10**9, max_value=10**15, places=4))
+def test_huge_prices_take_the_wide_path_and_still_match(offers: list[dict[str, Any]], big: Decimal) -> None:
+    # A price near the top of MONEY's range does not fit the 64-bit key: the 128-bit path must agree.
+    offers = [*offers, offer("a", "s2", str(big))]
+    catalog = [{"sku": sku, "category": "x", "active": True} for sku in SKUS]
+    expected = reference(catalog, offers, ["s1", "s2", "s3"], {"s1", "s2", "s3"}, FX, NOW, TTL)
+    got = run(catalog, offers)
+    assert got == [{name: row[name] for name in BEST_OFFERS_SCHEMA} for row in expected]
+
+
+# ------------------------------------------------------------------ rule tables
+
+
+def test_cheapest_wins_and_runner_up_spread_count() -> None:
+    row = one([offer("a", "s1", "10"), offer("a", "s2", "8.5"), offer("a", "s3", "12")])
+    assert (row["supplier"], row["cost"], row["supplier_price"]) == ("s2", Decimal("8.5"), Decimal("8.5"))
+    assert (row["runner_up_supplier"], row["runner_up_cost"]) == ("s1", Decimal("10"))
+    assert row["spread"] == Decimal("1.5")
+    assert row["offer_count"] == 3
+    assert row["available"] is True
+    assert row["stock"] == 5
+
+
+def test_tie_goes_to_registry_order_then_supplier_id() -> None:
+    offers = [offer("a", "s3", "10"), offer("a", "s1", "10"), offer("a", "s2", "10")]
+    assert one(offers, supplier_order=["s2", "s3", "s1"])["supplier"] == "s2"
+    assert one(offers, supplier_order=["s3", "s1", "s2"])["supplier"] == "s3"
+    # Suppliers missing from the order rank after it, by id.
+    row = one(offers, supplier_order=["s3"])
+    assert (row["supplier"], row["runner_up_supplier"]) == ("s3", "s1")
+    assert row["spread"] == Decimal(0)
+
+
+def test_tie_break_order_helper() -> None:
+    assert tie_break_order(["b", "a", "b", "c"], {"a", "b", "z", "y"}) == ["b", "a", "y", "z"]
+
+
+def test_stale_offers_are_not_candidates_boundary_included() -> None:
+    exactly_ttl = offer("a", "s1", "5", fetched_at=NOW - TTL)
+    too_old = offer("a", "s2", "4", fetched_at=NOW - TTL - timedelta(microseconds=1))
+    row = one([exactly_ttl, too_old])
+    assert row["supplier"] == "s1"
+    assert row["offer_count"] == 1
+    assert one([too_old])["available"] is False
+
+
+@pytest.mark.parametrize(
+    ("stock", "in_stock", "candidate"),
+    [
+        (3, True, True),
+        (3, False, True),  # a count above zero is stock, whatever the flag says
+        (0, True, False),
+        (-1, True, False),
+        (None, True, True),  # unknown count, flagged in stock
+        (None, False, False),
+        (None, None, False),
+    ],
+)
+def test_stock_rule(stock: int | None, in_stock: bool | None, candidate: bool) -> None:
+    row = one([offer("a", "s1", "5", stock=stock, in_stock=in_stock)])
+    assert row["available"] is candidate
+    assert row["offer_count"] == int(candidate)
+
+
+def test_disabled_supplier_is_ignored() -> None:
+    row = one([offer("a", "s1", "5"), offer("a", "s2", "9")], enabled={"s2", "s3"})
+    assert (row["supplier"], row["offer_count"], row["runner_up_supplier"]) == ("s2", 1, None)
+
+
+def test_unknown_currency_is_never_guessed() -> None:
+    row = one([offer("a", "s1", "1", currency="JPY"), offer("a", "s2", "9")])
+    assert row["supplier"] == "s2"
+    assert row["offer_count"] == 1
+    assert one([offer("a", "s1", "1", currency=None)])["available"] is False
+
+
+def test_fx_conversion_rounds_half_even_to_four_places() -> None:
+    # 0.0001 USD x 0.5 = 0.00005 -> 0.0000 (half-even), 0.0003 x 0.5 = 0.00015 -> 0.0002.
+    fx = {"EUR": Decimal(1), "USD": Decimal("0.5")}
+    assert one([offer("a", "s1", "0.0003", currency="USD")], fx=fx)["cost"] == Decimal("0.0002")
+    assert one([offer("a", "s1", "0.0005", currency="USD")], fx=fx)["cost"] == Decimal("0.0002")
+    assert one([offer("a", "s1", "0.0007", currency="USD")], fx=fx)["cost"] == Decimal("0.0004")
+    row = one([offer("a", "s1", "10", currency="USD")])
+    assert (row["cost"], row["supplier_price"], row["supplier_currency"]) == (
+        Decimal("9.215"),
+        Decimal("10"),
+        "USD",
+    )
+
+
+def test_fx_changes_the_winner() -> None:
+    offers = [offer("a", "s1", "10", currency="USD"), offer("a", "s2", "9.5")]
+    assert one(offers)["supplier"] == "s1"  # 9.215 EUR
+    assert one(offers, fx={"EUR": Decimal(1), "USD": Decimal("0.96")})["supplier"] == "s2"  # 9.60 EUR
+
+
+def test_runner_up_is_another_supplier_even_with_duplicate_listings() -> None:
+    offers = [offer("a", "s1", "5"), offer("a", "s1", "6"), offer("a", "s2", "7")]
+    row = one(offers)
+    assert (row["supplier"], row["runner_up_supplier"], row["runner_up_cost"]) == ("s1", "s2", Decimal("7"))
+    assert row["offer_count"] == 2
+    solo = one([offer("a", "s1", "5", stock=1), offer("a", "s1", "5", stock=9)])
+    assert (solo["runner_up_supplier"], solo["spread"], solo["offer_count"]) == (None, None, 1)
+    assert solo["stock"] == 1  # equal duplicates: the first listed wins
+
+
+def test_one_row_per_active_catalog_sku_in_catalog_order() -> None:
+    catalog = [
+        {"sku": "z", "category": "c1", "active": True},
+        {"sku": "y", "category": "c2", "active": False},
+        {"sku": "x", "category": None, "active": None},
+        {"sku": "w", "category": "c3", "active": True},
+    ]
+    rows = run(catalog, [offer("w", "s1", "3"), offer("y", "s1", "3"), offer("stray", "s1", "1")])
+    assert [(r["sku"], r["category"], r["available"]) for r in rows] == [
+        ("z", "c1", False),
+        ("w", "c3", True),
+    ]
+    unavailable = rows[0]
+    assert unavailable["offer_count"] == 0
+    assert all(unavailable[c] is None for c in ["supplier", "cost", "supplier_price", "stock", "spread"])
+
+
+def test_no_offers_and_no_enabled_suppliers() -> None:
+    assert one([])["available"] is False
+    assert one([offer("a", "s1", "3")], enabled=set())["available"] is False
+
+
+def test_nonpositive_and_missing_prices_are_not_candidates() -> None:
+    row = one([offer("a", "s1", "0"), offer("a", "s2", "-1"), offer("a", "s3", "2")])
+    assert (row["supplier"], row["offer_count"]) == ("s3", 1)
+    assert one([offer("a", "s1", "0")])["available"] is False
+
+
+def test_rejects_naive_now_and_bad_fx() -> None:
+    with pytest.raises(ValueError, match="timezone"):
+        one([offer("a", "s1", "3")], now=datetime(2026, 3, 1, 12))
+    with pytest.raises(ValueError, match="positive"):
+        one([offer("a", "s1", "3")], fx={"EUR": Decimal(0)})
+    with pytest.raises(ValueError, match="decimals"):
+        one([offer("a", "s1", "3")], fx={"EUR": Decimal("1." + "1" * 19)})
+
+
+def test_convert_to_store_currency_expression() -> None:
+    frame = pl.DataFrame(
+        {"price": [Decimal("10"), Decimal("2.5"), Decimal("1")], "currency": ["USD", "GBP", "XXX"]},
+        schema={"price": OFFERS_SCHEMA["price"], "currency": pl.String},
+    )
+    out = frame.select(convert_to_store_currency(pl.col("price"), pl.col("currency"), FX)).to_series()
+    assert out.to_list() == [Decimal("9.215"), Decimal("2.9356"), None]  # 2.935575 -> 2.9356
+
+
+def test_duplicate_catalog_rows_give_one_row_with_the_first_category() -> None:
+    catalog = [
+        {"sku": "a", "category": "first", "active": True},
+        {"sku": "b", "category": "b", "active": True},
+        {"sku": "a", "category": "second", "active": True},
+    ]
+    rows = run(catalog, [offer("a", "s1", "3")])
+    assert [(r["sku"], r["category"], r["available"]) for r in rows] == [
+        ("a", "first", True),
+        ("b", "b", False),
+    ]

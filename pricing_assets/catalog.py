@@ -1,6 +1,5 @@
 """The `catalog` asset: the SKUs to price, from the storefront's catalog endpoint or a file."""
 
-
 from pathlib import Path
 
 import polars as pl

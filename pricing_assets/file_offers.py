@@ -1,6 +1,5 @@
 """`supplier_offers/<id>` for file suppliers: batch slices of the cached CDN file, no network."""
 
-
 import polars as pl
 from dagster import (
     AssetExecutionContext,

@@ -63,6 +63,10 @@ def wait_for(url: str, process: subprocess.Popen[bytes], seconds: float) -> None
     raise SystemExit(f"{url} did not answer within {seconds:.0f} s")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Start the sandbox, then `dagster dev` on both code locations; Ctrl-C stops both."""
     sandbox_port = int(os.environ.get("SANDBOX_PORT", "8700"))
@@ -71,6 +75,9 @@ def main() -> None:
     prepare_home(home, ROOT / os.environ.get("DAGSTER_INSTANCE", "."))
     env = demo_environment(sandbox_port, home)
     (ROOT / "sandbox_data").mkdir(exist_ok=True)
+    children: list[subprocess.Popen[bytes]] = []
+    # SIGTERM (not only Ctrl-C) must also stop the children, or dagster dev outlives the demo.
+    signal.signal(signal.SIGTERM, _interrupt)
     sandbox = subprocess.Popen(
         [
             sys.executable,
@@ -84,6 +91,7 @@ def main() -> None:
         cwd=ROOT,
         env=env,
     )
+    children.append(sandbox)
     try:
         wait_for(f"http://127.0.0.1:{sandbox_port}/_health", sandbox, 120)
         print(f"sandbox: http://127.0.0.1:{sandbox_port}  (storefront pushes: /storefront/_pushes)")
@@ -102,11 +110,12 @@ def main() -> None:
             cwd=ROOT,
             env=env,
         )
+        children.append(dagster)
         dagster.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        for process in (sandbox,):
+        for process in reversed(children):
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
                 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import uvicorn
 
@@ -17,14 +18,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skus", type=int, default=2000, help="catalog size")
     parser.add_argument("--orders-db", default=None, help="also generate the orders SQLite DB here")
+    parser.add_argument("--live-orders-per-minute", type=int, default=0, help="keep placing orders now")
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     world = World(seed=args.seed, catalog_size=args.skus)
+    background = []
     if args.orders_db:
         from sandbox.bootstrap import make_orders_db
+        from sandbox.live_orders import run_live_orders
 
         make_orders_db(world, args.orders_db)
-    uvicorn.run(create_app(world), host="127.0.0.1", port=args.port, log_level=args.log_level)
+        if args.live_orders_per_minute:
+            url = f"sqlite:///{Path(args.orders_db).resolve()}"
+            background.append(lambda: run_live_orders(url, world, args.live_orders_per_minute))
+    app = create_app(world, background=background)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level=args.log_level)
 
 
 if __name__ == "__main__":

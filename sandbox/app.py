@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,8 +26,11 @@ MOUNTS = {
 }
 
 
-def create_app(world: World | None = None) -> Starlette:
-    """Build the sandbox app around a world (a fresh default world when None)."""
+Background = Callable[[], Coroutine[Any, Any, None]]
+
+
+def create_app(world: World | None = None, background: list[Background] | None = None) -> Starlette:
+    """Build the sandbox app around a world; `background` coroutines run while it serves."""
     world = world or World()
     routes: list[BaseRoute] = [
         Route("/_health", _health, methods=["GET"]),
@@ -42,9 +48,23 @@ def create_app(world: World | None = None) -> Starlette:
             log.info("sandbox: %s not available, %s not mounted", module_name, prefix)
             continue
         routes.append(Mount(prefix, routes=module.routes(world)))
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, lifespan=_lifespan(background or []))
     app.state.world = world
     return app
+
+
+def _lifespan(background: list[Background]) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(make()) for make in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    return lifespan
 
 
 def _world(request: Request) -> World:

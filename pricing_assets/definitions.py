@@ -7,7 +7,15 @@ from pathlib import Path
 from dagster import AssetKey, AssetsDefinition, AssetSelection, Definitions
 
 from pricing_assets.catalog import build_catalog_asset
+from pricing_assets.checks import build_storefront_price_checks
+from pricing_assets.debug import build_debug_job
 from pricing_assets.file_offers import build_file_offer_assets
+from pricing_assets.held import build_approve_job, build_held_assets, build_held_job, build_held_schedule
+from pricing_assets.history_assets import (
+    build_price_history_asset,
+    build_price_history_job,
+    build_price_history_schedule,
+)
 from pricing_assets.offers import build_best_offers_asset, build_storefront_prices_asset
 from pricing_assets.partitions import catalog_batch_partitions
 from pricing_assets.push_sensor import build_storefront_push_sensor, build_storefront_sync_job
@@ -57,6 +65,8 @@ def build_pricing_assets(registry: Registry) -> list[AssetsDefinition]:
         build_best_offers_asset(registry, batches),
         build_storefront_prices_asset(registry, batches),
         build_storefront_sync_asset(batches),
+        *build_held_assets(),
+        build_price_history_asset(registry),
     ]
 
 
@@ -71,10 +81,15 @@ def build_definitions_without_resources(registry: Registry) -> Definitions:
     )
     sweep_job = build_sweep_job(sweep_selection, batches)
     sync_job = build_storefront_sync_job(batches)
-    schedules = [build_supplier_file_schedule(file_assets)] if file_assets else []
+    history_job = build_price_history_job()
+    held_job = build_held_job()
+    schedules = [build_held_schedule(held_job), build_price_history_schedule(history_job)]
+    if file_assets:
+        schedules.append(build_supplier_file_schedule(file_assets))
     return Definitions(
         assets=assets,
-        jobs=[sweep_job, sync_job],
+        asset_checks=build_storefront_price_checks(),
+        jobs=[sweep_job, sync_job, build_approve_job(), held_job, history_job, build_debug_job(registry)],
         schedules=schedules,
         sensors=[build_price_sweep_sensor(sweep_job, batches), build_storefront_push_sensor(sync_job)],
     )

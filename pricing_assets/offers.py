@@ -1,6 +1,5 @@
 """`best_offers` and `storefront_prices`: thin wiring around the pure functions in pricing_assets.logic."""
 
-
 from datetime import UTC, datetime
 
 import polars as pl
@@ -15,6 +14,7 @@ from dagster import (
     asset,
 )
 
+from pricing_assets.held import read_approvals, release_approved
 from pricing_assets.logic.best_offers import select_best_offers
 from pricing_assets.logic.guard import apply_guard
 from pricing_assets.logic.markup import apply_markup
@@ -40,6 +40,32 @@ def read_supplier_offers(warehouse: Warehouse, supplier_ids: list[str], batches:
         if frame is not None and frame.height:
             frames.append(frame.select(list(OFFERS_SCHEMA)))
     return pl.concat(frames) if frames else empty_frame(OFFERS_SCHEMA)
+
+
+def best_offers_metadata(
+    best: pl.DataFrame, offers_considered: int, supplier_order: list[str], enabled: list[str]
+) -> dict[str, MetadataValue]:
+    """Numeric metadata the UI can plot: availability, SKUs won per supplier, spread statistics."""
+    available = best.filter(pl.col("available"))
+    won = dict(available.group_by("supplier").len().iter_rows())
+    spread = available.get_column("spread").drop_nulls().cast(pl.Float64)
+    return {
+        "skus": MetadataValue.int(best.height),
+        "available": MetadataValue.int(available.height),
+        "unavailable": MetadataValue.int(best.height - available.height),
+        "offers_considered": MetadataValue.int(offers_considered),
+        "suppliers_used": MetadataValue.int(len(won)),
+        "suppliers_disabled": MetadataValue.text(
+            ", ".join(s for s in supplier_order if s not in enabled) or "none"
+        ),
+        # One key per registry supplier, zero included, so every materialization plots the same series.
+        **{f"chosen_{s}": MetadataValue.int(int(won.get(s, 0))) for s in supplier_order},
+        "single_offer_skus": MetadataValue.int(int((available.get_column("offer_count") == 1).sum())),
+        "spread_mean": MetadataValue.float(float(spread.mean() or 0.0)),
+        "spread_median": MetadataValue.float(float(spread.median() or 0.0)),
+        "spread_p90": MetadataValue.float(float(spread.quantile(0.9) or 0.0)),
+        "spread_max": MetadataValue.float(float(spread.max() or 0.0)),
+    }
 
 
 def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefinition) -> AssetsDefinition:
@@ -77,26 +103,7 @@ def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefini
             staleness_ttl=config.staleness_ttl,
         )
         best = best.join(batch_catalog.select("sku", "batch"), on="sku", how="left")
-        available = best.filter(pl.col("available"))
-        used = available.group_by("supplier").len().sort("supplier")
-        spread = available.get_column("spread").drop_nulls().cast(pl.Float64)
-        context.add_output_metadata(
-            {
-                "skus": MetadataValue.int(best.height),
-                "available": MetadataValue.int(available.height),
-                "unavailable": MetadataValue.int(best.height - available.height),
-                "offers_considered": MetadataValue.int(offers.height),
-                "suppliers_disabled": MetadataValue.text(
-                    ", ".join(s for s in registry.order if s not in enabled) or "none"
-                ),
-                **{
-                    f"chosen_{row['supplier']}": MetadataValue.int(row["len"])
-                    for row in used.iter_rows(named=True)
-                },
-                "spread_median": MetadataValue.float(float(spread.median() or 0.0)),
-                "spread_max": MetadataValue.float(float(spread.max() or 0.0)),
-            }
-        )
+        context.add_output_metadata(best_offers_metadata(best, offers.height, registry.order, enabled))
         return best
 
     return best_offers
@@ -115,6 +122,29 @@ def read_last_pushed(warehouse: Warehouse, batches: list[str]) -> pl.DataFrame:
             }
         )
     return ledger.select("sku", "price", "available", "supplier")
+
+
+def storefront_prices_metadata(guarded: pl.DataFrame, released: int) -> dict[str, MetadataValue]:
+    """Numeric metadata the UI can plot: price changes (up, down), held, released, unavailable."""
+    price, last = pl.col("price"), pl.col("last_pushed_price")
+    counts = guarded.select(
+        changes=(price.is_not_null() & (last.is_null() | (price != last))).sum(),
+        increases=(price > last).sum(),
+        decreases=(price < last).sum(),
+        held=pl.col("held").sum(),
+        unavailable=(~pl.col("available").fill_null(False)).sum(),
+    ).row(0, named=True)
+    change = guarded.get_column("change_pct").drop_nulls().abs()
+    return {
+        "skus": MetadataValue.int(guarded.height),
+        "price_changes": MetadataValue.int(int(counts["changes"] or 0)),
+        "price_increases": MetadataValue.int(int(counts["increases"] or 0)),
+        "price_decreases": MetadataValue.int(int(counts["decreases"] or 0)),
+        "held": MetadataValue.int(int(counts["held"] or 0)),
+        "released_by_approval": MetadataValue.int(released),
+        "unavailable": MetadataValue.int(int(counts["unavailable"] or 0)),
+        "max_abs_change_pct": MetadataValue.float(float(change.max() or 0.0)),
+    }
 
 
 def build_storefront_prices_asset(
@@ -142,19 +172,9 @@ def build_storefront_prices_asset(
             pl.lit(registry.store_currency).alias("currency")
         )
         guarded = apply_guard(priced, read_last_pushed(warehouse, batches), config.guard)
-        held = int(guarded.get_column("held").sum())
-        changed = guarded.filter(
-            pl.col("price").is_not_null()
-            & (pl.col("last_pushed_price").is_null() | (pl.col("price") != pl.col("last_pushed_price")))
-        ).height
-        context.add_output_metadata(
-            {
-                "skus": MetadataValue.int(guarded.height),
-                "price_changes": MetadataValue.int(changed),
-                "held": MetadataValue.int(held),
-                "unavailable": MetadataValue.int(int((~guarded.get_column("available")).sum())),
-            }
-        )
+        # Approved changes (approve_held_prices) are released here, exactly the approved (sku, price).
+        guarded, released = release_approved(guarded, read_approvals(warehouse))
+        context.add_output_metadata(storefront_prices_metadata(guarded, released))
         return guarded
 
     return storefront_prices

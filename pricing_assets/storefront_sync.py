@@ -26,6 +26,7 @@ from dagster import (
     asset,
 )
 
+from pricing_assets.checks import split_pushable
 from resources.runtime import RuntimeConfig
 from resources.schemas import MONEY, UTC_TS
 from resources.shopify import ShopifyStorefront, variants_from_catalog
@@ -435,6 +436,14 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         """What the storefront has acknowledged per SKU, after pushing only what changed, exactly once."""
         started = time.monotonic()
         config = service_config.load()
+        # The push runs in its own run, where the blocking checks on storefront_prices cannot stop it:
+        # the same invariants are enforced here, so a price that failed them is never pushed.
+        pushable, blocked = split_pushable(storefront_prices, config.markup.min_margin)
+        if blocked.height:
+            context.log.error(
+                f"{blocked.height} prices failed the blocking invariants and are not pushed: "
+                f"{blocked.get_column('sku').head(10).to_list()}"
+            )
         adapter = storefront.resolved_adapter()
         stats = PushStats()
         journal = PushJournal(warehouse)
@@ -447,7 +456,7 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
                 previous = warehouse.read_partitions(LEDGER_KEY, [batch])
                 outcome = sync_batch(
                     batch,
-                    storefront_prices.filter(pl.col("batch") == batch),
+                    pushable.filter(pl.col("batch") == batch),
                     empty_ledger() if previous is None else previous.select(list(SYNC_SCHEMA)),
                     journal=journal,
                     pusher=None if config.dry_run else pusher,
@@ -476,6 +485,7 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
             "pushed": MetadataValue.int(totals["pushed"]),
             "unchanged": MetadataValue.int(totals["unchanged"]),
             "held": MetadataValue.int(totals["held"]),
+            "blocked_invalid": MetadataValue.int(blocked.height),
             "failed": MetadataValue.int(failed),
             "refused": MetadataValue.int(totals[REFUSED]),
             "deferred": MetadataValue.int(totals[DEFERRED]),

@@ -1,0 +1,122 @@
+"""Blocking checks on `storefront_prices` and the row filter that keeps failing prices from the storefront.
+
+The checks load the run's partitions of `storefront_prices` through the IO manager (one file for a
+single-partition run, every partition of the range for a ranged sweep or backfill run) and apply the
+pure functions of `pricing_assets.logic.guard`. Blocking: in a run that also selects `storefront_sync`,
+a failed check stops it. The push sensor launches `storefront_sync` in its own run, so the same
+invariants are also applied row by row there through `split_pushable`.
+"""
+
+from decimal import Decimal
+from typing import Any
+
+import polars as pl
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    MetadataValue,
+    asset_check,
+)
+
+from pricing_assets.logic.guard import check_no_nonpositive_price, check_not_below_floor
+from resources.runtime import RuntimeConfig
+from resources.schemas import MONEY
+
+NONPOSITIVE_CHECK = "no_nonpositive_price"
+FLOOR_CHECK = "not_below_floor"
+STOREFRONT_PRICES = "storefront_prices"
+
+
+def _metadata(details: dict[str, Any], frame: pl.DataFrame) -> dict[str, MetadataValue]:
+    """Check metadata the UI can show: counts as ints, examples as text, and the batches covered."""
+    out: dict[str, MetadataValue] = {}
+    for name, value in details.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            out[name] = MetadataValue.text(", ".join(value) if isinstance(value, list) else str(value))
+        else:
+            out[name] = MetadataValue.int(value)
+    if "batch" in frame.columns:
+        batches = sorted(frame.get_column("batch").drop_nulls().unique().to_list())
+        out["batches"] = MetadataValue.text(f"{batches[0]}..{batches[-1]}" if batches else "none")
+    return out
+
+
+def _result(
+    passed: bool, failing: int, details: dict[str, Any], frame: pl.DataFrame, what: str
+) -> AssetCheckResult:
+    """An ERROR-severity result (blocking) with a description naming how many SKUs failed."""
+    return AssetCheckResult(
+        passed=passed,
+        severity=AssetCheckSeverity.ERROR,
+        description=None if passed else f"{failing} SKU(s) {what}; nothing of this run may be pushed",
+        metadata=_metadata(details, frame),
+    )
+
+
+def build_storefront_price_checks() -> list[AssetChecksDefinition]:
+    """The blocking invariants of `storefront_prices`: no price <= 0, none below cost x (1 + min_margin)."""
+
+    @asset_check(
+        asset=STOREFRONT_PRICES,
+        name=NONPOSITIVE_CHECK,
+        blocking=True,
+        description="No SKU gets a price of zero or less (unavailable SKUs have no price).",
+    )
+    def no_nonpositive_price(
+        context: AssetCheckExecutionContext, storefront_prices: pl.DataFrame
+    ) -> AssetCheckResult:
+        """Every priced SKU of the run's batches has a positive price."""
+        passed, details = check_no_nonpositive_price(storefront_prices)
+        if not passed:
+            context.log.error(f"prices <= 0 for {details['nonpositive_prices']} SKUs: {details['examples']}")
+        return _result(passed, details["nonpositive_prices"], details, storefront_prices, "have a price <= 0")
+
+    @asset_check(
+        asset=STOREFRONT_PRICES,
+        name=FLOOR_CHECK,
+        blocking=True,
+        description="No price is below cost x (1 + min_margin) from SERVICE_CONFIG, compared exactly.",
+    )
+    def not_below_floor(
+        context: AssetCheckExecutionContext,
+        storefront_prices: pl.DataFrame,
+        service_config: RuntimeConfig,
+    ) -> AssetCheckResult:
+        """Every priced SKU of the run's batches is at or above its margin floor."""
+        min_margin = service_config.load().markup.min_margin
+        passed, details = check_not_below_floor(storefront_prices, min_margin)
+        if not passed:
+            context.log.error(
+                f"prices below the floor for {details['below_floor']} SKUs: {details['examples']}"
+            )
+        return _result(
+            passed, details["below_floor"], details, storefront_prices, "are priced below the margin floor"
+        )
+
+    return [no_nonpositive_price, not_below_floor]
+
+
+def violates_invariants(min_margin: Decimal) -> pl.Expr:
+    """True for rows the blocking checks reject: a price <= 0, or below cost x (1 + min_margin)."""
+    price = pl.col("price")
+    floor = pl.col("cost").cast(MONEY) * pl.lit(1 + min_margin)
+    nonpositive = price.is_not_null() & (price <= 0)
+    below = price.is_not_null() & pl.col("cost").is_not_null() & (price < floor)
+    return (nonpositive | below).fill_null(False)
+
+
+def split_pushable(prices: pl.DataFrame, min_margin: Decimal) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(rows that may be pushed, rows that failed the blocking invariants and must never be pushed)."""
+    bad = violates_invariants(min_margin)
+    return prices.filter(~bad), prices.filter(bad)
+
+
+__all__ = [
+    "FLOOR_CHECK",
+    "NONPOSITIVE_CHECK",
+    "build_storefront_price_checks",
+    "split_pushable",
+    "violates_invariants",
+]

@@ -1,0 +1,287 @@
+"""Held price changes and their approval: `held_price_changes`, `price_approvals`, `approve_held_prices`.
+
+The guard in `storefront_prices` holds a change that is too large (DESIGN §4). An operator approves it
+by launching `approve_held_prices` from the UI with run config
+
+    ops:
+      price_approvals:
+        config:
+          skus: ["SKU-000123", "SKU-000456"]   # or: all: true
+
+which appends to `price_approvals` the exact changes approved: (sku, price, last_pushed_price). The next
+`storefront_prices` materialization of that batch releases a held row only when its new price *and* the
+price it moves away from are the approved ones, so a different price later is held again.
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    AssetSelection,
+    Config,
+    DefaultScheduleStatus,
+    Failure,
+    MetadataValue,
+    ScheduleDefinition,
+    asset,
+    define_asset_job,
+)
+from pydantic import Field
+
+from pricing_assets.logic.guard import release_held
+from resources.schemas import MONEY, UTC_TS
+from resources.warehouse import Warehouse
+
+HELD_KEY = AssetKey("held_price_changes")
+APPROVALS_KEY = AssetKey("price_approvals")
+STOREFRONT_PRICES_KEY = AssetKey("storefront_prices")
+LEDGER_KEY_PATH = ["storefront_sync"]
+APPROVE_JOB_NAME = "approve_held_prices"
+HELD_JOB_NAME = "held_price_changes_job"
+HELD_SCHEDULE_CRON = "*/5 * * * *"
+# An approval is for one exact change: this SKU, moving away from that pushed price, to that price.
+CHANGE_KEY = ["sku", "price", "last_pushed_price"]
+PREVIEW_ROWS = 20
+
+# held_price_changes: every change the guard holds now, across batches, not yet approved.
+HELD_SCHEMA: dict[str, pl.DataType] = {
+    "sku": pl.String(),
+    "batch": pl.String(),
+    "cost": MONEY,
+    "price": MONEY,  # the new target price, held back
+    "last_pushed_price": MONEY,  # what the storefront shows
+    "change_pct": pl.Float64(),  # display only
+    "hold_reason": pl.String(),
+    "held_since": UTC_TS,  # first time this exact change was seen held
+}
+
+# price_approvals: the approval log (one row per approved change).
+APPROVALS_SCHEMA: dict[str, pl.DataType] = {
+    "sku": pl.String(),
+    "batch": pl.String(),
+    "price": MONEY,  # approved new price
+    "last_pushed_price": MONEY,  # the price it was approved to move away from
+    "approved_at": UTC_TS,
+}
+
+
+def empty_approvals() -> pl.DataFrame:
+    """An approval log with no approvals."""
+    return pl.DataFrame(schema=APPROVALS_SCHEMA)
+
+
+def read_approvals(warehouse: Warehouse) -> pl.DataFrame:
+    """The approval log, empty before the first approval."""
+    if not warehouse.exists(APPROVALS_KEY.path):
+        return empty_approvals()
+    return warehouse.read(APPROVALS_KEY.path).select(
+        [pl.col(name).cast(dtype) for name, dtype in APPROVALS_SCHEMA.items()]
+    )
+
+
+def current_holds(warehouse: Warehouse) -> pl.DataFrame:
+    """Every row the guard holds in the latest `storefront_prices` of each batch (no held_since)."""
+    prices = warehouse.read_partitions(STOREFRONT_PRICES_KEY.path)
+    columns = [name for name in HELD_SCHEMA if name != "held_since"]
+    if prices is None or "held" not in prices.columns:
+        return pl.DataFrame(schema={name: HELD_SCHEMA[name] for name in columns})
+    return (
+        prices.filter(pl.col("held").fill_null(False))
+        .select([pl.col(name).cast(HELD_SCHEMA[name]) for name in columns])
+        .sort("sku")
+    )
+
+
+def _approved_changes(approvals: pl.DataFrame) -> pl.DataFrame:
+    """The distinct approved changes (sku, price, last_pushed_price) of the log."""
+    return approvals.select([pl.col(name).cast(APPROVALS_SCHEMA[name]) for name in CHANGE_KEY]).unique()
+
+
+def release_approved(guarded: pl.DataFrame, approvals: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """`storefront_prices` rows with approved holds released (held=False), and how many were released."""
+    if approvals.is_empty() or guarded.is_empty():
+        return guarded, 0
+    indexed = guarded.with_row_index("_row")
+    held = indexed.filter(pl.col("held"))
+    matched = held.join(_approved_changes(approvals), on=CHANGE_KEY, how="semi")
+    if matched.is_empty():
+        return guarded, 0
+    released, still_held = release_held(held, matched.get_column("sku").to_list())
+    untouched = indexed.filter(~pl.col("held"))
+    result = pl.concat([untouched, released, still_held], how="vertical_relaxed").sort("_row")
+    return result.drop("_row"), released.height
+
+
+def outstanding_holds(holds: pl.DataFrame, approvals: pl.DataFrame) -> pl.DataFrame:
+    """Holds minus the changes already approved (those are released by the next storefront_prices)."""
+    if approvals.is_empty() or holds.is_empty():
+        return holds
+    return holds.join(_approved_changes(approvals), on=CHANGE_KEY, how="anti", maintain_order="left")
+
+
+def with_held_since(holds: pl.DataFrame, previous: pl.DataFrame | None, now: datetime) -> pl.DataFrame:
+    """Holds with `held_since`: kept from the previous table for the same change, else `now`."""
+    if previous is None or previous.is_empty():
+        since = holds.with_columns(pl.lit(now).cast(UTC_TS).alias("held_since"))
+    else:
+        earlier = previous.select([*CHANGE_KEY, pl.col("held_since").cast(UTC_TS)]).unique(CHANGE_KEY)
+        since = holds.join(earlier, on=CHANGE_KEY, how="left", maintain_order="left").with_columns(
+            pl.col("held_since").fill_null(pl.lit(now).cast(UTC_TS))
+        )
+    return since.select([pl.col(name).cast(dtype) for name, dtype in HELD_SCHEMA.items()])
+
+
+def record_approvals(
+    holds: pl.DataFrame, log: pl.DataFrame, skus: list[str] | None, now: datetime
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(the approval log with the chosen holds added, the rows approved now); None approves every hold.
+
+    A SKU that is not held raises ValueError naming it. Approving the same change twice keeps one row.
+    """
+    released, _ = release_held(holds, skus)
+    approved = released.select(
+        "sku", "batch", "price", "last_pushed_price", pl.lit(now).cast(UTC_TS).alias("approved_at")
+    ).select([pl.col(name).cast(dtype) for name, dtype in APPROVALS_SCHEMA.items()])
+    combined = pl.concat([log, approved]).unique(CHANGE_KEY, keep="first", maintain_order=True)
+    return combined.sort("approved_at", "sku", maintain_order=True), approved
+
+
+def prune_consumed(log: pl.DataFrame, warehouse: Warehouse) -> pl.DataFrame:
+    """Approvals whose SKU the storefront still shows at the approved-from price (others are done)."""
+    ledger = warehouse.read_partitions(LEDGER_KEY_PATH)
+    if log.is_empty() or ledger is None:
+        return log
+    shown = ledger.select("sku", pl.col("price").cast(MONEY).alias("_shown")).unique("sku", keep="last")
+    return (
+        log.join(shown, on="sku", how="left", maintain_order="left")
+        .filter(pl.col("_shown").is_null() | (pl.col("_shown") == pl.col("last_pushed_price")))
+        .drop("_shown")
+    )
+
+
+def _preview(frame: pl.DataFrame, columns: list[str]) -> str:
+    """A markdown table of the first rows, for the UI."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in frame.head(PREVIEW_ROWS).iter_rows(named=True):
+        lines.append("| " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |")
+    if frame.height > PREVIEW_ROWS:
+        lines.append(f"| … {frame.height - PREVIEW_ROWS} more |" + " |" * (len(columns) - 1))
+    return "\n".join(lines)
+
+
+class ApprovalConfig(Config):
+    """Which held changes to approve: a list of SKUs, or all of them."""
+
+    skus: list[str] = Field(default_factory=list, description="SKUs whose held change is approved")
+    all: bool = Field(default=False, description="approve every change held right now")
+
+
+@asset(
+    key=APPROVALS_KEY,
+    group_name="pricing",
+    deps=[STOREFRONT_PRICES_KEY],
+    kinds={"polars"},
+    description="Approved price changes (sku, price, approved-from price, approved_at): the approval log.",
+)
+def price_approvals(
+    context: AssetExecutionContext, config: ApprovalConfig, warehouse: Warehouse
+) -> pl.DataFrame:
+    """The approval log, with the changes chosen in this run's config added."""
+    if config.all and config.skus:
+        raise Failure(description="give either `skus` or `all: true`, not both")
+    if not config.all and not config.skus:
+        raise Failure(
+            description="nothing to approve: set `skus: [...]` or `all: true` in the run config "
+            "(ops.price_approvals.config)"
+        )
+    holds = current_holds(warehouse)
+    log = prune_consumed(read_approvals(warehouse), warehouse)
+    now = datetime.now(UTC)
+    try:
+        combined, approved = record_approvals(holds, log, None if config.all else config.skus, now)
+    except ValueError as exc:
+        raise Failure(description=f"approval refused: {exc}") from None
+    for row in approved.iter_rows(named=True):
+        context.log.info(
+            f"approved {row['sku']} ({row['batch']}): {row['last_pushed_price']} -> {row['price']}"
+        )
+    metadata: dict[str, Any] = {
+        "approved_now": MetadataValue.int(approved.height),
+        "approvals_pending": MetadataValue.int(combined.height),
+        "still_held": MetadataValue.int(outstanding_holds(holds, combined).height),
+    }
+    if approved.height:
+        metadata["approved_preview"] = MetadataValue.md(
+            _preview(approved, ["sku", "batch", "last_pushed_price", "price"])
+        )
+    context.add_output_metadata(metadata)
+    return combined
+
+
+@asset(
+    key=HELD_KEY,
+    group_name="pricing",
+    deps=[STOREFRONT_PRICES_KEY, APPROVALS_KEY],
+    kinds={"polars"},
+    description="Price changes the guard holds back, across all batches, waiting for approval.",
+)
+def held_price_changes(context: AssetExecutionContext, warehouse: Warehouse) -> pl.DataFrame:
+    """Every change held now and not yet approved, with why and since when."""
+    holds = current_holds(warehouse)
+    approvals = read_approvals(warehouse)
+    outstanding = outstanding_holds(holds, approvals)
+    previous = warehouse.read(HELD_KEY.path) if warehouse.exists(HELD_KEY.path) else None
+    table = with_held_since(outstanding, previous, datetime.now(UTC)).sort("batch", "sku")
+    change = table.get_column("change_pct").abs()
+    context.add_output_metadata(
+        {
+            "held": MetadataValue.int(table.height),
+            "approved_awaiting_reprice": MetadataValue.int(holds.height - outstanding.height),
+            "batches_with_holds": MetadataValue.int(table.get_column("batch").n_unique()),
+            "max_abs_change_pct": MetadataValue.float(float(change.max() or 0.0)),
+            "preview": MetadataValue.md(
+                _preview(table, ["sku", "batch", "last_pushed_price", "price", "hold_reason", "held_since"])
+            ),
+        }
+    )
+    return table
+
+
+def build_held_assets() -> list[AssetsDefinition]:
+    """`price_approvals` and `held_price_changes`."""
+    return [price_approvals, held_price_changes]
+
+
+def build_approve_job() -> Any:
+    """`approve_held_prices`: record the approvals given in run config, then refresh the held table."""
+    return define_asset_job(
+        APPROVE_JOB_NAME,
+        selection=AssetSelection.assets(APPROVALS_KEY, HELD_KEY),
+        description="Approve held price changes (config ops.price_approvals.config: skus: [...] or "
+        "all: true); the next storefront_prices run of their batches releases them.",
+    )
+
+
+def build_held_job() -> Any:
+    """`held_price_changes_job`: rebuild the held table from the latest storefront_prices."""
+    return define_asset_job(
+        HELD_JOB_NAME,
+        selection=AssetSelection.assets(HELD_KEY),
+        description="Rebuild held_price_changes from the latest storefront_prices and approvals.",
+    )
+
+
+def build_held_schedule(job: Any) -> ScheduleDefinition:
+    """Refresh `held_price_changes` every 5 minutes, so the UI shows what the sweep holds."""
+    return ScheduleDefinition(
+        name="held_price_changes_schedule",
+        cron_schedule=HELD_SCHEDULE_CRON,
+        execution_timezone="UTC",
+        job=job,
+        default_status=DefaultScheduleStatus.RUNNING,
+        description="Rebuilds the held price changes table from the latest storefront_prices.",
+    )

@@ -11,11 +11,8 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import random
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -31,6 +28,7 @@ from pricing_assets.storefront_sync import SYNC_SCHEMA, PushJournal, sync_batch
 from resources.schemas import MONEY, STOREFRONT_PRICES_SCHEMA
 from resources.storefront import PushStats, Storefront
 from resources.warehouse import Warehouse
+from sandbox import server
 
 NAME = "storefront_push"
 TARGET = 1.2
@@ -40,30 +38,9 @@ SECRET = "bench-storefront-secret"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_sandbox() -> tuple[subprocess.Popen[bytes], str]:
-    """The sandbox on a free 127.0.0.1 port, waited for (bounded)."""
-    port = _free_port()
-    env = {**os.environ, "STOREFRONT_WEBHOOK_SECRET": SECRET}
-    cmd = [sys.executable, "-m", "sandbox", "--port", str(port), "--skus", "10"]
-    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"sandbox exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/_health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("sandbox did not start within 60 s")
+    """The sandbox on a free 127.0.0.1 port with the benchmark's webhook secret."""
+    return server.start(skus=10, env={"STOREFRONT_WEBHOOK_SECRET": SECRET}, quiet=True)
 
 
 def make_targets(n: int) -> pl.DataFrame:
@@ -160,11 +137,7 @@ def run() -> str:
 
         timing = alternate(project, baseline, repeats=9, warmup=1)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        server.stop(process)
     requests = set(state["requests"])
     counted = f"{requests.pop()} requests" if len(requests) == 1 else f"requests varied {sorted(requests)}"
     check = "ok" if state["requests"] and set(state["requests"]) == {expected_requests} else "MISMATCH"

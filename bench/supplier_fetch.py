@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +15,7 @@ from bench._harness import alternate, line, scaled
 from resources.config import RateLimitConfig, SupplierEntry, load_registry
 from resources.schemas import MONEY
 from resources.suppliers import fetch_supplier_offers
+from sandbox import server
 from sandbox.world import World
 
 NAME = "supplier_fetch"
@@ -31,12 +28,6 @@ API_KEY = "sandbox-alpha-key"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def sandbox_server(skus: int, seed: int = SEED) -> Iterator[str]:
     """Run `python -m sandbox` on a free 127.0.0.1 port for the benchmark; yields its base URL.
@@ -44,31 +35,8 @@ def sandbox_server(skus: int, seed: int = SEED) -> Iterator[str]:
     Also sets the sandbox's demo API key in this process's environment unless one is set.
     """
     os.environ.setdefault("ALPHA_API_KEY", API_KEY)
-    port = _free_port()
-    env = {**os.environ}
-    command = [sys.executable, "-m", "sandbox", "--port", str(port), "--seed", str(seed), "--skus", str(skus)]
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"sandbox exited with {process.returncode}")
-            try:
-                if httpx.get(f"{url}/_health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("sandbox did not start within 60 s")
-            time.sleep(0.1)
+    with server.running(seed=seed, skus=skus) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def alpha_entry(url: str) -> SupplierEntry:

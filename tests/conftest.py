@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,24 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
+from sandbox import server
+from sandbox.demo import DEMO_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 # Credentials the sandbox accepts; tests run with the same demo values the README uses.
-SANDBOX_ENV = {
-    "ALPHA_API_KEY": "sandbox-alpha-key",
-    "BETA_CLIENT_ID": "sandbox-beta",
-    "BETA_CLIENT_SECRET": "sandbox-beta-secret",
-    "GAMMA_USERNAME": "sandbox-gamma",
-    "GAMMA_PASSWORD": "sandbox-gamma-pass",
-    "DELTA_CDN_PASSPHRASE": "sandbox-delta-passphrase",
-    "STOREFRONT_WEBHOOK_SECRET": "sandbox-storefront-secret",
-}
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody is listening on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+SANDBOX_ENV = DEMO_ENV
 
 
 @dataclass
@@ -58,36 +43,18 @@ class Sandbox:
         return httpx.get(f"{self.url}/_control/counters", timeout=10).json()
 
 
-def start_sandbox(seed: int = 7, skus: int = 400, extra_args: list[str] | None = None) -> Sandbox:
-    """Start `python -m sandbox` on a free port and wait until it answers (bounded)."""
-    port = free_port()
-    env = {**os.environ, **SANDBOX_ENV}
-    cmd = [sys.executable, "-m", "sandbox", "--port", str(port), "--seed", str(seed), "--skus", str(skus)]
-    process = subprocess.Popen([*cmd, *(extra_args or [])], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"sandbox exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/_health", timeout=1).status_code == 200:
-                return Sandbox(url=url, process=process)
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("sandbox did not start within 30 s")
+def start_sandbox(seed: int = 7, skus: int = 400) -> Sandbox:
+    """Start `python -m sandbox` on a free port with the demo credentials and wait until it answers."""
+    process, url = server.start(seed=seed, skus=skus, env=SANDBOX_ENV, timeout=30)
+    return Sandbox(url=url, process=process)
 
 
 @pytest.fixture(scope="session")
 def sandbox_server() -> Iterator[Sandbox]:
     """One sandbox server for the whole session (reset between tests by `sandbox`)."""
-    server = start_sandbox()
-    yield server
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
+    running = start_sandbox()
+    yield running
+    server.stop(running.process)
 
 
 @pytest.fixture

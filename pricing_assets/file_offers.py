@@ -11,7 +11,7 @@ from dagster import (
     asset,
 )
 
-from pricing_assets.offers import BATCH_BACKFILL_POLICY, offers_key
+from pricing_assets.partitions import BATCH_BACKFILL_POLICY, offers_key
 from pricing_assets.supplier_files import cache_key, read_cached_offers
 from resources.config import Registry, SupplierEntry
 from resources.runtime import RuntimeConfig

@@ -33,13 +33,13 @@ from dagster import (
 from pydantic import Field
 
 from pricing_assets.logic.guard import release_held
+from pricing_assets.partitions import LEDGER_KEY
 from resources.schemas import MONEY, UTC_TS
 from resources.warehouse import Warehouse
 
 HELD_KEY = AssetKey("held_price_changes")
 APPROVALS_KEY = AssetKey("price_approvals")
 STOREFRONT_PRICES_KEY = AssetKey("storefront_prices")
-LEDGER_KEY_PATH = ["storefront_sync"]
 APPROVE_JOB_NAME = "approve_held_prices"
 HELD_JOB_NAME = "held_price_changes_job"
 HELD_SCHEDULE_CRON = "*/5 * * * *"
@@ -152,7 +152,7 @@ def record_approvals(
 
 def prune_consumed(log: pl.DataFrame, warehouse: Warehouse) -> pl.DataFrame:
     """Approvals whose SKU the storefront still shows at the approved-from price (others are done)."""
-    ledger = warehouse.read_partitions(LEDGER_KEY_PATH)
+    ledger = warehouse.read_partitions(LEDGER_KEY)
     if log.is_empty() or ledger is None:
         return log
     shown = ledger.select("sku", pl.col("price").cast(MONEY).alias("_shown")).unique("sku", keep="last")

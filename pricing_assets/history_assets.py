@@ -22,7 +22,6 @@ from dagster import (
     AssetsDefinition,
     AssetSelection,
     BackfillPolicy,
-    DailyPartitionsDefinition,
     DefaultScheduleStatus,
     MetadataValue,
     RunRequest,
@@ -34,7 +33,7 @@ from dagster import (
 )
 
 from pricing_assets.logic.history import combine_partitions, day_slice, update_price_history
-from pricing_assets.partitions import HISTORY_START
+from pricing_assets.partitions import daily_partitions
 from resources.config import Registry
 from resources.schemas import OFFERS_SCHEMA, PRICE_HISTORY_SCHEMA, empty_frame
 from resources.warehouse import Warehouse
@@ -42,8 +41,6 @@ from resources.warehouse import Warehouse
 PRICE_HISTORY_KEY = AssetKey("price_history")
 HISTORY_JOB_NAME = "price_history_job"
 HISTORY_SCHEDULE_CRON = "*/5 * * * *"
-# end_offset=1: today's partition exists while the day is still open (the schedule fills it as it goes).
-price_history_partitions = DailyPartitionsDefinition(start_date=HISTORY_START, timezone="UTC", end_offset=1)
 
 
 def read_current_offers(warehouse: Warehouse, supplier_ids: list[str]) -> pl.DataFrame:
@@ -115,7 +112,7 @@ def build_price_history_asset(registry: Registry) -> AssetsDefinition:
     @asset(
         key=PRICE_HISTORY_KEY,
         group_name="pricing",
-        partitions_def=price_history_partitions,
+        partitions_def=daily_partitions,
         # A past day reads its file and every later one: one day per run keeps those reads small.
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
         deps=offer_deps,
@@ -156,7 +153,7 @@ def build_price_history_job() -> Any:
     return define_asset_job(
         HISTORY_JOB_NAME,
         selection=AssetSelection.assets(PRICE_HISTORY_KEY),
-        partitions_def=price_history_partitions,
+        partitions_def=daily_partitions,
         description="Record changes of supplier offers into today's price_history partition.",
     )
 

@@ -6,9 +6,7 @@ import polars as pl
 from dagster import (
     AssetExecutionContext,
     AssetIn,
-    AssetKey,
     AssetsDefinition,
-    BackfillPolicy,
     MetadataValue,
     PartitionsDefinition,
     asset,
@@ -18,18 +16,11 @@ from pricing_assets.held import read_approvals, release_approved
 from pricing_assets.logic.best_offers import select_best_offers
 from pricing_assets.logic.guard import apply_guard
 from pricing_assets.logic.markup import apply_markup
+from pricing_assets.partitions import BATCH_BACKFILL_POLICY, LEDGER_KEY, offers_key
 from resources.config import Registry
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, empty_frame
 from resources.warehouse import Warehouse
-
-# One run may cover many batches (a backfill), paying process start-up once instead of per batch.
-BATCH_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=16)
-
-
-def offers_key(supplier_id: str) -> AssetKey:
-    """The asset key of one supplier's offers."""
-    return AssetKey(["supplier_offers", supplier_id])
 
 
 def read_supplier_offers(warehouse: Warehouse, supplier_ids: list[str], batches: list[str]) -> pl.DataFrame:
@@ -111,7 +102,7 @@ def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefini
 
 def read_last_pushed(warehouse: Warehouse, batches: list[str]) -> pl.DataFrame:
     """What the storefront last acknowledged for these batches (empty before the first push)."""
-    ledger = warehouse.read_partitions(["storefront_sync"], batches)
+    ledger = warehouse.read_partitions(LEDGER_KEY, batches)
     if ledger is None:
         return pl.DataFrame(
             schema={

@@ -1,13 +1,15 @@
-"""Partitions of the pricing location: catalog batches (stable SKU hash) and UTC days."""
+"""Partitions of the pricing location, the backfill policy of batch assets, and shared warehouse keys."""
 
-from __future__ import annotations
-
-from dagster import DailyPartitionsDefinition, StaticPartitionsDefinition
+from dagster import AssetKey, BackfillPolicy, DailyPartitionsDefinition, StaticPartitionsDefinition
 
 from pricing_assets.logic.batching import batch_keys
 
 # History starts here; earlier days have no offers to record.
 HISTORY_START = "2026-01-01"
+# One run may cover many batches (a backfill), paying process start-up once instead of per batch.
+BATCH_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=16)
+# The storefront's acknowledged state (storefront_sync), read by the guard and the approvals too.
+LEDGER_KEY = ["storefront_sync"]
 
 
 def catalog_batch_partitions(n: int) -> StaticPartitionsDefinition:
@@ -15,4 +17,10 @@ def catalog_batch_partitions(n: int) -> StaticPartitionsDefinition:
     return StaticPartitionsDefinition(batch_keys(n))
 
 
-daily_partitions = DailyPartitionsDefinition(start_date=HISTORY_START, timezone="UTC")
+# end_offset=1: today's partition exists while the day is still open (the schedule fills it as it goes).
+daily_partitions = DailyPartitionsDefinition(start_date=HISTORY_START, timezone="UTC", end_offset=1)
+
+
+def offers_key(supplier_id: str) -> AssetKey:
+    """The asset key of one supplier's offers."""
+    return AssetKey(["supplier_offers", supplier_id])

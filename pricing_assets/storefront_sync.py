@@ -19,7 +19,6 @@ import polars as pl
 from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
-    BackfillPolicy,
     Failure,
     MetadataValue,
     PartitionsDefinition,
@@ -27,6 +26,7 @@ from dagster import (
 )
 
 from pricing_assets.checks import split_pushable
+from pricing_assets.partitions import BATCH_BACKFILL_POLICY, LEDGER_KEY
 from resources.runtime import RuntimeConfig
 from resources.schemas import MONEY, UTC_TS
 from resources.shopify import ShopifyStorefront, variants_from_catalog
@@ -45,7 +45,6 @@ from resources.storefront import (
 from resources.warehouse import Warehouse
 
 # Same policy as the upstream pricing assets: one run may sync many batches.
-SYNC_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=16)
 
 # storefront_sync/<batch>: the storefront's acknowledged state per SKU (the push ledger).
 SYNC_SCHEMA: dict[str, pl.DataType] = {
@@ -65,7 +64,6 @@ SYNC_SCHEMA: dict[str, pl.DataType] = {
 PENDING_STATUSES = ("would_push", "held", REFUSED, DEFERRED, IN_DOUBT)
 _COMPARED = ("price", "available", "supplier")
 LOGGED_WOULD_PUSH = 50
-LEDGER_KEY = ["storefront_sync"]
 # Internal state, not an analyst table: <WAREHOUSE_DIR>/_journal/storefront_sync/<batch>.parquet.
 JOURNAL_KEY = ["_journal", "storefront_sync"]
 # Push entries as sent, tagged with the request (chunk) they went in and its Idempotency-Key.
@@ -421,7 +419,7 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         name="storefront_sync",
         group_name="pricing",
         partitions_def=partitions_def,
-        backfill_policy=SYNC_BACKFILL_POLICY,
+        backfill_policy=BATCH_BACKFILL_POLICY,
         kinds={"polars"},
         pool="storefront",
     )

@@ -13,7 +13,6 @@ from dagster import (
     AssetIn,
     AssetKey,
     AssetsDefinition,
-    BackfillPolicy,
     FreshnessPolicy,
     MetadataValue,
     Output,
@@ -21,6 +20,7 @@ from dagster import (
     asset,
 )
 
+from pricing_assets.partitions import BATCH_BACKFILL_POLICY, offers_key
 from resources.config import Registry, SupplierEntry
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA
@@ -30,11 +30,6 @@ from resources.warehouse import Warehouse
 REJECTED_SHARE_CHECK = "rejected_share"
 REACHABLE_CHECK = "supplier_reachable"
 DEFAULT_FRESHNESS = {"warn_minutes": 10, "fail_minutes": 30}
-
-
-def offers_asset_key(supplier_id: str) -> AssetKey:
-    """The asset key of one supplier's offers."""
-    return AssetKey(["supplier_offers", supplier_id])
 
 
 def quarantine_key_path(supplier_id: str) -> list[str]:
@@ -76,14 +71,14 @@ def build_supplier_offers_asset(
     entry: SupplierEntry, partitions_def: PartitionsDefinition
 ) -> AssetsDefinition:
     """The `supplier_offers/<id>` asset for one REST supplier, with its reachability and rejects checks."""
-    key = offers_asset_key(entry.id)
+    key = offers_key(entry.id)
 
     @asset(
         key=key,
         group_name="supplier_feeds",
         description=f"Validated offers of supplier {entry.id} ({entry.kind}) for the batch's active SKUs.",
         partitions_def=partitions_def,
-        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=16),
+        backfill_policy=BATCH_BACKFILL_POLICY,
         ins={"catalog": AssetIn("catalog")},
         pool=entry.pool,
         freshness_policy=freshness_policy(entry),

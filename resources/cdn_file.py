@@ -19,7 +19,6 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,6 +37,7 @@ from resources.cdn_crypto import (
     UnexpectedHeaderError,
 )
 from resources.config import CdnFileConfig, ConfigError, RetryConfig, SupplierEntry
+from resources.http_retry import parse_retry_after
 from resources.offer_validation import validate_offers
 from resources.schemas import MONEY, OFFERS_SCHEMA, QUARANTINE_SCHEMA, UTC_TS, conform
 
@@ -81,20 +81,6 @@ class _Retryable(Exception):
 
 class _IncompleteBody(_Retryable):
     """The connection closed before the whole body arrived."""
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _safe_url(url: str) -> str:
@@ -189,7 +175,7 @@ class CdnFileClient:
                     raise _Retryable(
                         f"HTTP {status}",
                         status_code=status,
-                        retry_after=_retry_after_seconds(response.headers.get("Retry-After"))
+                        retry_after=parse_retry_after(response.headers.get("Retry-After"))
                         if status in (429, 503)
                         else None,
                     )

@@ -17,6 +17,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from resources.config import ConfigError
+from resources.http_retry import full_jitter
 from resources.storefront import (
     APPLIED,
     DEFERRED,
@@ -26,7 +27,6 @@ from resources.storefront import (
     PushChunk,
     PushOutcome,
     PushStats,
-    full_jitter,
     retry_after_seconds,
 )
 

@@ -6,12 +6,10 @@ import hashlib
 import hmac
 import json
 import os
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import httpx
@@ -20,6 +18,7 @@ from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
 from resources.config import ConfigError
+from resources.http_retry import full_jitter, parse_retry_after
 from resources.schemas import CATALOG_SCHEMA, conform
 
 ADAPTERS = ("webhook", "shopify")
@@ -170,22 +169,9 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
 
 
 def retry_after_seconds(value: str | None, default: float) -> float:
-    """Parse Retry-After given as seconds or as an HTTP date."""
-    if not value:
-        return default
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return default
-
-
-def full_jitter(attempt: int, initial: float, maximum: float) -> float:
-    """Backoff before retry `attempt` (1-based): uniform in [0, min(maximum, initial * 2^(attempt-1))]."""
-    # Full jitter keeps many retrying runs from hammering the storefront in lockstep.
-    return random.uniform(0, min(maximum, initial * 2 ** (attempt - 1)))
+    """Retry-After as seconds (delta or HTTP date), or `default` when absent or unreadable."""
+    parsed = parse_retry_after(value)
+    return default if parsed is None else parsed
 
 
 class WebhookPusher:

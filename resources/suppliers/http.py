@@ -8,9 +8,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any
 
@@ -26,6 +24,7 @@ from tenacity import (
 from tenacity.wait import wait_base
 
 from resources.config import SupplierEntry
+from resources.http_retry import parse_retry_after
 from resources.suppliers.auth import build_auth
 from resources.suppliers.errors import RetryableError, SupplierError
 
@@ -75,24 +74,6 @@ class FetchStats:
             "latency_p95_ms": round(self.latency_ms(0.95), 2),
             "duration_s": round(self.duration_s, 3),
         }
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; None if absent/invalid."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class _RetryAfterOrBackoff(wait_base):

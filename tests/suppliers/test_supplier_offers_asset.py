@@ -13,8 +13,8 @@ import yaml
 from dagster import AssetKey, DagsterInstance, asset, materialize
 
 from pricing_assets.logic.batching import assign_batches
-from pricing_assets.partitions import catalog_batch_partitions
-from pricing_assets.supplier_offers import build_supplier_offer_assets, offers_asset_key
+from pricing_assets.partitions import catalog_batch_partitions, offers_key
+from pricing_assets.supplier_offers import build_supplier_offer_assets
 from resources.config import Registry, load_registry
 from resources.runtime import RuntimeConfig
 from resources.schemas import CATALOG_SCHEMA, OFFERS_SCHEMA, QUARANTINE_SCHEMA
@@ -94,7 +94,7 @@ def harness(sandbox, registry_file: Path, tmp_path: Path):
         tags: dict[str, str] | None = None,
         extra: list | None = None,
     ):
-        selection = [offers_asset_key(s) for s in suppliers] + [a.key for a in extra or []]
+        selection = [offers_key(s) for s in suppliers] + [a.key for a in extra or []]
         return materialize(
             [catalog_stub, *feeds, *(extra or [])],
             selection=selection,
@@ -124,8 +124,8 @@ def materializations(result) -> dict[str, Any]:
 
 def test_definitions_carry_pool_freshness_partitions_and_blocking_check(registry_file):
     feeds = {a.key: a for a in build_supplier_offer_assets(load_registry(registry_file), PARTITIONS)}
-    assert set(feeds) == {offers_asset_key(s) for s in ("alpha", "beta", "gamma")}
-    alpha = feeds[offers_asset_key("alpha")]
+    assert set(feeds) == {offers_key(s) for s in ("alpha", "beta", "gamma")}
+    alpha = feeds[offers_key("alpha")]
     assert alpha.op.pool == "supplier_alpha"
     assert alpha.partitions_def == PARTITIONS
     assert alpha.backfill_policy.max_partitions_per_run == 16

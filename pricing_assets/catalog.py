@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetsDefinition, Config, MetadataValue, asset
 from pydantic import Field
 
 from pricing_assets.logic.batching import assign_batches
@@ -15,7 +15,6 @@ class CatalogConfig(Config):
     """Where the catalog comes from: the storefront (default) or a CSV/Parquet file."""
 
     file: str | None = Field(default=None, description="CSV or Parquet file instead of the storefront")
-    batches: int = Field(default=16, ge=1, description="number of catalog_batch partitions")
 
 
 def read_catalog_file(path: str) -> pl.DataFrame:
@@ -33,13 +32,15 @@ def read_catalog_file(path: str) -> pl.DataFrame:
     return conform(frame, CATALOG_SCHEMA)
 
 
-def build_catalog_asset(batches: int):  # noqa: ANN201 - returns an AssetsDefinition
+def build_catalog_asset(batches: int) -> AssetsDefinition:
     """The catalog asset, assigning each SKU to one of `batches` partitions."""
 
     @asset(name="catalog", group_name="pricing", kinds={"polars"})
-    def catalog(context: AssetExecutionContext, storefront: Storefront) -> pl.DataFrame:
+    def catalog(
+        context: AssetExecutionContext, config: CatalogConfig, storefront: Storefront
+    ) -> pl.DataFrame:
         """Every SKU the shop sells, with its category, active flag and catalog batch."""
-        frame = storefront.fetch_catalog()
+        frame = read_catalog_file(config.file) if config.file else storefront.fetch_catalog()
         duplicates = frame.height - frame.get_column("sku").n_unique()
         if duplicates:
             raise ValueError(f"catalog has {duplicates} duplicate SKUs")
@@ -49,11 +50,9 @@ def build_catalog_asset(batches: int):  # noqa: ANN201 - returns an AssetsDefini
                 "skus": MetadataValue.int(frame.height),
                 "active": MetadataValue.int(int(frame.get_column("active").sum())),
                 "batches": MetadataValue.int(batches),
+                "source": MetadataValue.text(config.file or "storefront"),
             }
         )
         return frame
 
     return catalog
-
-
-__all__ = ["CatalogConfig", "MaterializeResult", "build_catalog_asset", "read_catalog_file"]

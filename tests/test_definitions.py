@@ -42,7 +42,9 @@ def test_package_entry_points_expose_defs():
     import orders_assets
     import pricing_assets
 
-    assert pricing_assets.defs is not None and orders_assets.defs is not None
+    from dagster import Definitions
+
+    assert isinstance(pricing_assets.defs, Definitions) and isinstance(orders_assets.defs, Definitions)
 
 
 def test_dagster_definitions_validate_workspace(tmp_path):

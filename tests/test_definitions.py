@@ -39,10 +39,10 @@ def test_orders_location_has_contract_assets():
 
 
 def test_package_entry_points_expose_defs():
+    from dagster import Definitions
+
     import orders_assets
     import pricing_assets
-
-    from dagster import Definitions
 
     assert isinstance(pricing_assets.defs, Definitions) and isinstance(orders_assets.defs, Definitions)
 

@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext, AssetsDefinition, Config, MetadataVal
 from pydantic import Field
 
 from pricing_assets.logic.batching import assign_batches
-from resources.schemas import CATALOG_SCHEMA, conform
+from resources.schemas import CATALOG_SCHEMA, conform_filling
 from resources.storefront import Storefront
 
 
@@ -25,11 +25,7 @@ def read_catalog_file(path: str) -> pl.DataFrame:
     frame = pl.read_parquet(file) if file.suffix == ".parquet" else pl.read_csv(file, infer_schema=False)
     if "active" in frame.columns and frame.schema["active"] == pl.String:
         frame = frame.with_columns(pl.col("active").str.to_lowercase().is_in(["true", "1", "yes"]))
-    for name, dtype in CATALOG_SCHEMA.items():
-        if name not in frame.columns:
-            default = True if name == "active" else None
-            frame = frame.with_columns(pl.lit(default, dtype=dtype).alias(name))
-    return conform(frame, CATALOG_SCHEMA)
+    return conform_filling(frame, CATALOG_SCHEMA, {"active": True})
 
 
 def build_catalog_asset(batches: int) -> AssetsDefinition:

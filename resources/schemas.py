@@ -95,3 +95,15 @@ def conform(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame
     if missing:
         raise ValueError(f"frame is missing contract columns: {', '.join(missing)}")
     return frame.select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
+
+
+def conform_filling(
+    frame: pl.DataFrame, schema: dict[str, pl.DataType], defaults: dict[str, object] | None = None
+) -> pl.DataFrame:
+    """Like conform, but a missing column is added with its default (null unless given)."""
+    missing = [
+        pl.lit((defaults or {}).get(name), dtype=dtype).alias(name)
+        for name, dtype in schema.items()
+        if name not in frame.columns
+    ]
+    return conform(frame.with_columns(missing) if missing else frame, schema)

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from resources.config import ConfigError
 from resources.http_retry import full_jitter, parse_retry_after
-from resources.schemas import CATALOG_SCHEMA, conform
+from resources.schemas import CATALOG_SCHEMA, conform_filling
 
 ADAPTERS = ("webhook", "shopify")
 ADAPTER_ENV = "STOREFRONT_ADAPTER"
@@ -291,26 +291,11 @@ class Storefront(ConfigurableResource):
                 page = next_page
             else:
                 raise RuntimeError(f"storefront catalog: more than {max_pages} pages")
-        frame = pl.DataFrame(rows, schema_overrides={k: v for k, v in CATALOG_SCHEMA.items()})
-        for name, dtype in CATALOG_SCHEMA.items():
-            if name not in frame.columns:
-                frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(name))
-        return conform(frame, CATALOG_SCHEMA)
+        frame = pl.DataFrame(rows, schema_overrides=dict(CATALOG_SCHEMA))
+        return conform_filling(frame, CATALOG_SCHEMA)
 
     @contextmanager
     def open_pusher(self, *, sleep: Callable[[float], None] = time.sleep) -> Iterator[WebhookPusher]:
         """A webhook pusher sharing one connection pool for a whole sync."""
         with self._client() as client:
             yield WebhookPusher(self, client, sleep)
-
-    def push_prices(
-        self,
-        batch: str,
-        entries: Sequence[Mapping[str, Any]],
-        *,
-        stats: PushStats,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> PushOutcome:
-        """POST one chunk of entry dicts over a fresh connection (see open_pusher for many chunks)."""
-        with self.open_pusher(sleep=sleep) as pusher:
-            return pusher.push_prices(PushChunk.from_entries(batch, entries), stats=stats)

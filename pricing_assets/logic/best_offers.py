@@ -75,8 +75,13 @@ def _cost_units(fx: Mapping[str, Decimal], key_dtype: pl.DataType) -> pl.Expr:
     return cost.to_physical().cast(pl.Int128)
 
 
-def _per_sku(union: pl.LazyFrame, per_rank: list[str], key_dtype: pl.DataType) -> pl.DataFrame:
-    """Per catalog row (`idx`, in catalog order): best key, runner-up key and distinct supplier count."""
+def _sku_hash(sku: pl.Expr) -> pl.Expr:
+    """The 64-bit grouping key of a SKU string (a function so tests can force collisions)."""
+    return sku.hash()
+
+
+def _per_sku(union: pl.LazyFrame, by: str, per_rank: list[str], key_dtype: pl.DataType) -> pl.DataFrame:
+    """Per catalog row (`idx`, in catalog order): each rank's minimum key, then best, runner-up, count."""
     best = pl.min_horizontal(per_rank) if per_rank else pl.lit(None, dtype=key_dtype)
     runner = (
         pl.min_horizontal([pl.when(pl.col(k) != best).then(pl.col(k)) for k in per_rank])
@@ -85,13 +90,60 @@ def _per_sku(union: pl.LazyFrame, per_rank: list[str], key_dtype: pl.DataType) -
     )
     count = pl.sum_horizontal([pl.col(k).is_not_null() for k in per_rank]) if per_rank else pl.lit(0)
     return (
-        union.group_by("sku")
+        union.group_by(by)
         .agg(pl.col("idx").min(), *[pl.col(k).min() for k in per_rank])
         .filter(pl.col("idx").is_not_null())
         .sort("idx")
-        .select("idx", best_key=best, runner_key=runner, offer_count=count.cast(pl.Int64))
+        .select("idx", *per_rank, best_key=best, runner_key=runner, offer_count=count.cast(pl.Int64))
         .collect()
     )
+
+
+def _winners_carry_sku(
+    chosen: pl.DataFrame, active_sku: pl.Series, offer_sku: pl.Series, per_rank: list[str], row_bits: int
+) -> pl.LazyFrame:
+    """One boolean: every rank's winning offer in row i of `chosen` is for active catalog SKU i."""
+    # Grouped by SKU hash with one group per active catalog row, no two catalog SKUs share a hash.
+    # If each group's winners all carry that row's SKU, no colliding foreign offer won, so each
+    # rank's minimum over the group equals the minimum over the SKU's own offers: the result is
+    # exactly the one grouping by the SKU string would give.
+    row_mask = (1 << row_bits) - 1
+    offer_sku_at = pl.lit(offer_sku)
+    same_sku = [
+        pl.col(k).is_null()
+        | offer_sku_at.gather((pl.col(k) & row_mask).cast(pl.UInt64)).eq_missing(pl.col("sku"))
+        for k in per_rank
+    ]
+    check = chosen.lazy().select(*per_rank).with_columns(sku=active_sku)
+    return check.select(exact=pl.all_horizontal(True, *same_sku).all())
+
+
+def _result(
+    chosen: pl.DataFrame, rows: pl.DataFrame, offers: pl.DataFrame, ranked: list[str], row_bits: int
+) -> pl.LazyFrame:
+    """BEST_OFFERS_SCHEMA rows from the per-SKU keys and the matching catalog rows (sku, category)."""
+    rank_bits = max(1, len(ranked).bit_length())
+    low_bits = row_bits + rank_bits
+    names = pl.lit(pl.Series("names", ranked or [""], dtype=pl.String))
+    best_row = (pl.col("best_key") % (1 << row_bits)).cast(pl.UInt64)
+    cost_units = pl.col("best_key") // (1 << low_bits)
+    runner_units = pl.col("runner_key") // (1 << low_bits)
+    result = pl.concat([chosen.lazy(), rows.lazy()], how="horizontal").select(
+        sku="sku",
+        category="category",
+        available=pl.col("best_key").is_not_null(),
+        supplier=names.gather((pl.col("best_key") // (1 << row_bits)) % (1 << rank_bits)),
+        cost=_units_to_money(cost_units),
+        # Gathers inside the query, so polars runs them in parallel with the rest.
+        supplier_price=pl.lit(offers.get_column("price").cast(MONEY)).gather(best_row),
+        supplier_currency=pl.lit(offers.get_column("currency")).gather(best_row),
+        stock=pl.lit(offers.get_column("stock")).gather(best_row),
+        runner_up_supplier=names.gather((pl.col("runner_key") // (1 << row_bits)) % (1 << rank_bits)),
+        runner_up_cost=_units_to_money(runner_units),
+        offer_count="offer_count",
+        spread=_units_to_money(runner_units - cost_units),
+    )
+    return result.select([pl.col(name).cast(dtype) for name, dtype in BEST_OFFERS_SCHEMA.items()])
 
 
 def select_best_offers(
@@ -153,37 +205,24 @@ def select_best_offers(
     )
     active = catalog.lazy().filter(pl.col("active").fill_null(False)).select("sku", "category").collect()
     # The active catalog rides along in the same group_by (its row number as `idx`) instead of a
-    # separate join afterwards: one hash pass over the SKU strings instead of two.
+    # separate join afterwards: one hash pass over the SKUs instead of two.
     catalog_rows = (
         active.lazy()
         .with_row_index("idx")
         .select("sku", "idx", *[pl.lit(None, dtype=key_dtype).alias(k) for k in per_rank])
     )
-    # Grouping by a 64-bit hash of the SKU would group ~1.6x faster, but the collision check that
-    # exactness then needs costs as much as it saves (measured), so the SKU string is the key.
-    chosen = _per_sku(pl.concat([catalog_rows, candidates]), per_rank, key_dtype)
-    best_row = chosen.select((pl.col("best_key") % (1 << row_bits)).cast(pl.UInt64)).to_series()
-    picked = offers.select(
-        pl.col("price").cast(MONEY).gather(best_row).alias("supplier_price"),
-        pl.col("currency").gather(best_row).alias("supplier_currency"),
-        pl.col("stock").gather(best_row).alias("stock"),
-    )
-    at_catalog_row = chosen.get_column("idx")
-    names = pl.lit(pl.Series("names", ranked or [""], dtype=pl.String))
-    cost_units = pl.col("best_key") // (1 << low_bits)
-    runner_units = pl.col("runner_key") // (1 << low_bits)
-    result = pl.concat([chosen.lazy(), picked.lazy()], how="horizontal").select(
-        sku=active.get_column("sku").gather(at_catalog_row),
-        category=active.get_column("category").gather(at_catalog_row),
-        available=pl.col("best_key").is_not_null(),
-        supplier=names.gather((pl.col("best_key") // (1 << row_bits)) % (1 << rank_bits)),
-        cost=_units_to_money(cost_units),
-        supplier_price="supplier_price",
-        supplier_currency="supplier_currency",
-        stock="stock",
-        runner_up_supplier=names.gather((pl.col("runner_key") // (1 << row_bits)) % (1 << rank_bits)),
-        runner_up_cost=_units_to_money(runner_units),
-        offer_count="offer_count",
-        spread=_units_to_money(runner_units - cost_units),
-    )
-    return result.select([pl.col(name).cast(dtype) for name, dtype in BEST_OFFERS_SCHEMA.items()]).collect()
+    union = pl.concat([catalog_rows, candidates])
+    # Grouping by a 64-bit hash of the SKU is ~1.6x faster than by the string. Whether a collision
+    # could have changed the answer is checked exactly, alongside building the result; if so, the
+    # SKU string is the key instead.
+    chosen = _per_sku(union.with_columns(h=_sku_hash(pl.col("sku"))), "h", per_rank, key_dtype)
+    if chosen.height == active.height:  # one group per active row: row i of `chosen` is active row i
+        check = _winners_carry_sku(
+            chosen, active.get_column("sku"), offers.get_column("sku"), per_rank, row_bits
+        )
+        exact, result = pl.collect_all([check, _result(chosen, active, offers, ranked, row_bits)])
+        if exact.item():
+            return result
+    chosen = _per_sku(union, "sku", per_rank, key_dtype)
+    rows = active.select(pl.all().gather(chosen.get_column("idx")))
+    return _result(chosen, rows, offers, ranked, row_bits).collect()

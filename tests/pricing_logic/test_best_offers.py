@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pricing_assets.logic.best_offers as best_offers_module
 from pricing_assets.logic.best_offers import convert_to_store_currency, select_best_offers, tie_break_order
 from resources.schemas import BEST_OFFERS_SCHEMA, CATALOG_SCHEMA, OFFERS_SCHEMA
 
@@ -361,3 +362,91 @@ def test_duplicate_catalog_rows_give_one_row_with_the_first_category() -> None:
         ("a", "first", True),
         ("b", "b", False),
     ]
+
+
+# ------------------------------------------------------------------ hash grouping and its fallback
+
+COLLIDING_HASHES = {
+    # The foreign SKU lands in catalog SKU "a"'s group: its offer may win there, which must be caught.
+    "foreign_into_a": lambda sku: sku.str.replace("not-in-catalog", "a", literal=True).hash(),
+    # Every SKU in one group: catalog rows collide with each other.
+    "all_one_group": lambda sku: sku.str.len_bytes().cast(pl.UInt64) * 0,
+}
+
+
+@pytest.fixture
+def grouping_keys(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record which key each per-SKU grouping used ("h" = hash, "sku" = the exact fallback)."""
+    used: list[str] = []
+    original = best_offers_module._per_sku
+
+    def recording(union: pl.LazyFrame, by: str, *args: Any) -> pl.DataFrame:
+        used.append(by)
+        return original(union, by, *args)
+
+    monkeypatch.setattr(best_offers_module, "_per_sku", recording)
+    return used
+
+
+@pytest.mark.parametrize("name", sorted(COLLIDING_HASHES))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(catalog=catalog_rows, offers=st.lists(offer_rows, max_size=25), fx=fx_tables)
+def test_hash_collisions_never_change_the_answer(
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    catalog: list[dict[str, Any]],
+    offers: list[dict[str, Any]],
+    fx: Any,
+) -> None:
+    monkeypatch.setattr(best_offers_module, "_sku_hash", COLLIDING_HASHES[name])
+    expected = reference(catalog, offers, SUPPLIERS, set(SUPPLIERS), fx, NOW, TTL)
+    got = select_best_offers(
+        catalog_frame(catalog),
+        offers_frame(offers),
+        supplier_order=SUPPLIERS,
+        enabled=SUPPLIERS,
+        fx=fx,
+        now=NOW,
+        staleness_ttl=TTL,
+    )
+    assert got.to_dicts() == [{name: row[name] for name in BEST_OFFERS_SCHEMA} for row in expected]
+
+
+def test_a_winning_foreign_offer_in_a_collided_group_forces_the_exact_path(
+    monkeypatch: pytest.MonkeyPatch, grouping_keys: list[str]
+) -> None:
+    monkeypatch.setattr(best_offers_module, "_sku_hash", COLLIDING_HASHES["foreign_into_a"])
+    row = one([offer("a", "s1", "10"), offer("not-in-catalog", "s2", "1")])
+    assert (row["supplier"], row["cost"], row["offer_count"]) == ("s1", Decimal("10"), 1)
+    assert grouping_keys == ["h", "sku"]
+
+
+def test_a_losing_foreign_offer_in_a_collided_group_keeps_the_hash_path(
+    monkeypatch: pytest.MonkeyPatch, grouping_keys: list[str]
+) -> None:
+    # Same group, but the foreign offer loses within its own rank: the hash result is already exact.
+    monkeypatch.setattr(best_offers_module, "_sku_hash", COLLIDING_HASHES["foreign_into_a"])
+    row = one([offer("a", "s1", "1"), offer("not-in-catalog", "s1", "10")])
+    assert (row["supplier"], row["cost"], row["offer_count"]) == ("s1", Decimal("1"), 1)
+    assert grouping_keys == ["h"]
+
+
+def test_colliding_catalog_skus_force_the_exact_path(
+    grouping_keys: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(best_offers_module, "_sku_hash", COLLIDING_HASHES["all_one_group"])
+    catalog = [{"sku": s, "category": "c", "active": True} for s in ("a", "b")]
+    rows = run(catalog, [offer("a", "s1", "3"), offer("b", "s2", "2")])
+    assert [(r["sku"], r["supplier"], r["cost"]) for r in rows] == [
+        ("a", "s1", Decimal(3)),
+        ("b", "s2", Decimal(2)),
+    ]
+    assert grouping_keys == ["h", "sku"]
+
+
+def test_real_hash_takes_the_fast_path(grouping_keys: list[str]) -> None:
+    catalog = [{"sku": f"SKU-{i:05d}", "category": "c", "active": True} for i in range(2000)]
+    offers = [offer(f"SKU-{i:05d}", f"s{1 + i % 3}", str(1 + i % 7)) for i in range(0, 4000, 2)]
+    rows = run(catalog, offers)
+    assert sum(r["available"] for r in rows) == 1000
+    assert grouping_keys == ["h"]

@@ -80,23 +80,36 @@ def _sku_hash(sku: pl.Expr) -> pl.Expr:
     return sku.hash()
 
 
-def _per_sku(union: pl.LazyFrame, by: str, per_rank: list[str], key_dtype: pl.DataType) -> pl.DataFrame:
-    """Per catalog row (`idx`, in catalog order): each rank's minimum key, then best, runner-up, count."""
-    best = pl.min_horizontal(per_rank) if per_rank else pl.lit(None, dtype=key_dtype)
-    runner = (
-        pl.min_horizontal([pl.when(pl.col(k) != best).then(pl.col(k)) for k in per_rank])
-        if per_rank
-        else pl.lit(None, dtype=key_dtype)
-    )
-    count = pl.sum_horizontal([pl.col(k).is_not_null() for k in per_rank]) if per_rank else pl.lit(0)
+def _per_sku(union: pl.LazyFrame, by: str, per_rank: list[str]) -> pl.DataFrame:
+    """Per catalog row (`idx`, in catalog order): each rank's minimum key."""
     return (
         union.group_by(by)
         .agg(pl.col("idx").min(), *[pl.col(k).min() for k in per_rank])
         .filter(pl.col("idx").is_not_null())
         .sort("idx")
-        .select("idx", *per_rank, best_key=best, runner_key=runner, offer_count=count.cast(pl.Int64))
+        .select("idx", *per_rank)
         .collect()
     )
+
+
+def _best_runner_count(per_rank: list[str], key_dtype: pl.DataType) -> list[pl.Expr]:
+    """best_key, runner_key (the best of the other suppliers) and offer_count from per-rank minima."""
+    # Keys of different ranks never tie (the rank is in the key), so the runner-up is simply the
+    # second smallest. A running (smallest, second) pair is ~4x faster than masking out the best.
+    top = pl.lit((1 << (127 if key_dtype == pl.Int128() else 63)) - 1, dtype=key_dtype)
+    first, second = top, top
+    for column in per_rank:
+        value = pl.col(column).fill_null(top)
+        first, second = (
+            pl.min_horizontal(first, value),
+            pl.min_horizontal(second, pl.max_horizontal(first, value)),
+        )
+    count = pl.sum_horizontal([pl.col(k).is_not_null() for k in per_rank]) if per_rank else pl.lit(0)
+    return [
+        pl.when(first != top).then(first).alias("best_key"),
+        pl.when(second != top).then(second).alias("runner_key"),
+        count.cast(pl.Int64).alias("offer_count"),
+    ]
 
 
 def _winners_carry_sku(
@@ -119,7 +132,12 @@ def _winners_carry_sku(
 
 
 def _result(
-    chosen: pl.DataFrame, rows: pl.DataFrame, offers: pl.DataFrame, ranked: list[str], row_bits: int
+    chosen: pl.DataFrame,
+    rows: pl.DataFrame,
+    offers: pl.DataFrame,
+    ranked: list[str],
+    row_bits: int,
+    key_dtype: pl.DataType,
 ) -> pl.LazyFrame:
     """BEST_OFFERS_SCHEMA rows from the per-SKU keys and the matching catalog rows (sku, category)."""
     rank_bits = max(1, len(ranked).bit_length())
@@ -128,7 +146,9 @@ def _result(
     best_row = (pl.col("best_key") % (1 << row_bits)).cast(pl.UInt64)
     cost_units = pl.col("best_key") // (1 << low_bits)
     runner_units = pl.col("runner_key") // (1 << low_bits)
-    result = pl.concat([chosen.lazy(), rows.lazy()], how="horizontal").select(
+    per_rank = [k for k in chosen.columns if k != "idx"]
+    keys = chosen.lazy().with_columns(_best_runner_count(per_rank, key_dtype)).drop(["idx", *per_rank])
+    result = pl.concat([keys, rows.lazy()], how="horizontal").select(
         sku="sku",
         category="category",
         available=pl.col("best_key").is_not_null(),
@@ -215,14 +235,14 @@ def select_best_offers(
     # Grouping by a 64-bit hash of the SKU is ~1.6x faster than by the string. Whether a collision
     # could have changed the answer is checked exactly, alongside building the result; if so, the
     # SKU string is the key instead.
-    chosen = _per_sku(union.with_columns(h=_sku_hash(pl.col("sku"))), "h", per_rank, key_dtype)
+    chosen = _per_sku(union.with_columns(h=_sku_hash(pl.col("sku"))), "h", per_rank)
     if chosen.height == active.height:  # one group per active row: row i of `chosen` is active row i
         check = _winners_carry_sku(
             chosen, active.get_column("sku"), offers.get_column("sku"), per_rank, row_bits
         )
-        exact, result = pl.collect_all([check, _result(chosen, active, offers, ranked, row_bits)])
+        exact, result = pl.collect_all([check, _result(chosen, active, offers, ranked, row_bits, key_dtype)])
         if exact.item():
             return result
-    chosen = _per_sku(union, "sku", per_rank, key_dtype)
+    chosen = _per_sku(union, "sku", per_rank)
     rows = active.select(pl.all().gather(chosen.get_column("idx")))
-    return _result(chosen, rows, offers, ranked, row_bits).collect()
+    return _result(chosen, rows, offers, ranked, row_bits, key_dtype).collect()

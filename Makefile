@@ -12,7 +12,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 	.tools/bin/pip install --quiet uv==$(UV_VERSION)
 
 venv: $(UV) tools
-	$(UV) sync --frozen --quiet
+	$(UV) sync --frozen --quiet --compile-bytecode
 
 # The CDN feed's tests encrypt with the real `openssl enc` CLI: install it when a machine lacks it.
 tools:

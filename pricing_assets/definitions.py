@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from dagster import AssetKey, AssetsDefinition, AssetSelection, Definitions
@@ -96,3 +97,7 @@ def build_definitions_without_resources(registry: Registry) -> Definitions:
 
 
 defs = build_defs()
+# Everything imported and built so far lives as long as the process. Moving it out of the
+# collector's reach makes every full collection of a run, and the final one at exit, skip it
+# (bench/sweep: ~0.3 s of each run process's exit was that final collection).
+gc.freeze()

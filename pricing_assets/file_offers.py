@@ -33,14 +33,15 @@ def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> As
     )
     def file_offers(
         context: AssetExecutionContext,
-        catalog: pl.DataFrame,
+        catalog: pl.LazyFrame,
         warehouse: Warehouse,
         service_config: RuntimeConfig,
     ) -> pl.DataFrame:
         """The cached file's offers for the run's active batch SKUs (stale ones age out in best_offers)."""
         config = service_config.load()
         batches = list(context.partition_keys)
-        batch_catalog = catalog.filter(pl.col("batch").is_in(batches) & pl.col("active"))
+        wanted = pl.col("batch").is_in(batches) & pl.col("active")
+        batch_catalog = catalog.filter(wanted).select("sku", "batch").collect()
         offers = read_cached_offers(warehouse, entry.id, batch_catalog.get_column("sku").to_list())
         offers = offers.join(batch_catalog.select("sku", "batch"), on="sku", how="inner").select(
             [*OFFERS_SCHEMA, "batch"]

@@ -73,7 +73,7 @@ def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefini
     )
     def best_offers(
         context: AssetExecutionContext,
-        catalog: pl.DataFrame,
+        catalog: pl.LazyFrame,
         warehouse: Warehouse,
         service_config: RuntimeConfig,
     ) -> pl.DataFrame:
@@ -81,7 +81,8 @@ def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefini
         config = service_config.load()
         config.check_suppliers(registry.order)
         batches = list(context.partition_keys)
-        batch_catalog = catalog.filter(pl.col("batch").is_in(batches))
+        columns = ["sku", "category", "active", "batch"]
+        batch_catalog = catalog.filter(pl.col("batch").is_in(batches)).select(columns).collect()
         offers = read_supplier_offers(warehouse, registry.order, batches)
         enabled = [supplier for supplier in registry.order if config.enabled(supplier)]
         best = select_best_offers(

@@ -102,7 +102,7 @@ def build_supplier_offers_asset(
     )
     def supplier_offers(
         context: AssetExecutionContext,
-        catalog: pl.DataFrame,
+        catalog: pl.LazyFrame,
         suppliers: SupplierClients,
         warehouse: Warehouse,
         service_config: RuntimeConfig,
@@ -114,7 +114,8 @@ def build_supplier_offers_asset(
             context.log.warning(f"supplier {entry.id} is disabled in {config.source}: skipped")
             yield from _unchanged(key, {"skipped": MetadataValue.text("disabled")}, reachable=None)
             return
-        batch_catalog = catalog.filter(pl.col("batch").is_in(batches) & pl.col("active"))
+        wanted = pl.col("batch").is_in(batches) & pl.col("active")
+        batch_catalog = catalog.filter(wanted).select("sku", "batch").collect()
         skus = batch_catalog.get_column("sku").to_list()
         try:
             result = suppliers.fetch_offers(entry.id, skus)

@@ -263,7 +263,7 @@ class ServiceConfig(_Strict):
     guard: GuardConfig = GuardConfig()
     staleness_ttl: timedelta = timedelta(minutes=30)
     sweep_minutes: int = Field(default=5, ge=1)
-    sweep_batches_per_run: int = Field(default=8, ge=1)
+    sweep_batches_per_run: int = Field(default=16, ge=1)
     push_batch_size: int = Field(default=500, ge=1)
     quarantine_max_share: Decimal = Field(default=Decimal("0.2"), ge=0, le=1)
     source: str = "<defaults>"

@@ -6,6 +6,8 @@ import io
 import json
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -96,6 +98,16 @@ def read_parquet(path: UPath) -> pl.DataFrame:
         return pl.read_parquet(handle)
 
 
+def scan_parquet(path: UPath) -> pl.LazyFrame:
+    """A lazy scan of one local Parquet file (predicates and projections are pushed into the read)."""
+    local = _local_target(path)
+    if local is None:
+        return read_parquet(path).lazy()  # object storage: read once, then filter in memory
+    if not local.exists():
+        raise FileNotFoundError(f"warehouse file not found: {path}")
+    return pl.scan_parquet(local)
+
+
 def partition_column(partitions_def: PartitionsDefinition | None) -> str:
     """The column carrying the partition key: "day" for time windows, "batch" otherwise."""
     return "day" if isinstance(partitions_def, TimeWindowPartitionsDefinition) else "batch"
@@ -152,6 +164,63 @@ class Warehouse(ConfigurableResource):
         return json.loads(path.read_text()) if path.exists() else None
 
 
+class _RecentOutputs:
+    """The last few frames this process wrote, served back while their files are exactly as written.
+
+    A downstream step in the same in-process run (storefront_prices reading best_offers, the blocking
+    checks reading storefront_prices) then skips re-reading Parquet it just wrote. A hit needs every
+    file's (inode, size, mtime) to match what the write left, so any later writer invalidates it.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, ...], tuple[list[tuple[int, int, int]], pl.DataFrame]] = (
+            OrderedDict()
+        )
+
+    @staticmethod
+    def _stamps(paths: Sequence[UPath]) -> list[tuple[int, int, int]] | None:
+        """Identity of each local file, or None when one is missing or not on the local filesystem."""
+        stamps = []
+        for path in paths:
+            local = _local_target(path)
+            if local is None:
+                return None
+            try:
+                stat = local.stat()
+            except FileNotFoundError:
+                return None
+            stamps.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
+        return stamps
+
+    def put(self, paths: Sequence[UPath], frame: pl.DataFrame) -> None:
+        """Remember `frame` as the content of `paths` (concatenated in order)."""
+        stamps = self._stamps(paths)
+        if stamps is None:
+            return
+        key = tuple(str(p) for p in paths)
+        with self._lock:
+            self._entries[key] = (stamps, frame)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+
+    def get(self, paths: Sequence[UPath]) -> pl.DataFrame | None:
+        """The remembered frame if every file is still exactly the one written, else None."""
+        key = tuple(str(p) for p in paths)
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None or self._stamps(paths) != entry[0]:
+            return None
+        return entry[1]
+
+
+# Two entries cover the sweep's reads of what it just wrote (best_offers, then storefront_prices)
+# while holding at most two tables in memory.
+_RECENT_OUTPUTS = _RecentOutputs(capacity=2)
+
+
 class WarehouseIOManager(ConfigurableIOManager):
     """polars frames <-> Parquet at the DESIGN §6 paths; partitioned tables carry their partition column."""
 
@@ -176,10 +245,11 @@ class WarehouseIOManager(ConfigurableIOManager):
         if not context.has_asset_partitions:
             path = table_path(self._root_path(), key_path)
             write_parquet_atomic(obj, path)
+            _RECENT_OUTPUTS.put([path], obj)
             context.add_output_metadata(self._metadata(obj, [path]))
             return
         column = partition_column(context.asset_partitions_def)
-        keys = list(context.asset_partition_keys)
+        keys = sorted(context.asset_partition_keys)
         if len(keys) == 1 and column not in obj.columns:
             obj = obj.with_columns(pl.lit(keys[0]).alias(column))
         if column not in obj.columns:
@@ -193,12 +263,15 @@ class WarehouseIOManager(ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()}: rows for partitions outside this run: "
                 f"{sorted(stray)[:5]}"
             )
-        paths = []
+        paths, parts = [], []
         # Every partition of the run is written, empty or not, so a re-run replaces stale rows.
         for key in keys:
             path = table_path(self._root_path(), key_path, key)
-            write_parquet_atomic(obj.filter(pl.col(column) == key), path)
+            part = obj.filter(pl.col(column) == key)
+            write_parquet_atomic(part, path)
             paths.append(path)
+            parts.append(part)
+        _RECENT_OUTPUTS.put(paths, pl.concat(parts) if len(parts) > 1 else parts[0])
         context.add_output_metadata(self._metadata(obj, paths))
 
     @staticmethod
@@ -211,15 +284,28 @@ class WarehouseIOManager(ConfigurableIOManager):
             meta["first_path"] = MetadataValue.path(str(paths[0]))
         return meta
 
-    def load_input(self, context: InputContext) -> pl.DataFrame:
-        """Read a table; several upstream partitions are concatenated (missing ones skipped)."""
+    def load_input(self, context: InputContext) -> pl.DataFrame | pl.LazyFrame:
+        """Read a table; several partitions are concatenated in key order (missing ones skipped).
+
+        An input annotated `pl.LazyFrame` gets a lazy scan of an unpartitioned table instead, so a step
+        that needs a few columns and rows of it (the catalog) reads only those.
+        """
         key_path = context.asset_key.path
+        if context.dagster_type.typing_type is pl.LazyFrame and not context.has_asset_partitions:
+            return scan_parquet(table_path(self._root_path(), key_path))
         if not context.has_asset_partitions:
-            return read_parquet(table_path(self._root_path(), key_path))
+            path = table_path(self._root_path(), key_path)
+            recent = _RECENT_OUTPUTS.get([path])
+            return recent if recent is not None else read_parquet(path)
+        # Partition key order (the keys come as a set), the same order handle_output writes in.
+        keys = sorted(context.asset_partition_keys)
+        paths = [table_path(self._root_path(), key_path, key) for key in keys]
+        recent = _RECENT_OUTPUTS.get(paths)
+        if recent is not None:
+            return recent
         frames = []
         missing = []
-        for key in context.asset_partition_keys:
-            path = table_path(self._root_path(), key_path, key)
+        for key, path in zip(keys, paths, strict=True):
             if path.exists():
                 frames.append(read_parquet(path))
             else:

@@ -177,3 +177,89 @@ def test_warehouse_resource_sidecar_and_partitions(tmp_path):
     w.write(money_frame(1).with_columns(pl.lit("batch-001").alias("batch")), ["x"], "batch-001")
     assert w.read_partitions(["x"]).height == 3
     assert w.read_partitions(["x"], ["batch-001", "batch-002"]).height == 1
+
+
+def _read_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every Parquet file the warehouse module reads from disk."""
+    reads: list[str] = []
+    original = wh.read_parquet
+
+    def counting(path: UPath) -> pl.DataFrame:
+        reads.append(Path(str(path)).name)
+        return original(path)
+
+    monkeypatch.setattr(wh, "read_parquet", counting)
+    return reads
+
+
+def _ranged_pipeline(tmp_path: Path, mutate_between: bool = False):
+    """best_offers (ranged, 3 partitions) -> prices, in one in-process run."""
+
+    @asset(partitions_def=batches, backfill_policy=BackfillPolicy.single_run())
+    def best_offers(context) -> pl.DataFrame:
+        keys = list(context.partition_keys)
+        # Rows deliberately not grouped by batch: the input must still come back in partition order.
+        frame = pl.DataFrame({"sku": ["c", "a", "b"], "batch": [keys[1], keys[0], keys[0]]})
+        return frame.with_columns(price=pl.lit(Decimal("1.5"), dtype=pl.Decimal(20, 4)))
+
+    @asset(
+        partitions_def=batches,
+        ins={"best_offers": AssetIn("best_offers")},
+        backfill_policy=BackfillPolicy.single_run(),
+    )
+    def prices(context, best_offers: pl.DataFrame) -> pl.DataFrame:
+        if mutate_between:
+            # Another writer replaces one partition between the two steps.
+            wh.write_parquet_atomic(
+                best_offers.head(0), UPath(tmp_path / "best_offers" / "batch-000.parquet")
+            )
+        return best_offers
+
+    tags = {
+        "dagster/asset_partition_range_start": "batch-000",
+        "dagster/asset_partition_range_end": "batch-002",
+    }
+    io = WarehouseIOManager(base_dir=str(tmp_path))
+    return materialize([best_offers, prices], tags=tags, resources={"io_manager": io})
+
+
+def test_downstream_step_of_the_same_process_reuses_what_was_just_written(tmp_path, monkeypatch):
+    reads = _read_counter(monkeypatch)
+    assert _ranged_pipeline(tmp_path).success
+    assert reads == []  # prices got best_offers from memory, not from the three files
+    from_disk = pl.concat(
+        [pl.read_parquet(tmp_path / "best_offers" / f"batch-00{i}.parquet") for i in range(3)]
+    )
+    assert pl.read_parquet(tmp_path / "prices" / "batch-000.parquet").equals(
+        from_disk.filter(pl.col("batch") == "batch-000")
+    )
+    # What memory served equals what the files hold, in partition order.
+    io = WarehouseIOManager(base_dir=str(tmp_path))
+    served = wh._RECENT_OUTPUTS.get(
+        [table_path(io._root_path(), ["best_offers"], f"batch-00{i}") for i in range(3)]
+    )
+    assert served is not None and served.equals(from_disk)
+    assert served.get_column("sku").to_list() == ["a", "b", "c"]
+
+
+def test_a_file_replaced_after_the_write_is_read_from_disk(tmp_path, monkeypatch):
+    reads = _read_counter(monkeypatch)
+    assert _ranged_pipeline(tmp_path, mutate_between=True).success
+    # The first load (before the replacement) hit memory; the next reader sees the new file.
+    assert reads == []
+    io = WarehouseIOManager(base_dir=str(tmp_path))
+    paths = [table_path(io._root_path(), ["best_offers"], f"batch-00{i}") for i in range(3)]
+    assert wh._RECENT_OUTPUTS.get(paths) is None
+
+
+def test_recent_outputs_keep_only_the_latest(tmp_path):
+    recent = wh._RecentOutputs(capacity=2)
+    frames = {}
+    for name in ("a", "b", "c"):
+        path = UPath(tmp_path / f"{name}.parquet")
+        frames[name] = money_frame(len(name) + 1)
+        wh.write_parquet_atomic(frames[name], path)
+        recent.put([path], frames[name])
+    assert recent.get([UPath(tmp_path / "a.parquet")]) is None
+    assert recent.get([UPath(tmp_path / "c.parquet")]) is frames["c"]
+    assert recent.get([UPath(tmp_path / "missing.parquet")]) is None

@@ -50,6 +50,8 @@ sensor = build_price_sweep_sensor(job, batches, clock=clock)
 
 
 def tick(cursor: str | None, **config):
+    # These tests walk a sweep of two runs of 8; the default (one run per sweep) has its own test.
+    config = {"sweep_batches_per_run": 8, **config}
     context = build_sensor_context(
         cursor=cursor,
         instance=DagsterInstance.ephemeral(),
@@ -88,6 +90,19 @@ def test_one_full_cycle_covers_every_batch_once_then_wraps():
     assert (parsed.next_index, parsed.cycle) == (0, 1)
     assert keys == ["sweep-0-batch-000-batch-007", "sweep-0-batch-008-batch-015"]
     assert tick(cursor).run_requests[0].run_key == "sweep-1-batch-000-batch-007"
+
+
+def test_default_is_one_run_per_sweep_for_the_default_catalog():
+    context = build_sensor_context(
+        cursor=None,
+        instance=DagsterInstance.ephemeral(),
+        resources={"service_config": RuntimeConfig(override_json="{}")},
+    )
+    result = sensor(context)
+    (request,) = result.run_requests
+    assert covered(request) == batch_keys(16)
+    assert request.run_key == "sweep-0-batch-000-batch-015"
+    assert SweepCursor.parse(result.cursor).cycle == 1
 
 
 def test_a_tick_before_the_next_slot_skips_without_moving_the_cursor():

@@ -161,7 +161,7 @@ def _result(
         runner_up_supplier=names.gather((pl.col("runner_key") // (1 << row_bits)) % (1 << rank_bits)),
         runner_up_cost=_units_to_money(runner_units),
         offer_count="offer_count",
-        spread=_units_to_money(runner_units - cost_units),
+        spread=_units_to_money(runner_units) - _units_to_money(cost_units),
     )
     return result.select([pl.col(name).cast(dtype) for name, dtype in BEST_OFFERS_SCHEMA.items()])
 

@@ -276,17 +276,17 @@ class Storefront(ConfigurableResource):
     def fetch_catalog(self, max_pages: int = 10_000) -> pl.DataFrame:
         """Read the whole catalog through its paginated endpoint (bounded by max_pages)."""
         rows: list[dict[str, Any]] = []
-        page: int | None = 1
+        page = 1
         with self._client() as client:
             for _ in range(max_pages):
-                if page is None:
-                    break
                 response = client.get("/catalog", params={"page": page, "per_page": self.catalog_page_size})
                 response.raise_for_status()
                 body = response.json()
                 rows.extend(body["items"])
                 next_page = body.get("next_page")
-                if next_page is not None and next_page <= page:
+                if next_page is None:
+                    break
+                if next_page <= page:
                     raise RuntimeError(f"storefront catalog: page {page} points back to page {next_page}")
                 page = next_page
             else:

@@ -4,6 +4,7 @@ Simulated the way Dagster's backfill daemon launches a BackfillPolicy.multi_run 
 partitions are cut into contiguous ranges of at most max_partitions_per_run, and each range is one run
 tagged dagster/asset_partition_range_start/_end. "Re-execute failed partitions" is then a backfill of
 what did not materialize, launched the same way. Runs are executed in process against one instance.
+tests/integration/test_backfill_daemon.py drives the same scenario through the webserver and daemon.
 """
 
 from dagster import DagsterInstance

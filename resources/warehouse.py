@@ -170,6 +170,8 @@ class _RecentOutputs:
     A downstream step in the same in-process run (storefront_prices reading best_offers, the blocking
     checks reading storefront_prices) then skips re-reading Parquet it just wrote. A hit needs every
     file's (inode, size, mtime) to match what the write left, so any later writer invalidates it.
+    Readers share the frame object: polars operations return new frames, and no asset here uses the
+    few in-place ones (insert_column, extend, __setitem__) on an input.
     """
 
     def __init__(self, capacity: int) -> None:

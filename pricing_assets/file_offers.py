@@ -11,7 +11,7 @@ from dagster import (
     asset,
 )
 
-from pricing_assets.partitions import BATCH_BACKFILL_POLICY, offers_key
+from pricing_assets.partitions import BATCH_BACKFILL_POLICY, active_batch_skus, offers_key
 from pricing_assets.supplier_files import cache_key, read_cached_offers
 from resources.config import Registry, SupplierEntry
 from resources.runtime import RuntimeConfig
@@ -40,12 +40,9 @@ def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> As
         """The cached file's offers for the run's active batch SKUs (stale ones age out in best_offers)."""
         config = service_config.load()
         batches = list(context.partition_keys)
-        wanted = pl.col("batch").is_in(batches) & pl.col("active")
-        batch_catalog = catalog.filter(wanted).select("sku", "batch").collect()
+        batch_catalog = active_batch_skus(catalog, batches)
         offers = read_cached_offers(warehouse, entry.id, batch_catalog.get_column("sku").to_list())
-        offers = offers.join(batch_catalog.select("sku", "batch"), on="sku", how="inner").select(
-            [*OFFERS_SCHEMA, "batch"]
-        )
+        offers = offers.join(batch_catalog, on="sku", how="inner").select([*OFFERS_SCHEMA, "batch"])
         cached = warehouse.exists(cache_key(entry.id))
         if not cached:
             context.log.warning(

@@ -1,5 +1,6 @@
 """Partitions of the pricing location, the backfill policy of batch assets, and shared warehouse keys."""
 
+import polars as pl
 from dagster import AssetKey, BackfillPolicy, DailyPartitionsDefinition, StaticPartitionsDefinition
 
 from pricing_assets.logic.batching import batch_keys
@@ -15,6 +16,12 @@ LEDGER_KEY = ["storefront_sync"]
 def catalog_batch_partitions(n: int) -> StaticPartitionsDefinition:
     """`batch-000` ... `batch-{n-1}`: a SKU's batch is md5(sku)[:8 bytes] mod n (docs/pricing.md)."""
     return StaticPartitionsDefinition(batch_keys(n))
+
+
+def active_batch_skus(catalog: pl.LazyFrame, batches: list[str]) -> pl.DataFrame:
+    """The active catalog SKUs of `batches` with their batch: all a supplier step reads of the catalog."""
+    wanted = pl.col("batch").is_in(batches) & pl.col("active")
+    return catalog.filter(wanted).select("sku", "batch").collect()
 
 
 # end_offset=1: today's partition exists while the day is still open (the schedule fills it as it goes).

@@ -20,7 +20,7 @@ from dagster import (
     asset,
 )
 
-from pricing_assets.partitions import BATCH_BACKFILL_POLICY, offers_key
+from pricing_assets.partitions import BATCH_BACKFILL_POLICY, active_batch_skus, offers_key
 from resources.config import Registry, SupplierEntry
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA
@@ -47,10 +47,9 @@ def freshness_policy(entry: SupplierEntry) -> FreshnessPolicy:
 
 
 def attach_batches(
-    result: FetchResult, batch_catalog: pl.DataFrame, batches: list[str]
+    result: FetchResult, sku_batch: pl.DataFrame, batches: list[str]
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Offers and quarantine with `batch`; quarantined rows without a SKU go to the run's first batch."""
-    sku_batch = batch_catalog.select("sku", "batch")
+    """Offers and quarantine joined to `sku_batch`; quarantined rows without a SKU go to the first batch."""
     offers = result.offers.join(sku_batch, on="sku", how="inner").select([*OFFERS_SCHEMA, "batch"])
     quarantine = (
         result.quarantine.join(sku_batch, on="sku", how="left")
@@ -114,8 +113,7 @@ def build_supplier_offers_asset(
             context.log.warning(f"supplier {entry.id} is disabled in {config.source}: skipped")
             yield from _unchanged(key, {"skipped": MetadataValue.text("disabled")}, reachable=None)
             return
-        wanted = pl.col("batch").is_in(batches) & pl.col("active")
-        batch_catalog = catalog.filter(wanted).select("sku", "batch").collect()
+        batch_catalog = active_batch_skus(catalog, batches)
         skus = batch_catalog.get_column("sku").to_list()
         try:
             result = suppliers.fetch_offers(entry.id, skus)

@@ -273,7 +273,7 @@ class WarehouseIOManager(ConfigurableIOManager):
             write_parquet_atomic(part, path)
             paths.append(path)
             parts.append(part)
-        _RECENT_OUTPUTS.put(paths, pl.concat(parts) if len(parts) > 1 else parts[0])
+        _RECENT_OUTPUTS.put(paths, pl.concat(parts))
         context.add_output_metadata(self._metadata(obj, paths))
 
     @staticmethod

@@ -136,6 +136,7 @@ def _result(
     rows: pl.DataFrame,
     offers: pl.DataFrame,
     ranked: list[str],
+    per_rank: list[str],
     row_bits: int,
     key_dtype: pl.DataType,
 ) -> pl.LazyFrame:
@@ -146,7 +147,6 @@ def _result(
     best_row = (pl.col("best_key") % (1 << row_bits)).cast(pl.UInt64)
     cost_units = pl.col("best_key") // (1 << low_bits)
     runner_units = pl.col("runner_key") // (1 << low_bits)
-    per_rank = [k for k in chosen.columns if k != "idx"]
     keys = chosen.lazy().with_columns(_best_runner_count(per_rank, key_dtype)).drop(["idx", *per_rank])
     result = pl.concat([keys, rows.lazy()], how="horizontal").select(
         sku="sku",
@@ -240,9 +240,11 @@ def select_best_offers(
         check = _winners_carry_sku(
             chosen, active.get_column("sku"), offers.get_column("sku"), per_rank, row_bits
         )
-        exact, result = pl.collect_all([check, _result(chosen, active, offers, ranked, row_bits, key_dtype)])
+        exact, result = pl.collect_all(
+            [check, _result(chosen, active, offers, ranked, per_rank, row_bits, key_dtype)]
+        )
         if exact.item():
             return result
     chosen = _per_sku(union, "sku", per_rank)
     rows = active.select(pl.all().gather(chosen.get_column("idx")))
-    return _result(chosen, rows, offers, ranked, row_bits, key_dtype).collect()
+    return _result(chosen, rows, offers, ranked, per_rank, row_bits, key_dtype).collect()

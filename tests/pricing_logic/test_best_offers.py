@@ -400,16 +400,8 @@ def test_hash_collisions_never_change_the_answer(
 ) -> None:
     monkeypatch.setattr(best_offers_module, "_sku_hash", COLLIDING_HASHES[name])
     expected = reference(catalog, offers, SUPPLIERS, set(SUPPLIERS), fx, NOW, TTL)
-    got = select_best_offers(
-        catalog_frame(catalog),
-        offers_frame(offers),
-        supplier_order=SUPPLIERS,
-        enabled=SUPPLIERS,
-        fx=fx,
-        now=NOW,
-        staleness_ttl=TTL,
-    )
-    assert got.to_dicts() == [{name: row[name] for name in BEST_OFFERS_SCHEMA} for row in expected]
+    got = run(catalog, offers, supplier_order=SUPPLIERS, enabled=set(SUPPLIERS), fx=fx)
+    assert got == [{column: row[column] for column in BEST_OFFERS_SCHEMA} for row in expected]
 
 
 def test_a_winning_foreign_offer_in_a_collided_group_forces_the_exact_path(

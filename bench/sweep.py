@@ -191,7 +191,7 @@ def direct_sweep(
     approvals = read_approvals(warehouse)
     for batches in ranges:
         batch_catalog = catalog.filter(pl.col("batch").is_in(batches) & pl.col("active"))
-        skus = batch_catalog.get_column("sku").to_list()
+        skus = batch_catalog.get_column("sku")
         for supplier in registry.order:
             offers = read_cached_offers(warehouse, supplier, skus).join(
                 batch_catalog.select("sku", "batch"), on="sku", how="inner"

@@ -41,7 +41,7 @@ def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> As
         config = service_config.load()
         batches = list(context.partition_keys)
         batch_catalog = active_batch_skus(catalog, batches)
-        offers = read_cached_offers(warehouse, entry.id, batch_catalog.get_column("sku").to_list())
+        offers = read_cached_offers(warehouse, entry.id, batch_catalog.get_column("sku"))
         offers = offers.join(batch_catalog, on="sku", how="inner").select([*OFFERS_SCHEMA, "batch"])
         cached = warehouse.exists(cache_key(entry.id))
         if not cached:

@@ -283,6 +283,9 @@ def test_read_cached_offers_serves_the_cache_until_stale(feed: Feed) -> None:
     offers = sf.read_cached_offers(feed.warehouse, "delta", wanted)
     assert sorted(offers.get_column("sku")) == sorted(list(served)[:5])
     assert offers.schema == pl.Schema(OFFERS_SCHEMA)
+    # The supplier assets pass the batch's SKU column as a Series (any name): same rows.
+    as_series = sf.read_cached_offers(feed.warehouse, "delta", pl.Series("wanted", wanted))
+    assert as_series.sort("sku").equals(offers.sort("sku"))
     confirmed = datetime.fromisoformat(feed.state()["confirmed_at"])
     ttl = timedelta(minutes=30)
     fresh = sf.read_cached_offers(feed.warehouse, "delta", wanted, staleness_ttl=ttl, now=confirmed + ttl)

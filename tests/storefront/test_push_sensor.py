@@ -175,8 +175,9 @@ def test_runless_materializations_each_request_their_batch(instance):
 
 
 def test_a_single_partition_run_triggers_a_sync_of_that_batch(instance):
+    resources = {"io_manager": null_io}
     run = materialize(
-        [prices_asset(BATCHES)], partition_key="batch-001", instance=instance, resources={"io_manager": null_io}
+        [prices_asset(BATCHES)], partition_key="batch-001", instance=instance, resources=resources
     )
     (request,) = evaluate(instance, cursor=None).run_requests
     assert isinstance(request, RunRequest) and request.partition_key == "batch-001"

@@ -78,13 +78,19 @@ class Freshness:
         )
 
 
-def newest_fetch_by_batch(warehouse: Warehouse, supplier: str) -> dict[str, datetime]:
-    """Per batch file of `supplier_offers/<supplier>`, the newest fetched_at (empty batches left out)."""
+def newest_fetch_by_batch(
+    warehouse: Warehouse, supplier: str, skip: Sequence[str] = ()
+) -> dict[str, datetime]:
+    """Per batch file of `supplier_offers/<supplier>` (but `skip`), the newest fetched_at (empty
+    batches left out)."""
     folder = warehouse.root().joinpath(*offers_key(supplier).path)
     if not folder.exists():
         return {}
     newest: dict[str, datetime] = {}
+    skipped = set(skip)
     for path in sorted(folder.glob("*.parquet")):
+        if path.stem in skipped:
+            continue
         value = scan_parquet(path).select(pl.col("fetched_at").max()).collect().item()
         if value is not None:
             newest[path.stem] = value
@@ -102,9 +108,8 @@ def evaluate_freshness(
 ) -> Freshness:
     """The supplier's freshness from its files, where this run's own batches (`replaced`) count with
     what the run wrote (`observed`: newest fetched_at per batch; a batch without rows is left out)."""
-    newest = newest_fetch_by_batch(warehouse, supplier)
-    for batch in replaced:
-        newest.pop(batch, None)
+    # The run's own batches are judged by what it wrote, without reading their files back.
+    newest = newest_fetch_by_batch(warehouse, supplier, skip=replaced)
     newest.update(observed or {})
     return Freshness(newest, now, ttl)
 

@@ -27,6 +27,7 @@ from dagster import (
     AssetKey,
     AssetRecordsFilter,
     AssetSelection,
+    DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
     EventLogRecord,
@@ -82,7 +83,7 @@ def run_key(partitions: Sequence[str], storage_id: int) -> str:
     return f"storefront_prices:{span}:{storage_id}"
 
 
-def producer_of(run: Any, keys: Sequence[str]) -> Producer:
+def producer_of(run: DagsterRun | None, keys: Sequence[str]) -> Producer:
     """A producing run's state and planned batches, from its status and partition tags (None: gone)."""
     if run is None:
         return Producer(finished=True, planned=None)

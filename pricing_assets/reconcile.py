@@ -29,6 +29,7 @@ from dagster import (
     RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     StaticPartitionsDefinition,
     define_asset_job,
@@ -245,10 +246,13 @@ def build_reconcile_sensor(
     )
     def storefront_reconcile(
         context: SensorEvaluationContext, service_config: RuntimeConfig
-    ) -> RunRequest | SkipReason:
+    ) -> SensorResult | SkipReason:
         """One reconcile run per period, none while one is still queued or running."""
         period = service_config.load().sweep_minutes * 60
         current = slot(clock(), period)
+        # The cursor is the last period launched: later ticks of that period skip without a request.
+        if context.cursor == str(current):
+            return SkipReason(f"reconciled in this period already ({period // 60} min periods)")
         pushed = context.instance.fetch_materializations(
             AssetRecordsFilter(asset_key=AssetKey("storefront_sync")), limit=1
         )
@@ -260,10 +264,11 @@ def build_reconcile_sensor(
         if busy:
             return SkipReason(f"reconcile run {busy[0].run_id} is still {busy[0].status.value.lower()}")
         keys = partitions_def.get_partition_keys()
-        return RunRequest(
+        request = RunRequest(
             run_key=f"storefront_reconcile:{current}",
             run_config=RECONCILE_RUN_CONFIG,
             tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]},
         )
+        return SensorResult(run_requests=[request], cursor=str(current))
 
     return storefront_reconcile

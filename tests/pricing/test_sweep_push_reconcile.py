@@ -204,8 +204,16 @@ def test_a_storefront_that_lost_its_state_is_repaired_once(flow, warehouse_dir, 
     assert live_prices(sandbox) == {}
 
     reconcile = defs.resolve_sensor_def(RECONCILE_SENSOR_NAME)
-    tick = reconcile(build_sensor_context(instance=instance, resources={"service_config": RuntimeConfig()}))
-    assert isinstance(tick, RunRequest) and tick.run_key.startswith("storefront_reconcile:")
+    context = build_sensor_context(instance=instance, resources={"service_config": RuntimeConfig()})
+    result = reconcile(context)
+    assert isinstance(result, SensorResult)
+    (tick,) = result.run_requests
+    assert tick.run_key == f"storefront_reconcile:{result.cursor}"
+    # A later tick of the same period asks for nothing (and the run key would be the same anyway).
+    again_context = build_sensor_context(
+        instance=instance, cursor=result.cursor, resources={"service_config": RuntimeConfig()}
+    )
+    assert isinstance(reconcile(again_context), SkipReason)
     assert launch(defs, instance, RECONCILE_JOB_NAME, tick).success
     totals: Counter[str] = Counter()
     for batch in keys:

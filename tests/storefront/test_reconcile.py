@@ -11,15 +11,30 @@ from typing import Any
 
 import httpx
 import polars as pl
-from dagster import ExecuteInProcessResult, materialize
+from dagster import (
+    AssetMaterialization,
+    ExecuteInProcessResult,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+)
 
-from pricing_assets.reconcile import MARKS_KEY, RECONCILE_RUN_CONFIG, find_drift
+from pricing_assets.reconcile import (
+    MARKS_KEY,
+    RECONCILE_RUN_CONFIG,
+    build_reconcile_job,
+    build_reconcile_sensor,
+    find_drift,
+)
 from pricing_assets.storefront_sync import SYNC_SCHEMA
 from resources.runtime import RuntimeConfig
 from resources.shopify import ShopifyStorefront
 from resources.storefront import Storefront
 from resources.warehouse import Warehouse, WarehouseIOManager
 from tests.storefront.conftest import (
+    BATCHES,
     FAST,
     PRICES_SPEC,
     SECRET,
@@ -236,3 +251,32 @@ def test_wiped_shopify_is_repaired_once(sandbox, warehouse_dir, shopify_token):
         acknowledged(warehouse_dir)
     )
     assert sync_metadata(reconcile(warehouse_dir, sandbox.url, adapter="shopify"))["drift_found"] == 0
+
+
+def test_reconcile_sensor_runs_once_per_sweep_period_after_the_first_push():
+    now = [1_000_000.0]
+    sensor = build_reconcile_sensor(build_reconcile_job(BATCHES), BATCHES, clock=lambda: now[0])
+    resources = {"service_config": RuntimeConfig(override_json=json.dumps({"sweep_minutes": 2}))}
+    with instance_for_test() as instance:
+
+        def tick(cursor: str | None) -> SensorResult | SkipReason:
+            return sensor(build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+
+        assert "never materialized" in tick(None).skip_message
+        instance.report_runless_asset_event(AssetMaterialization("storefront_sync", partition="batch-000"))
+        first = tick(None)
+        (request,) = first.run_requests
+        assert request.run_key == f"storefront_reconcile:{1_000_000 // 120}"
+        assert request.run_config == RECONCILE_RUN_CONFIG
+        assert (
+            request.tags["dagster/asset_partition_range_start"],
+            request.tags["dagster/asset_partition_range_end"],
+        ) == (
+            "batch-000",
+            "batch-001",
+        )
+        now[0] += 60  # same 2-minute period
+        assert isinstance(tick(first.cursor), SkipReason)
+        now[0] += 60  # next period
+        (later,) = tick(first.cursor).run_requests
+        assert later.run_key != request.run_key

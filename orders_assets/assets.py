@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from datetime import date
+from typing import Any
 
 import polars as pl
 from dagster import (
@@ -15,6 +16,7 @@ from dagster import (
     Config,
     MetadataValue,
     Output,
+    TimeWindowPartitionMapping,
     asset,
     multi_asset,
 )
@@ -24,6 +26,7 @@ from orders_assets import checks, logic
 from orders_assets.partitions import ORDERS_START_DATE, daily_partitions
 from resources.config import load_registry
 from resources.orders_db import OrdersDatabase
+from resources.partition_metadata import add_partition_metadata, split_by_partition, table_metadata
 from resources.warehouse import Warehouse
 
 GROUP = "orders"
@@ -73,6 +76,33 @@ def _known_skus(warehouse: Warehouse) -> pl.Series:
     return warehouse.read(CATALOG.path).get_column("sku")
 
 
+def history_window(warehouse: Warehouse, days: list[str]) -> dict[str, str | None]:
+    """The `price_history` partition each order day reads (None: no history on or before it).
+
+    `price_history/<day>` holds every offer valid at some instant of that day (docs/pricing.md), so a
+    day's allocation needs that partition only, however long the history grows. A day whose partition
+    was never written (the schedule did not run that day) reads the latest written one before it:
+    no observation was made that day, so the offers open then were the ones valid all day.
+    """
+    window: dict[str, str | None] = {}
+    written: list[str] | None = None
+    for day in days:
+        if warehouse.exists(PRICE_HISTORY.path, day):
+            window[day] = day
+            continue
+        if written is None:
+            folder = warehouse.root().joinpath(*PRICE_HISTORY.path)
+            written = sorted(p.stem for p in folder.glob("*.parquet")) if folder.exists() else []
+        earlier = [d for d in written if d < day]
+        window[day] = earlier[-1] if earlier else None
+    return window
+
+
+def _by_day(frame: pl.DataFrame, days: list[str]) -> dict[str, pl.DataFrame]:
+    """Each day's rows of a table carrying the `day` column."""
+    return split_by_partition(frame, "day", days)
+
+
 @multi_asset(
     name="ingest_orders",
     outs={
@@ -109,28 +139,44 @@ def ingest_orders(
         store_currency=store_currency,
         fallback_day=context.partition_keys[0],
     )
-    reasons = logic.reject_counts(validated.rejects)
+    days = list(context.partition_keys)
     latest_update = raw.orders.get_column("updated_at").max()
     context.log.info(
-        f"{len(context.partition_keys)} day(s) from {orders_db.safe_url()}: {validated.ingested} rows, "
+        f"{len(days)} day(s) from {orders_db.safe_url()}: {validated.ingested} rows, "
         f"{validated.accepted.height} accepted, {validated.rejects.height} rejected"
     )
+    # Each day gets its own numbers (one run may cover many days).
+    raw_days = _by_day(raw.orders.with_columns(logic.day_expr().alias("day")), days)
+    accepted_days = _by_day(validated.accepted, days)
+    reject_days = _by_day(validated.rejects, days)
+    orders_meta: dict[str, dict[str, Any]] = {}
+    rejects_meta: dict[str, dict[str, Any]] = {}
+    for day in days:
+        accepted, rejected, raw_orders = accepted_days[day], reject_days[day], raw_days[day]
+        newest = raw_orders.get_column("updated_at").max()
+        orders_meta[day] = {
+            **table_metadata(warehouse, ["orders"], day, accepted.height),
+            "orders": MetadataValue.int(raw_orders.height),
+            "lines": MetadataValue.int(accepted.height),
+            "units": MetadataValue.int(int(accepted.get_column("quantity").sum() or 0)),
+            "latest_updated_at": MetadataValue.text(str(newest) if newest else "none"),
+        }
+        rejects_meta[day] = {
+            **table_metadata(warehouse, ["order_rejects"], day, rejected.height),
+            "rejected": MetadataValue.int(rejected.height),
+            **{f"reason_{k}": MetadataValue.int(v) for k, v in logic.reject_counts(rejected).items()},
+        }
+    add_partition_metadata(context, orders_meta, asset_key=AssetKey("orders"))
+    add_partition_metadata(context, rejects_meta, asset_key=AssetKey("order_rejects"))
     yield Output(
         validated.accepted,
         output_name="orders",
         metadata={
-            "orders": raw.orders.height,
-            "lines": validated.accepted.height,
-            "units": int(validated.accepted.get_column("quantity").sum() or 0),
             "store_currency": store_currency,
-            "latest_updated_at": MetadataValue.text(str(latest_update) if latest_update else "none"),
+            "latest_updated_at_run": MetadataValue.text(str(latest_update) if latest_update else "none"),
         },
     )
-    yield Output(
-        validated.rejects,
-        output_name="order_rejects",
-        metadata={"rejected": validated.rejects.height, **{f"reason_{k}": v for k, v in reasons.items()}},
-    )
+    yield Output(validated.rejects, output_name="order_rejects")
     yield checks.ingested_balance(validated.ingested, validated.accepted, validated.rejects)
     yield checks.no_order_without_lines(validated.rejects)
 
@@ -138,8 +184,9 @@ def ingest_orders(
 @asset(
     partitions_def=daily_partitions,
     backfill_policy=SINGLE_RUN,
-    # Snapshots valid on a day may have started on any earlier day, so every day of history is read.
-    deps=[AssetDep(PRICE_HISTORY, partition_mapping=AllPartitionMapping())],
+    # price_history/<day> holds every offer valid during that day: a day reads its own partition only
+    # (see history_window), so the cost of a run does not grow with the history.
+    deps=[AssetDep(PRICE_HISTORY, partition_mapping=TimeWindowPartitionMapping())],
     check_specs=checks.ALLOCATION_CHECK_SPECS,
     group_name=GROUP,
 )
@@ -152,11 +199,18 @@ def order_allocations(
     """Each accepted line routed first come first served to the cheapest supplier with stock, or
     backordered; never more units than a supplier's stock snapshot had."""
     window = context.partition_time_window
-    snapshots = logic.normalize_snapshots(warehouse.read_partitions(PRICE_HISTORY.path))
+    days = list(context.partition_keys)
+    read = history_window(warehouse, days)
+    partitions = sorted({partition for partition in read.values() if partition is not None})
+    fallbacks = {day: partition for day, partition in read.items() if partition != day}
+    if fallbacks:
+        context.log.warning(f"price_history not written for some days, reading earlier ones: {fallbacks}")
+    history = warehouse.read_partitions(PRICE_HISTORY.path, partitions) if partitions else None
+    snapshots = logic.normalize_snapshots(history)
     if snapshots.height == 0:
         context.log.warning("price_history is empty: every line will be backordered")
     starts = logic.snapshots_start(snapshots, orders.get_column("sku"), window.start, window.end)
-    days, truncated = logic.lookback_days(
+    lookback, truncated = logic.lookback_days(
         starts,
         window.start,
         max_days=config.max_lookback_days,
@@ -164,21 +218,32 @@ def order_allocations(
     )
     # Earlier days' allocations from snapshots that are still valid count against their stock.
     key = context.asset_key.path
-    missing = [day for day in days if not warehouse.exists(key, day)]
+    missing = [day for day in lookback if not warehouse.exists(key, day)]
     if missing:
         context.log.warning(f"allocations of earlier days not materialized yet: {missing[:5]}")
-    consumed = logic.consumed_units(warehouse.read_partitions(key, days))
+    consumed = logic.consumed_units(warehouse.read_partitions(key, lookback))
     allocations = logic.allocate(orders, snapshots, consumed)
-    states = dict(allocations.group_by("allocation").len().iter_rows()) if allocations.height else {}
+    per_day: dict[str, dict[str, Any]] = {}
+    for day, part in _by_day(allocations, days).items():
+        states = dict(part.group_by("allocation").len().iter_rows()) if part.height else {}
+        allocated = part.filter(pl.col("allocation") == "allocated")
+        per_day[day] = {
+            **table_metadata(warehouse, key, day, part.height),
+            "lines": MetadataValue.int(part.height),
+            **{
+                f"lines_{state}": MetadataValue.int(int(states.get(state, 0)))
+                for state in logic.ALLOCATION_STATES
+            },
+            "units_allocated": MetadataValue.int(int(allocated.get_column("quantity").sum() or 0)),
+            "price_history_read": MetadataValue.text(read[day] or "none"),
+        }
+    add_partition_metadata(context, per_day)
     yield Output(
         allocations,
         metadata={
-            "lines": allocations.height,
-            **{f"lines_{state}": int(states.get(state, 0)) for state in logic.ALLOCATION_STATES},
-            "units_allocated": int(
-                allocations.filter(pl.col("allocation") == "allocated").get_column("quantity").sum() or 0
-            ),
-            "lookback_days": len(days),
+            # The run's reads: the history partitions of its days and the earlier days' allocations.
+            "price_history_partitions": MetadataValue.text(", ".join(partitions) or "none"),
+            "lookback_days": len(lookback),
             "lookback_truncated": truncated,
         },
     )
@@ -187,20 +252,23 @@ def order_allocations(
 
 
 @asset(partitions_def=daily_partitions, backfill_policy=SINGLE_RUN, group_name=GROUP)
-def sales_report(order_allocations: pl.DataFrame) -> Output[pl.DataFrame]:
+def sales_report(
+    context: AssetExecutionContext, order_allocations: pl.DataFrame, warehouse: Warehouse
+) -> pl.DataFrame:
     """Per day x SKU x supplier: orders, units, revenue, cost at order time and margin (placed and paid
     orders only; cancelled and refunded orders leave it)."""
     report = logic.sales_report(order_allocations)
-    totals = report.select(pl.col("units").sum(), pl.col("revenue").sum(), pl.col("margin").sum()).row(0)
-    return Output(
-        report,
-        metadata={
-            "rows": report.height,
-            "units": int(totals[0] or 0),
+    per_day: dict[str, dict[str, Any]] = {}
+    for day, part in _by_day(report, list(context.partition_keys)).items():
+        totals = part.select(pl.col("units").sum(), pl.col("revenue").sum(), pl.col("margin").sum()).row(0)
+        per_day[day] = {
+            **table_metadata(warehouse, ["sales_report"], day, part.height),
+            "units": MetadataValue.int(int(totals[0] or 0)),
             "revenue": MetadataValue.text(f"{totals[1] or 0:.2f}"),
             "margin": MetadataValue.text(f"{totals[2] or 0:.2f}"),
-        },
-    )
+        }
+    add_partition_metadata(context, per_day)
+    return report
 
 
 @asset(deps=[AssetDep("sales_report", partition_mapping=AllPartitionMapping())], group_name=GROUP)

@@ -7,6 +7,7 @@ a failed check stops it. The push sensor launches `storefront_sync` in its own r
 invariants are also applied row by row there through `split_pushable`.
 """
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -43,6 +44,22 @@ def _metadata(details: dict[str, Any], frame: pl.DataFrame) -> dict[str, Metadat
     return out
 
 
+def _failing_by_batch(frame: pl.DataFrame, failing: Callable[[pl.DataFrame], int]) -> str:
+    """`batch-003: 2, batch-007: 1`: which batches of a ranged run failed, and how many SKUs each.
+
+    A check runs once per run, whatever the range, so this is how its result points at partitions.
+    """
+    if "batch" not in frame.columns:
+        return "n/a"
+    counts = [
+        (batch, failing(part))
+        for (batch,), part in sorted(
+            frame.partition_by("batch", as_dict=True).items(), key=lambda kv: str(kv[0])
+        )
+    ]
+    return ", ".join(f"{batch}: {count}" for batch, count in counts if count) or "none"
+
+
 def _result(
     passed: bool, failing: int, details: dict[str, Any], frame: pl.DataFrame, what: str
 ) -> AssetCheckResult:
@@ -69,6 +86,13 @@ def build_storefront_price_checks() -> list[AssetChecksDefinition]:
     ) -> AssetCheckResult:
         """Every priced SKU of the run's batches has a positive price."""
         passed, details = check_no_nonpositive_price(storefront_prices)
+        details["failing_batches"] = (
+            _failing_by_batch(
+                storefront_prices, lambda part: check_no_nonpositive_price(part)[1]["nonpositive_prices"]
+            )
+            if not passed
+            else "none"
+        )
         if not passed:
             context.log.error(f"prices <= 0 for {details['nonpositive_prices']} SKUs: {details['examples']}")
         return _result(passed, details["nonpositive_prices"], details, storefront_prices, "have a price <= 0")
@@ -87,6 +111,13 @@ def build_storefront_price_checks() -> list[AssetChecksDefinition]:
         """Every priced SKU of the run's batches is at or above its margin floor."""
         min_margin = service_config.load().markup.min_margin
         passed, details = check_not_below_floor(storefront_prices, min_margin)
+        details["failing_batches"] = (
+            _failing_by_batch(
+                storefront_prices, lambda part: check_not_below_floor(part, min_margin)[1]["below_floor"]
+            )
+            if not passed
+            else "none"
+        )
         if not passed:
             context.log.error(
                 f"prices below the floor for {details['below_floor']} SKUs: {details['examples']}"

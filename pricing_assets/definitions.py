@@ -20,6 +20,7 @@ from pricing_assets.history_assets import (
 from pricing_assets.offers import build_best_offers_asset, build_storefront_prices_asset
 from pricing_assets.partitions import catalog_batch_partitions
 from pricing_assets.push_sensor import build_storefront_push_sensor, build_storefront_sync_job
+from pricing_assets.reconcile import build_reconcile_job, build_reconcile_sensor
 from pricing_assets.storefront_sync import build_storefront_sync_asset
 from pricing_assets.supplier_files import build_supplier_file_assets, build_supplier_file_schedule
 from pricing_assets.supplier_offers import build_supplier_offer_assets
@@ -82,6 +83,7 @@ def build_definitions_without_resources(registry: Registry) -> Definitions:
     )
     sweep_job = build_sweep_job(sweep_selection, batches)
     sync_job = build_storefront_sync_job(batches)
+    reconcile_job = build_reconcile_job(batches)
     history_job = build_price_history_job()
     held_job = build_held_job()
     schedules = [build_held_schedule(held_job), build_price_history_schedule(history_job)]
@@ -90,9 +92,21 @@ def build_definitions_without_resources(registry: Registry) -> Definitions:
     return Definitions(
         assets=assets,
         asset_checks=build_storefront_price_checks(),
-        jobs=[sweep_job, sync_job, build_approve_job(), held_job, history_job, build_debug_job(registry)],
+        jobs=[
+            sweep_job,
+            sync_job,
+            reconcile_job,
+            build_approve_job(),
+            held_job,
+            history_job,
+            build_debug_job(registry),
+        ],
         schedules=schedules,
-        sensors=[build_price_sweep_sensor(sweep_job, batches), build_storefront_push_sensor(sync_job)],
+        sensors=[
+            build_price_sweep_sensor(sweep_job, batches),
+            build_storefront_push_sensor(sync_job, batches),
+            build_reconcile_sensor(reconcile_job, batches),
+        ],
     )
 
 

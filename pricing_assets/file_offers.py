@@ -1,33 +1,52 @@
 """`supplier_offers/<id>` for file suppliers: batch slices of the cached CDN file, no network."""
 
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
 import polars as pl
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
     AssetsDefinition,
     MetadataValue,
+    Output,
     PartitionsDefinition,
     asset,
 )
 
+from pricing_assets.offers_freshness import (
+    FRESH_CHECK,
+    FRESH_CHECK_DESCRIPTION,
+    evaluate_freshness,
+    freshness_result,
+)
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, active_batch_skus, offers_key
 from pricing_assets.supplier_files import cache_key, read_cached_offers
 from resources.config import Registry, SupplierEntry
+from resources.partition_metadata import add_partition_metadata, split_by_partition, table_metadata
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA
 from resources.warehouse import Warehouse
 
 
 def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> AssetsDefinition:
+    key = offers_key(entry.id)
+
     @asset(
-        key=offers_key(entry.id),
+        key=key,
         group_name="supplier_feeds",
         description=f"Offers of file supplier {entry.id} for the batch, sliced from the cached CDN file.",
         partitions_def=partitions_def,
         backfill_policy=BATCH_BACKFILL_POLICY,
         ins={"catalog": AssetIn("catalog")},
         deps=[AssetKey(cache_key(entry.id))],
+        check_specs=[
+            AssetCheckSpec(FRESH_CHECK, asset=key, blocking=False, description=FRESH_CHECK_DESCRIPTION)
+        ],
         kinds={"polars"},
         metadata={"supplier": entry.id, "adapter": entry.kind},
     )
@@ -36,7 +55,7 @@ def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> As
         catalog: pl.LazyFrame,
         warehouse: Warehouse,
         service_config: RuntimeConfig,
-    ) -> pl.DataFrame:
+    ) -> Iterator[Any]:
         """The cached file's offers for the run's active batch SKUs (stale ones age out in best_offers)."""
         config = service_config.load()
         batches = list(context.partition_keys)
@@ -48,15 +67,44 @@ def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> As
             context.log.warning(
                 f"supplier {entry.id}: no cached file yet; materialize supplier_files/{entry.id}"
             )
-        context.add_output_metadata(
+        # Facts of the run, true for every batch of it.
+        context.add_asset_metadata(
             {
-                "rows": MetadataValue.int(offers.height),
-                "skus": MetadataValue.int(batch_catalog.height),
                 "cache_present": MetadataValue.bool(cached),
                 "enabled": MetadataValue.bool(config.enabled(entry.id)),
             }
         )
-        return offers
+        offer_parts = split_by_partition(offers, "batch", batches)
+        catalog_parts = split_by_partition(batch_catalog, "batch", batches)
+        add_partition_metadata(
+            context,
+            {
+                batch: {
+                    **table_metadata(warehouse, key.path, batch, offer_parts[batch].height),
+                    "skus": MetadataValue.int(catalog_parts[batch].height),
+                }
+                for batch in batches
+            },
+        )
+        # The run's slices keep the file's fetched_at (when the CDN last confirmed it): judged as written.
+        written = {batch: part.get_column("fetched_at").max() for batch, part in offer_parts.items()}
+        yield Output(offers)
+        if not config.enabled(entry.id):
+            yield AssetCheckResult(
+                check_name=FRESH_CHECK, asset_key=key, passed=True, metadata={"skipped": "disabled"}
+            )
+            return
+        state = evaluate_freshness(
+            warehouse,
+            entry.id,
+            now=datetime.now(UTC),
+            ttl=config.staleness_ttl,
+            observed={batch: at for batch, at in written.items() if at is not None},
+            replaced=batches,
+        )
+        if not state.passed:
+            context.log.error(state.description(entry.id))
+        yield freshness_result(key, entry.id, state)
 
     return file_offers
 

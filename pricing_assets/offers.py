@@ -1,5 +1,6 @@
 """`best_offers` and `storefront_prices`: thin wiring around the pure functions in pricing_assets.logic."""
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import polars as pl
@@ -18,9 +19,10 @@ from pricing_assets.logic.guard import apply_guard
 from pricing_assets.logic.markup import apply_markup
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, LEDGER_KEY, offers_key
 from resources.config import Registry
+from resources.partition_metadata import add_partition_metadata, table_metadata
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, empty_frame
-from resources.warehouse import Warehouse
+from resources.warehouse import Warehouse, scan_parquet
 
 
 def read_supplier_offers(warehouse: Warehouse, supplier_ids: list[str], batches: list[str]) -> pl.DataFrame:
@@ -34,29 +36,67 @@ def read_supplier_offers(warehouse: Warehouse, supplier_ids: list[str], batches:
 
 
 def best_offers_metadata(
-    best: pl.DataFrame, offers_considered: int, supplier_order: list[str], enabled: list[str]
-) -> dict[str, MetadataValue]:
-    """Numeric metadata the UI can plot: availability, SKUs won per supplier, spread statistics."""
-    available = best.filter(pl.col("available"))
-    won = dict(available.group_by("supplier").len().iter_rows())
-    spread = available.get_column("spread").drop_nulls().cast(pl.Float64)
-    return {
-        "skus": MetadataValue.int(best.height),
-        "available": MetadataValue.int(available.height),
-        "unavailable": MetadataValue.int(best.height - available.height),
-        "offers_considered": MetadataValue.int(offers_considered),
-        "suppliers_used": MetadataValue.int(len(won)),
-        "suppliers_disabled": MetadataValue.text(
-            ", ".join(s for s in supplier_order if s not in enabled) or "none"
-        ),
-        # One key per registry supplier, zero included, so every materialization plots the same series.
-        **{f"chosen_{s}": MetadataValue.int(int(won.get(s, 0))) for s in supplier_order},
-        "single_offer_skus": MetadataValue.int(int((available.get_column("offer_count") == 1).sum())),
-        "spread_mean": MetadataValue.float(float(spread.mean() or 0.0)),
-        "spread_median": MetadataValue.float(float(spread.median() or 0.0)),
-        "spread_p90": MetadataValue.float(float(spread.quantile(0.9) or 0.0)),
-        "spread_max": MetadataValue.float(float(spread.max() or 0.0)),
+    best: pl.DataFrame,
+    offers_considered: Mapping[str, int],
+    supplier_order: list[str],
+    enabled: list[str],
+    batches: list[str],
+) -> dict[str, dict[str, MetadataValue]]:
+    """Per batch, numbers the UI can plot: availability, SKUs won per supplier, spread statistics.
+
+    One group_by over the run's frame (not a frame per batch): at 1M SKUs this stays a few ms.
+    """
+    available = pl.col("available")
+    spread = pl.col("spread").filter(available).cast(pl.Float64)
+    winners = pl.col("supplier").filter(available)
+    stats = {
+        row["batch"]: row
+        for row in best.group_by("batch")
+        .agg(
+            pl.len().alias("skus"),
+            available.sum().alias("available"),
+            (available & (pl.col("offer_count") == 1)).sum().alias("single_offer_skus"),
+            winners.drop_nulls().n_unique().alias("suppliers_used"),
+            spread.mean().alias("spread_mean"),
+            spread.median().alias("spread_median"),
+            spread.quantile(0.9, interpolation="nearest").alias("spread_p90"),
+            spread.max().alias("spread_max"),
+            *[(winners == supplier).sum().alias(f"chosen_{supplier}") for supplier in supplier_order],
+        )
+        .iter_rows(named=True)
     }
+    disabled = ", ".join(s for s in supplier_order if s not in enabled) or "none"
+    out: dict[str, dict[str, MetadataValue]] = {}
+    for batch in batches:
+        row = stats.get(batch, {})
+        skus, won = int(row.get("skus") or 0), int(row.get("available") or 0)
+        out[batch] = {
+            "skus": MetadataValue.int(skus),
+            "available": MetadataValue.int(won),
+            "unavailable": MetadataValue.int(skus - won),
+            "offers_considered": MetadataValue.int(int(offers_considered.get(batch, 0))),
+            "suppliers_used": MetadataValue.int(int(row.get("suppliers_used") or 0)),
+            "suppliers_disabled": MetadataValue.text(disabled),
+            # One key per registry supplier, zero included, so every materialization plots the same series.
+            **{f"chosen_{s}": MetadataValue.int(int(row.get(f"chosen_{s}") or 0)) for s in supplier_order},
+            "single_offer_skus": MetadataValue.int(int(row.get("single_offer_skus") or 0)),
+            **{
+                name: MetadataValue.float(float(row.get(name) or 0.0))
+                for name in ("spread_mean", "spread_median", "spread_p90", "spread_max")
+            },
+        }
+    return out
+
+
+def offers_per_batch(warehouse: Warehouse, supplier_ids: list[str], batches: list[str]) -> dict[str, int]:
+    """How many supplier offers each batch has on file (row counts from the Parquet footers)."""
+    counts = dict.fromkeys(batches, 0)
+    for supplier_id in supplier_ids:
+        for batch in batches:
+            path = warehouse.path(offers_key(supplier_id).path, batch)
+            if path.exists():
+                counts[batch] += int(scan_parquet(path).select(pl.len()).collect().item())
+    return counts
 
 
 def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefinition) -> AssetsDefinition:
@@ -95,7 +135,13 @@ def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefini
             staleness_ttl=config.staleness_ttl,
         )
         best = best.join(batch_catalog.select("sku", "batch"), on="sku", how="left")
-        context.add_output_metadata(best_offers_metadata(best, offers.height, registry.order, enabled))
+        per_batch = best_offers_metadata(
+            best, offers_per_batch(warehouse, registry.order, batches), registry.order, enabled, batches
+        )
+        sizes = dict(best.group_by("batch").len().iter_rows())
+        for batch, metadata in per_batch.items():
+            metadata.update(table_metadata(warehouse, ["best_offers"], batch, int(sizes.get(batch, 0))))
+        add_partition_metadata(context, per_batch)
         return best
 
     return best_offers
@@ -116,27 +162,48 @@ def read_last_pushed(warehouse: Warehouse, batches: list[str]) -> pl.DataFrame:
     return ledger.select("sku", "price", "available", "supplier")
 
 
-def storefront_prices_metadata(guarded: pl.DataFrame, released: int) -> dict[str, MetadataValue]:
-    """Numeric metadata the UI can plot: price changes (up, down), held, released, unavailable."""
+def storefront_prices_metadata(
+    guarded: pl.DataFrame, released: pl.Series, batches: list[str]
+) -> dict[str, dict[str, MetadataValue]]:
+    """Per batch, numbers the UI can plot: price changes (up, down), held, released, unavailable.
+
+    `released` flags, row for row, the holds an approval released in this run.
+    """
     price, last = pl.col("price"), pl.col("last_pushed_price")
-    counts = guarded.select(
-        changes=(price.is_not_null() & (last.is_null() | (price != last))).sum(),
-        increases=(price > last).sum(),
-        decreases=(price < last).sum(),
-        held=pl.col("held").sum(),
-        unavailable=(~pl.col("available").fill_null(False)).sum(),
-    ).row(0, named=True)
-    change = guarded.get_column("change_pct").drop_nulls().abs()
-    return {
-        "skus": MetadataValue.int(guarded.height),
-        "price_changes": MetadataValue.int(int(counts["changes"] or 0)),
-        "price_increases": MetadataValue.int(int(counts["increases"] or 0)),
-        "price_decreases": MetadataValue.int(int(counts["decreases"] or 0)),
-        "held": MetadataValue.int(int(counts["held"] or 0)),
-        "released_by_approval": MetadataValue.int(released),
-        "unavailable": MetadataValue.int(int(counts["unavailable"] or 0)),
-        "max_abs_change_pct": MetadataValue.float(float(change.max() or 0.0)),
+    stats = {
+        row["batch"]: row
+        for row in guarded.with_columns(released.alias("_released"))
+        .group_by("batch")
+        .agg(
+            skus=pl.len(),
+            changes=(price.is_not_null() & (last.is_null() | (price != last))).sum(),
+            increases=(price > last).sum(),
+            decreases=(price < last).sum(),
+            held=pl.col("held").sum(),
+            released=pl.col("_released").sum(),
+            unavailable=(~pl.col("available").fill_null(False)).sum(),
+            max_abs_change_pct=pl.col("change_pct").abs().max(),
+        )
+        .iter_rows(named=True)
     }
+    out: dict[str, dict[str, MetadataValue]] = {}
+    for batch in batches:
+        row = stats.get(batch, {})
+
+        def count(name: str, row: dict = row) -> MetadataValue:
+            return MetadataValue.int(int(row.get(name) or 0))
+
+        out[batch] = {
+            "skus": count("skus"),
+            "price_changes": count("changes"),
+            "price_increases": count("increases"),
+            "price_decreases": count("decreases"),
+            "held": count("held"),
+            "released_by_approval": count("released"),
+            "unavailable": count("unavailable"),
+            "max_abs_change_pct": MetadataValue.float(float(row.get("max_abs_change_pct") or 0.0)),
+        }
+    return out
 
 
 def build_storefront_prices_asset(
@@ -164,9 +231,14 @@ def build_storefront_prices_asset(
             pl.lit(registry.store_currency).alias("currency")
         )
         guarded = apply_guard(priced, read_last_pushed(warehouse, batches), config.guard)
+        was_held = guarded.get_column("held")
         # Approved changes (approve_held_prices) are released here, exactly the approved (sku, price).
-        guarded, released = release_approved(guarded, read_approvals(warehouse))
-        context.add_output_metadata(storefront_prices_metadata(guarded, released))
+        guarded, _ = release_approved(guarded, read_approvals(warehouse))
+        released = was_held & ~guarded.get_column("held")
+        per_batch = storefront_prices_metadata(guarded, released, batches)
+        for batch, metadata in per_batch.items():
+            metadata.update(table_metadata(warehouse, ["storefront_prices"], batch, metadata["skus"].value))
+        add_partition_metadata(context, per_batch)
         return guarded
 
     return storefront_prices

@@ -19,14 +19,18 @@ import polars as pl
 from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
+    Config,
     Failure,
     MetadataValue,
     PartitionsDefinition,
     asset,
 )
+from pydantic import Field as PydanticField
 
 from pricing_assets.checks import split_pushable
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, LEDGER_KEY
+from pricing_assets.reconcile import MarkStore, Repair, drift_counts, find_drift
+from resources.partition_metadata import add_partition_metadata, batch_range, table_metadata
 from resources.runtime import RuntimeConfig
 from resources.schemas import MONEY, UTC_TS
 from resources.shopify import ShopifyStorefront, variants_from_catalog
@@ -412,6 +416,43 @@ def _preview(rows: Sequence[Mapping[str, Any]], limit: int = 20) -> str:
     return "\n".join(lines)
 
 
+class StorefrontSyncConfig(Config):
+    """Run config of storefront_sync."""
+
+    reconcile: bool = PydanticField(
+        default=False,
+        description="Read what the storefront shows first and push again every acknowledged SKU it "
+        "does not show (storefront_reconcile_job sets it).",
+    )
+
+
+def _read_live(adapter: str, storefront: Storefront, shopify: ShopifyStorefront) -> pl.DataFrame:
+    """What the storefront shows now, through the adapter the pushes use."""
+    return shopify.fetch_live_prices() if adapter == "shopify" else storefront.fetch_live_prices()
+
+
+def _batch_metadata(outcome: BatchSync, stats: PushStats, seconds: float) -> dict[str, MetadataValue]:
+    """One batch's own numbers of a sync."""
+    counts = outcome.counts
+    return {
+        "pushed": MetadataValue.int(counts["pushed"]),
+        "unchanged": MetadataValue.int(counts["unchanged"]),
+        "held": MetadataValue.int(counts["held"]),
+        "failed": MetadataValue.int(counts[REFUSED] + counts[DEFERRED] + counts[IN_DOUBT]),
+        "refused": MetadataValue.int(counts[REFUSED]),
+        "deferred": MetadataValue.int(counts[DEFERRED]),
+        "in_doubt": MetadataValue.int(counts[IN_DOUBT]),
+        "would_push": MetadataValue.int(counts["would_push"]),
+        "resent_chunks": MetadataValue.int(counts["resent_chunks"]),
+        "duplicates_avoided": MetadataValue.int(stats.duplicates_avoided),
+        "requests": MetadataValue.int(stats.requests),
+        "retries": MetadataValue.int(stats.retries),
+        "throttled": MetadataValue.int(stats.throttled),
+        "throttle_wait_s": MetadataValue.float(round(stats.throttle_wait_seconds, 3)),
+        "duration_s": MetadataValue.float(round(seconds, 3)),
+    }
+
+
 def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsDefinition:
     """The storefront_sync asset for the catalog batches."""
 
@@ -425,6 +466,7 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
     )
     def storefront_sync(
         context: AssetExecutionContext,
+        config: StorefrontSyncConfig,
         storefront_prices: pl.DataFrame,
         storefront: Storefront,
         shopify: ShopifyStorefront,
@@ -433,39 +475,85 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
     ) -> pl.DataFrame:
         """What the storefront has acknowledged per SKU, after pushing only what changed, exactly once."""
         started = time.monotonic()
-        config = service_config.load()
+        service = service_config.load()
         # The push runs in its own run, where the blocking checks on storefront_prices cannot stop it:
         # the same invariants are enforced here, so a price that failed them is never pushed.
-        pushable, blocked = split_pushable(storefront_prices, config.markup.min_margin)
+        pushable, blocked = split_pushable(storefront_prices, service.markup.min_margin)
         if blocked.height:
             context.log.error(
                 f"{blocked.height} prices failed the blocking invariants and are not pushed: "
                 f"{blocked.get_column('sku').head(10).to_list()}"
             )
         adapter = storefront.resolved_adapter()
-        stats = PushStats()
+        live: pl.DataFrame | None = None
+        if config.reconcile:
+            try:
+                live = _read_live(adapter, storefront, shopify)
+            except Exception as exc:
+                # Nothing was compared or pushed: the ledger and the marks stay as they were.
+                raise Failure(
+                    description=f"reconcile: cannot read what the storefront shows ({adapter}): {exc}"
+                ) from exc
+            context.log.info(f"reconcile: the storefront ({adapter}) shows {live.height} SKUs")
         journal = PushJournal(warehouse)
+        marks = MarkStore(warehouse)
+        totals_stats = PushStats()
         results: list[BatchSync] = []
+        per_batch: dict[str, dict[str, MetadataValue]] = {}
         may_send = True
         with ExitStack() as stack:
             opener = partial(_open_pusher, adapter, storefront, shopify, warehouse)
             pusher = _LazyPusher(adapter, opener, stack)
             for batch in context.partition_keys:
+                batch_started = time.monotonic()
+                stats = PushStats()
                 previous = warehouse.read_partitions(LEDGER_KEY, [batch])
+                ledger = empty_ledger() if previous is None else previous.select(list(SYNC_SCHEMA))
+                now = datetime.now(UTC)
+                stored = marks.load(batch)
+                drift = find_drift(ledger, live, now) if live is not None else None
+                repair = Repair.of(drift if drift is not None else stored, ledger)
+                targets = repair.targets(pushable.filter(pl.col("batch") == batch), ledger)
                 outcome = sync_batch(
                     batch,
-                    pushable.filter(pl.col("batch") == batch),
-                    empty_ledger() if previous is None else previous.select(list(SYNC_SCHEMA)),
+                    targets,
+                    repair.ledger_for_diff(ledger),
                     journal=journal,
-                    pusher=None if config.dry_run else pusher,
-                    push_batch_size=config.push_batch_size,
-                    dry_run=config.dry_run,
+                    pusher=None if service.dry_run else pusher,
+                    push_batch_size=service.push_batch_size,
+                    dry_run=service.dry_run,
                     stats=stats,
-                    now=datetime.now(UTC),
+                    now=now,
                     may_send=may_send,
                 )
+                outcome.ledger, repaired, still = repair.settle(outcome.ledger, ledger)
+                if not service.dry_run and not still.equals(stored):
+                    marks.save(batch, still)
                 may_send = may_send and not outcome.storefront_unavailable
                 results.append(outcome)
+                for name in ("requests", "retries", "throttled", "duplicates_avoided"):
+                    setattr(totals_stats, name, getattr(totals_stats, name) + getattr(stats, name))
+                totals_stats.throttle_wait_seconds += stats.throttle_wait_seconds
+                outcome.counts["repaired"] += len(repaired)
+                outcome.counts["repair_pending"] += still.height
+                metadata = _batch_metadata(outcome, stats, time.monotonic() - batch_started)
+                metadata["repaired"] = MetadataValue.int(len(repaired))
+                metadata["repair_pending"] = MetadataValue.int(still.height)
+                if drift is not None:
+                    checked = ledger.filter(pl.col("acknowledged_at").is_not_null()).height
+                    outcome.counts["skus_checked"] += checked
+                    outcome.counts["drift_found"] += drift.height
+                    metadata["skus_checked"] = MetadataValue.int(checked)
+                    metadata["drift_found"] = MetadataValue.int(drift.height)
+                    for kind, count in drift_counts(drift).items():
+                        metadata[f"drift_{kind}"] = MetadataValue.int(count)
+                        outcome.counts[f"drift_{kind}"] += count
+                    if drift.height:
+                        context.log.warning(
+                            f"reconcile, {batch}: the storefront does not show {drift.height} acknowledged "
+                            f"SKUs ({drift_counts(drift)}), e.g. {drift.get_column('sku').head(5).to_list()}"
+                        )
+                per_batch[batch] = metadata
                 if outcome.would_push:
                     # Every SKU is in the ledger; the log gets a sample (one event per line is costly).
                     sample = "\n".join(str(entry) for entry in outcome.would_push[:LOGGED_WOULD_PUSH])
@@ -477,30 +565,34 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
             totals.update(outcome.counts)
         failed = totals[REFUSED] + totals[DEFERRED] + totals[IN_DOUBT]
         would_push = [entry for outcome in results for entry in outcome.would_push]
-        metadata: dict[str, Any] = {
+        # Facts of the whole run, true for each of its batches.
+        run_facts: dict[str, Any] = {
             "adapter": MetadataValue.text(adapter),
-            "dry_run": MetadataValue.bool(config.dry_run),
-            "pushed": MetadataValue.int(totals["pushed"]),
-            "unchanged": MetadataValue.int(totals["unchanged"]),
-            "held": MetadataValue.int(totals["held"]),
+            "dry_run": MetadataValue.bool(service.dry_run),
+            "reconcile": MetadataValue.bool(config.reconcile),
+        }
+        metadata: dict[str, Any] = {
+            **run_facts,
+            **{name: MetadataValue.int(totals[name]) for name in ("pushed", "unchanged", "held")},
             "blocked_invalid": MetadataValue.int(blocked.height),
             "failed": MetadataValue.int(failed),
-            "refused": MetadataValue.int(totals[REFUSED]),
-            "deferred": MetadataValue.int(totals[DEFERRED]),
-            "in_doubt": MetadataValue.int(totals[IN_DOUBT]),
-            "would_push": MetadataValue.int(totals["would_push"]),
-            "resent_chunks": MetadataValue.int(totals["resent_chunks"]),
-            "duplicates_avoided": MetadataValue.int(stats.duplicates_avoided),
-            "requests": MetadataValue.int(stats.requests),
-            "retries": MetadataValue.int(stats.retries),
-            "throttled": MetadataValue.int(stats.throttled),
-            "throttle_wait_s": MetadataValue.float(round(stats.throttle_wait_seconds, 3)),
+            **{name: MetadataValue.int(totals[name]) for name in (REFUSED, DEFERRED, IN_DOUBT)},
+            **{name: MetadataValue.int(totals[name]) for name in ("would_push", "resent_chunks")},
+            "duplicates_avoided": MetadataValue.int(totals_stats.duplicates_avoided),
+            "requests": MetadataValue.int(totals_stats.requests),
+            "retries": MetadataValue.int(totals_stats.retries),
+            "throttled": MetadataValue.int(totals_stats.throttled),
+            "throttle_wait_s": MetadataValue.float(round(totals_stats.throttle_wait_seconds, 3)),
+            "repaired": MetadataValue.int(totals["repaired"]),
+            "repair_pending": MetadataValue.int(totals["repair_pending"]),
             "duration_s": MetadataValue.float(round(time.monotonic() - started, 3)),
+            "batches": MetadataValue.text(batch_range(list(context.partition_keys))),
         }
-        if would_push:
-            metadata["would_push_preview"] = MetadataValue.md(_preview(would_push))
+        if config.reconcile:
+            metadata["skus_checked"] = MetadataValue.int(totals["skus_checked"])
+            metadata["drift_found"] = MetadataValue.int(totals["drift_found"])
         ledgers = [outcome.ledger.with_columns(pl.lit(outcome.batch).alias("batch")) for outcome in results]
-        if failed and not config.dry_run:
+        if failed and not service.dry_run:
             # A failed step's output is discarded, but what the storefront did acknowledge must be
             # recorded for the guard and analysts: write the ledgers here, then fail visibly.
             for outcome, frame in zip(results, ledgers, strict=True):
@@ -510,7 +602,17 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
                 description=f"{failed} prices still pending for the next sync: {'; '.join(errors[:3])}",
                 metadata=metadata,
             )
-        context.add_output_metadata(metadata)
+        context.add_output_metadata(run_facts)
+        blocked_by_batch = dict(blocked.group_by("batch").len().iter_rows()) if blocked.height else {}
+        for outcome, frame in zip(results, ledgers, strict=True):
+            own = per_batch[outcome.batch]
+            own.update(table_metadata(warehouse, LEDGER_KEY, outcome.batch, frame.height))
+            own["blocked_invalid"] = MetadataValue.int(int(blocked_by_batch.get(outcome.batch, 0)))
+            if outcome.would_push:
+                own["would_push_preview"] = MetadataValue.md(_preview(outcome.would_push))
+        add_partition_metadata(context, per_batch)
+        if would_push:
+            context.log.info(f"dry run: would push {len(would_push)} prices in all")
         if not ledgers:
             return empty_ledger().with_columns(pl.lit(None, dtype=pl.String).alias("batch"))
         return pl.concat(ledgers)
@@ -523,6 +625,7 @@ __all__ = [
     "SYNC_SCHEMA",
     "BatchSync",
     "PushJournal",
+    "StorefrontSyncConfig",
     "apply_acknowledged",
     "build_storefront_sync_asset",
     "compute_changes",

@@ -1,7 +1,7 @@
 """`supplier_offers/<supplier>`: one asset per REST supplier of the registry, partitioned by catalog batch."""
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -20,8 +20,20 @@ from dagster import (
     asset,
 )
 
+from pricing_assets.offers_freshness import (
+    FRESH_CHECK,
+    FRESH_CHECK_DESCRIPTION,
+    evaluate_freshness,
+    freshness_result,
+)
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, active_batch_skus, offers_key
 from resources.config import Registry, SupplierEntry
+from resources.partition_metadata import (
+    add_partition_metadata,
+    batch_range,
+    split_by_partition,
+    table_metadata,
+)
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA
 from resources.suppliers import REST_KINDS, FetchResult, SupplierClients, SupplierError
@@ -66,10 +78,56 @@ def _numeric(values: dict[str, float | int]) -> dict[str, MetadataValue]:
     }
 
 
+def skus_per_batch(batch_catalog: pl.DataFrame, batches: list[str]) -> dict[str, int]:
+    """Active catalog SKUs asked for, per batch of the run (zero for a batch without any)."""
+    counts = dict(batch_catalog.group_by("batch").len().iter_rows())
+    return {batch: int(counts.get(batch, 0)) for batch in batches}
+
+
+def offers_partition_metadata(
+    offers: pl.DataFrame,
+    quarantine: pl.DataFrame,
+    skus: dict[str, int],
+    *,
+    fetched_at: datetime,
+    warehouse: Warehouse,
+    key_path: list[str],
+) -> dict[str, dict[str, MetadataValue]]:
+    """Each batch's own numbers: its offers, SKUs asked, rejects and their reasons (not the run's)."""
+    batches = list(skus)
+    offer_parts = split_by_partition(offers, "batch", batches)
+    reject_parts = split_by_partition(quarantine, "batch", batches)
+    out: dict[str, dict[str, MetadataValue]] = {}
+    for batch in batches:
+        rows, rejected = offer_parts[batch].height, reject_parts[batch].height
+        out[batch] = {
+            **table_metadata(warehouse, key_path, batch, rows),
+            "skus": MetadataValue.int(skus[batch]),
+            "rejected": MetadataValue.int(rejected),
+            "rejected_share": MetadataValue.float(
+                round(rejected / (rows + rejected), 6) if rows + rejected else 0.0
+            ),
+            "reasons": MetadataValue.md(_reasons_table(reject_parts[batch])),
+            "fetched_at": MetadataValue.timestamp(fetched_at),
+        }
+    return out
+
+
+def fetch_metadata(stats: dict[str, float | int], batches: list[str], skus: int) -> dict[str, MetadataValue]:
+    """The run's fetch (requests, retries, latency, ...): one fetch served every batch of the run."""
+    return {
+        **_numeric(stats),
+        "batches": MetadataValue.text(batch_range(batches)),
+        "batch_count": MetadataValue.int(len(batches)),
+        "skus": MetadataValue.int(skus),
+    }
+
+
 def build_supplier_offers_asset(
     entry: SupplierEntry, partitions_def: PartitionsDefinition
 ) -> AssetsDefinition:
-    """The `supplier_offers/<id>` asset for one REST supplier, with its reachability and rejects checks."""
+    """The `supplier_offers/<id>` asset for one REST supplier, with its reachability, rejects and
+    freshness checks."""
     key = offers_key(entry.id)
 
     @asset(
@@ -86,7 +144,8 @@ def build_supplier_offers_asset(
                 REACHABLE_CHECK,
                 asset=key,
                 blocking=False,
-                description="The supplier answered within its retries (fails during an outage).",
+                description="The supplier answered within its retries (fails during an outage); "
+                "its metadata is the run's fetch statistics.",
             ),
             AssetCheckSpec(
                 REJECTED_SHARE_CHECK,
@@ -94,6 +153,7 @@ def build_supplier_offers_asset(
                 blocking=True,
                 description="Share of quarantined rows is at most SERVICE_CONFIG quarantine_max_share.",
             ),
+            AssetCheckSpec(FRESH_CHECK, asset=key, blocking=False, description=FRESH_CHECK_DESCRIPTION),
         ],
         output_required=False,
         kinds={"polars"},
@@ -109,25 +169,49 @@ def build_supplier_offers_asset(
         """One supplier's normalized, validated offers for the run's catalog batches."""
         config = service_config.load()
         batches = list(context.partition_keys)
+
+        def freshness(written: dict[str, datetime] | None = None) -> AssetCheckResult:
+            """offers_fresh over every batch on file; `written`: what this run wrote (newest fetched_at
+            per batch with offers), replacing the run's batches on file."""
+            state = evaluate_freshness(
+                warehouse,
+                entry.id,
+                now=datetime.now(UTC),
+                ttl=config.staleness_ttl,
+                observed=written,
+                replaced=batches if written is not None else (),
+            )
+            if not state.passed:
+                context.log.error(state.description(entry.id))
+            return freshness_result(key, entry.id, state)
+
         if not config.enabled(entry.id):
             context.log.warning(f"supplier {entry.id} is disabled in {config.source}: skipped")
-            yield from _unchanged(key, {"skipped": MetadataValue.text("disabled")}, reachable=None)
+            skipped = {"skipped": MetadataValue.text("disabled")}
+            yield from _unchanged(key, skipped, reachable=None)
+            # Switched off on purpose: its old files are not used, so their age is no alarm.
+            yield AssetCheckResult(check_name=FRESH_CHECK, asset_key=key, passed=True, metadata=skipped)
             return
         batch_catalog = active_batch_skus(catalog, batches)
+        asked = skus_per_batch(batch_catalog, batches)
         skus = batch_catalog.get_column("sku").to_list()
         try:
             result = suppliers.fetch_offers(entry.id, skus)
         except SupplierError as exc:
             context.log.error(f"{exc}; its last good offers stay in place")
-            metadata: dict[str, Any] = {
+            outage: dict[str, Any] = {
                 "outage": MetadataValue.text(str(exc)),
                 "endpoint": MetadataValue.text(exc.endpoint or ""),
                 "status": MetadataValue.int(exc.status or 0),
-                "skus": MetadataValue.int(len(skus)),
             }
-            if exc.stats is not None:
-                metadata |= _numeric(exc.stats.as_metadata())
-            yield from _unchanged(key, metadata, reachable=False)
+            add_partition_metadata(
+                context, {batch: {"skus": MetadataValue.int(asked[batch])} for batch in batches}
+            )
+            stats = exc.stats.as_metadata() if exc.stats is not None else {}
+            yield from _unchanged(
+                key, outage, reachable=False, check_extra=fetch_metadata(stats, batches, len(skus))
+            )
+            yield freshness()
             return
         offers, quarantine = attach_batches(result, batch_catalog, batches)
         for batch in batches:
@@ -135,24 +219,34 @@ def build_supplier_offers_asset(
             warehouse.write(quarantine.filter(pl.col("batch") == batch), quarantine_key_path(entry.id), batch)
         share = result.rejected_share
         limit = float(config.quarantine_max_share)
-        metadata = {
-            **_numeric({**result.metadata(), "rows": offers.height, "skus": len(skus)}),
-            "rejected_share": MetadataValue.float(round(share, 6)),
-            "reasons": MetadataValue.md(_reasons_table(quarantine)),
-        }
+        per_batch = offers_partition_metadata(
+            offers, quarantine, asked, fetched_at=result.fetched_at, warehouse=warehouse, key_path=key.path
+        )
+        worst = max(batches, key=lambda batch: per_batch[batch]["rejected_share"].value)
         check_metadata = {
             "rejected": MetadataValue.int(quarantine.height),
             "rows": MetadataValue.int(offers.height),
             "rejected_share": MetadataValue.float(round(share, 6)),
             "max_share": MetadataValue.float(limit),
+            "batches": MetadataValue.text(batch_range(batches)),
+            "worst_batch": MetadataValue.text(worst),
+            "worst_batch_rejected_share": per_batch[worst]["rejected_share"],
         }
+        reachable = AssetCheckResult(
+            check_name=REACHABLE_CHECK,
+            asset_key=key,
+            passed=True,
+            metadata=fetch_metadata(
+                {**result.stats.as_metadata(), "unrequested": result.unrequested}, batches, len(skus)
+            ),
+        )
         if share > limit:
             context.log.error(
                 f"supplier {entry.id}: {quarantine.height} of {quarantine.height + offers.height} rows "
                 f"rejected ({share:.1%} > {limit:.1%}); offers not published, previous files kept"
             )
             # No Output: the blocking check fails the step and the last good offers stay in place.
-            yield AssetCheckResult(check_name=REACHABLE_CHECK, asset_key=key, passed=True)
+            yield reachable
             yield AssetCheckResult(
                 check_name=REJECTED_SHARE_CHECK,
                 asset_key=key,
@@ -160,17 +254,27 @@ def build_supplier_offers_asset(
                 severity=AssetCheckSeverity.ERROR,
                 metadata=check_metadata,
             )
+            yield freshness()
             return
-        yield Output(offers, metadata=metadata)
-        yield AssetCheckResult(check_name=REACHABLE_CHECK, asset_key=key, passed=True)
+        add_partition_metadata(context, per_batch)
+        yield Output(offers)
+        yield reachable
         yield AssetCheckResult(
             check_name=REJECTED_SHARE_CHECK, asset_key=key, passed=True, metadata=check_metadata
         )
+        # Every batch of the run was just written with this fetch's time (an empty batch has no offers).
+        yield freshness({batch: result.fetched_at for batch in batches if per_batch[batch]["rows"].value})
 
     return supplier_offers
 
 
-def _unchanged(key: AssetKey, metadata: dict[str, Any], *, reachable: bool | None) -> Iterator[Any]:
+def _unchanged(
+    key: AssetKey,
+    metadata: dict[str, Any],
+    *,
+    reachable: bool | None,
+    check_extra: dict[str, Any] | None = None,
+) -> Iterator[Any]:
     """Events for a run that leaves the supplier's files as they are (disabled, or down after retries).
 
     Output(None) makes the warehouse IO manager write nothing, so the last good offers stay (best_offers
@@ -178,6 +282,7 @@ def _unchanged(key: AssetKey, metadata: dict[str, Any], *, reachable: bool | Non
     skip best_offers in the same run, and one supplier must never hold up the others.
     """
     yield Output(None, metadata=metadata)
+    check_metadata = {**metadata, **(check_extra or {})}
     if reachable is False:
         yield AssetCheckResult(
             check_name=REACHABLE_CHECK,
@@ -185,10 +290,12 @@ def _unchanged(key: AssetKey, metadata: dict[str, Any], *, reachable: bool | Non
             passed=False,
             severity=AssetCheckSeverity.ERROR,
             description=metadata["outage"].value,
-            metadata=metadata,
+            metadata=check_metadata,
         )
     else:
-        yield AssetCheckResult(check_name=REACHABLE_CHECK, asset_key=key, passed=True, metadata=metadata)
+        yield AssetCheckResult(
+            check_name=REACHABLE_CHECK, asset_key=key, passed=True, metadata=check_metadata
+        )
     # Nothing was fetched, so nothing was rejected; check outputs must be yielded all the same.
     yield AssetCheckResult(check_name=REJECTED_SHARE_CHECK, asset_key=key, passed=True, metadata=metadata)
 

@@ -22,6 +22,7 @@ from resources.storefront import (
     APPLIED,
     DEFERRED,
     IN_DOUBT,
+    LIVE_SCHEMA,
     PARTIAL,
     REFUSED,
     PushChunk,
@@ -35,6 +36,14 @@ DEFAULT_API_VERSION = "2025-07"
 MUTATION_COST = 10
 SUPPLIER_METAFIELD = {"namespace": "pricing", "key": "supplier", "type": "single_line_text_field"}
 _VARIANT_INDEX = re.compile(r"^\d+$")
+# Reads for reconciliation: what every variant shows now, page by page, and how many there are.
+LIVE_VARIANTS_QUERY = """query LiveVariants($first: Int!, $after: String) {
+  productVariants(first: $first, after: $after) {
+    nodes { id sku price inventoryPolicy metafield(namespace: "pricing", key: "supplier") { value } }
+    pageInfo { hasNextPage endCursor }
+  }
+}"""
+VARIANT_COUNT_QUERY = "query VariantCount { productVariantsCount { count precision } }"
 
 
 @dataclass(frozen=True)
@@ -318,6 +327,66 @@ def _summarize(
     return PushOutcome(key, worst, http_status, attempts, first_error, per_sku)
 
 
+class ShopifyReadError(RuntimeError):
+    """A read of the shop's state that could not be completed (never a silent partial result)."""
+
+
+class _GraphQLReader:
+    """Sends read queries, paced on the cost bucket; THROTTLED waits, 429/503/5xx retry, bounded."""
+
+    def __init__(self, shop: ShopifyStorefront, client: httpx.Client, sleep: Callable[[float], None]) -> None:
+        self._shop = shop
+        self._client = client
+        self._sleep = sleep
+        self.bucket = CostBucket()
+        self.requests = 0
+
+    def query(self, document: str, variables: Mapping[str, Any], cost: float) -> dict[str, Any]:
+        """The `data` of one query; raises ShopifyReadError when it cannot be had."""
+        shop = self._shop
+        failures = 0
+        last_error = "no attempt made"
+        for _ in range(shop.max_attempts + shop.max_throttle_waits):
+            pause = self.bucket.wait_for(cost, time.monotonic())
+            if pause > 0:
+                self._sleep(pause)
+            self.requests += 1
+            self.bucket.spend(cost, time.monotonic())
+            wait = shop.backoff(failures + 1)
+            try:
+                response = self._client.post(
+                    shop.graphql_path(), json={"query": document, "variables": variables}
+                )
+            except httpx.TransportError as exc:
+                last_error = f"{type(exc).__name__} talking to Shopify"
+            else:
+                if response.status_code == 200:
+                    body = response.json()
+                    cost_info = (body.get("extensions") or {}).get("cost") or {}
+                    self.bucket.update(cost_info.get("throttleStatus"), time.monotonic())
+                    if "THROTTLED" in _error_codes(body):
+                        requested = float(cost_info.get("requestedQueryCost") or cost)
+                        self._sleep(max(self.bucket.wait_for(requested, time.monotonic()), 0.05))
+                        continue
+                    if body.get("errors") or not body.get("data"):
+                        raise ShopifyReadError(f"Shopify refused the read: {_error_messages(body)}")
+                    return body["data"]
+                if response.status_code in (429, 503) or response.status_code >= 500:
+                    last_error = f"Shopify answered {response.status_code}"
+                    if response.status_code in (429, 503):
+                        retry_after = retry_after_seconds(response.headers.get("Retry-After"), wait)
+                        wait = min(retry_after, shop.max_retry_after_seconds)
+                else:
+                    raise ShopifyReadError(
+                        f"Shopify refused the read: HTTP {response.status_code} {response.text[:200]}"
+                    )
+            failures += 1
+            if failures >= shop.max_attempts:
+                break
+            self._sleep(wait)
+        raise ShopifyReadError(f"{last_error} after {failures} attempts")
+
+
 class ShopifyStorefront(ConfigurableResource):
     """A Shopify store's Admin GraphQL API; the access token is read from the environment when pushing."""
 
@@ -335,6 +404,7 @@ class ShopifyStorefront(ConfigurableResource):
     backoff_max_seconds: float = 5.0
     max_retry_after_seconds: float = 30.0
     products_per_request: int = Field(default=10, ge=1, le=100)
+    read_page_size: int = Field(default=250, ge=1, le=250, description="variants per productVariants page")
 
     def graphql_path(self) -> str:
         """The Admin GraphQL endpoint path for the configured API version."""
@@ -356,6 +426,59 @@ class ShopifyStorefront(ConfigurableResource):
             raise ConfigError(f"shopify: environment variable {self.access_token_env} is not set")
         return token
 
+    def fetch_live_prices(
+        self, max_pages: int = 10_000, *, sleep: Callable[[float], None] = time.sleep
+    ) -> pl.DataFrame:
+        """What every variant shows now (price, availability, routed supplier) as LIVE_SCHEMA rows.
+
+        Read through the paginated `productVariants` connection, then checked against
+        `productVariantsCount`: a listing that ends short of the count is an error, never a partial.
+        """
+        headers = {"X-Shopify-Access-Token": self._token(), "Content-Type": "application/json"}
+        nodes: list[dict[str, Any]] = []
+        with httpx.Client(base_url=self._base_url(), headers=headers, timeout=self.timeout_seconds) as client:
+            reader = _GraphQLReader(self, client, sleep)
+            after: str | None = None
+            seen: set[str] = set()
+            for _ in range(max_pages):
+                variables = {"first": self.read_page_size, "after": after}
+                connection = reader.query(LIVE_VARIANTS_QUERY, variables, cost=2 + self.read_page_size)[
+                    "productVariants"
+                ]
+                nodes.extend(connection["nodes"])
+                info = connection["pageInfo"]
+                if not info["hasNextPage"]:
+                    break
+                after = info.get("endCursor")
+                if not after or after in seen:
+                    raise ShopifyReadError(f"productVariants: cursor {after!r} repeated or missing (loop)")
+                seen.add(after)
+            else:
+                raise ShopifyReadError(f"productVariants: more than {max_pages} pages")
+            counted = reader.query(VARIANT_COUNT_QUERY, {}, cost=1).get("productVariantsCount") or {}
+        if counted.get("precision") == "EXACT" and len(nodes) < int(counted.get("count", 0)):
+            raise ShopifyReadError(
+                f"productVariants: the listing ended after {len(nodes)} of the {counted['count']} variants "
+                "productVariantsCount reports: a partial listing is not taken as complete"
+            )
+        rows = [
+            {
+                "sku": node.get("sku"),
+                "price": node.get("price"),
+                "currency": None,
+                "available": node.get("inventoryPolicy") == "CONTINUE",
+                "supplier": _supplier_of(node),
+                "version": None,
+            }
+            for node in nodes
+            if node.get("sku")
+        ]
+        frame = pl.DataFrame(
+            rows,
+            schema={**dict.fromkeys(LIVE_SCHEMA, pl.String()), "available": pl.Boolean, "version": pl.Int64},
+        )
+        return frame.select([pl.col(name).cast(dtype) for name, dtype in LIVE_SCHEMA.items()])
+
     @contextmanager
     def open_pusher(
         self, variants: Mapping[str, VariantRef], *, sleep: Callable[[float], None] = time.sleep
@@ -366,9 +489,16 @@ class ShopifyStorefront(ConfigurableResource):
             yield ShopifyPusher(self, client, variants, sleep)
 
 
+def _supplier_of(node: Mapping[str, Any]) -> str | None:
+    """The routed supplier a variant's metafield shows; "none" (what an unavailable push sets) is None."""
+    value = (node.get("metafield") or {}).get("value")
+    return None if value in (None, "", "none") else str(value)
+
+
 __all__ = [
     "CostBucket",
     "ShopifyPusher",
+    "ShopifyReadError",
     "ShopifyStorefront",
     "VariantRef",
     "bulk_update_document",

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from resources.config import ConfigError
 from resources.http_retry import full_jitter, parse_retry_after
-from resources.schemas import CATALOG_SCHEMA, conform_filling
+from resources.schemas import CATALOG_SCHEMA, MONEY, conform_filling
 
 ADAPTERS = ("webhook", "shopify")
 ADAPTER_ENV = "STOREFRONT_ADAPTER"
@@ -46,6 +46,16 @@ ENTRY_SCHEMA: dict[str, pl.DataType] = {
 }
 
 _ENTRY_POLARS_SCHEMA = pl.Schema(ENTRY_SCHEMA)
+
+# What a storefront shows now, per SKU (read back for reconciliation); version null when unknown.
+LIVE_SCHEMA: dict[str, pl.DataType] = {
+    "sku": pl.String(),
+    "price": MONEY,
+    "currency": pl.String(),
+    "available": pl.Boolean(),
+    "supplier": pl.String(),
+    "version": pl.Int64(),
+}
 
 
 class StorefrontError(RuntimeError):
@@ -273,26 +283,52 @@ class Storefront(ConfigurableResource):
     def _client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url.rstrip("/"), timeout=self.timeout_seconds)
 
-    def fetch_catalog(self, max_pages: int = 10_000) -> pl.DataFrame:
-        """Read the whole catalog through its paginated endpoint (bounded by max_pages)."""
+    def _read_listing(self, path: str, what: str, max_pages: int) -> list[dict[str, Any]]:
+        """Every item of a paginated listing ({items, next_page, total}), never a silent part of it.
+
+        An empty page with a next page goes on; a listing that ends with fewer items than its
+        advertised `total` is an error, as is one longer than max_pages or one that loops back.
+        """
         rows: list[dict[str, Any]] = []
         page = 1
+        total: int | None = None
         with self._client() as client:
             for _ in range(max_pages):
-                response = client.get("/catalog", params={"page": page, "per_page": self.catalog_page_size})
+                response = client.get(path, params={"page": page, "per_page": self.catalog_page_size})
                 response.raise_for_status()
                 body = response.json()
                 rows.extend(body["items"])
+                if isinstance(body.get("total"), int):
+                    total = body["total"]
                 next_page = body.get("next_page")
                 if next_page is None:
                     break
                 if next_page <= page:
-                    raise RuntimeError(f"storefront catalog: page {page} points back to page {next_page}")
+                    raise RuntimeError(f"storefront {what}: page {page} points back to page {next_page}")
                 page = next_page
             else:
-                raise RuntimeError(f"storefront catalog: more than {max_pages} pages")
+                raise RuntimeError(f"storefront {what}: more than {max_pages} pages")
+        if total is not None and len(rows) < total:
+            raise RuntimeError(
+                f"storefront {what}: the listing ended after {len(rows)} of the {total} items it "
+                f"advertises ({page} pages): a partial listing is not taken as complete"
+            )
+        return rows
+
+    def fetch_catalog(self, max_pages: int = 10_000) -> pl.DataFrame:
+        """Read the whole catalog through its paginated endpoint (bounded by max_pages)."""
+        rows = self._read_listing("/catalog", "catalog", max_pages)
         frame = pl.DataFrame(rows, schema_overrides=dict(CATALOG_SCHEMA))
         return conform_filling(frame, CATALOG_SCHEMA)
+
+    def fetch_live_prices(self, max_pages: int = 10_000) -> pl.DataFrame:
+        """What the storefront shows now per SKU (`GET /prices`, paginated), as LIVE_SCHEMA."""
+        rows = self._read_listing("/prices", "live prices", max_pages)
+        frame = pl.DataFrame(
+            rows,
+            schema={**dict.fromkeys(LIVE_SCHEMA, pl.String()), "available": pl.Boolean, "version": pl.Int64},
+        )
+        return frame.select([pl.col(name).cast(dtype) for name, dtype in LIVE_SCHEMA.items()])
 
     @contextmanager
     def open_pusher(self, *, sleep: Callable[[float], None] = time.sleep) -> Iterator[WebhookPusher]:

@@ -38,6 +38,7 @@ def create_app(world: World | None = None, background: list[Background] | None =
         Route("/_control/reset", _reset, methods=["POST"]),
         Route("/_control/counters", _counters, methods=["GET"]),
         Route("/_control/market", _market, methods=["POST"]),
+        Route("/_control/storefront_wipe", _storefront_wipe, methods=["POST"]),
     ]
     for prefix, module_name in MOUNTS.items():
         try:
@@ -103,3 +104,11 @@ async def _market(request: Request) -> JSONResponse:
     world = _world(request)
     world.generation += 1
     return JSONResponse({"generation": world.generation})
+
+
+async def _storefront_wipe(request: Request) -> JSONResponse:
+    """The storefront loses its state (a restart without persistence): prices and known keys."""
+    world = _world(request)
+    world.storefront_prices.clear()
+    world.applied_keys.clear()
+    return JSONResponse({"ok": True})

@@ -18,11 +18,19 @@ Faults (world.faults["shopify"]): `bucket_max`, `restore_rate` (a change refills
 `throttle_next` (the next N requests answer THROTTLED), `reject_skus` (variants of these SKUs get an
 INVALID_INPUT userError), `status` (answer every request with this HTTP status), `fail_next` (the next N
 requests get 503), `lose_response_next` (apply, then answer 502), `internal_error_next` (the next N
-requests answer an INTERNAL_SERVER_ERROR GraphQL error without applying).
+requests answer an INTERNAL_SERVER_ERROR GraphQL error without applying), `variants_empty_page_at`
+(that page of the `productVariants` listing answers no nodes, pagination goes on), `wrong_count`
+(`productVariantsCount` is off by this many).
+
+Reads: `productVariants(first, after)` (a cursor connection in catalog order, `first` at most 250,
+costing 2 + first like Shopify's connections) with each variant's `sku`, `price`, `inventoryPolicy`
+and `metafield(namespace, key)`, and `productVariantsCount { count precision }`. A variant never
+updated shows price "0.00", DENY and no metafield, as a freshly imported product would.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import time
@@ -40,7 +48,7 @@ from graphql import (
     parse,
     validate,
 )
-from graphql.language import DocumentNode, FieldNode
+from graphql.language import DocumentNode, FieldNode, VariableNode
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -78,13 +86,30 @@ input ProductVariantsBulkInput {
 
 type Product { id: ID! }
 
+type Metafield { namespace: String! key: String! value: String! }
+
 type ProductVariant {
   id: ID!
   sku: String
   price: Money
   inventoryPolicy: ProductVariantInventoryPolicy!
   product: Product!
+  metafield(namespace: String!, key: String!): Metafield
 }
+
+type PageInfo { hasNextPage: Boolean! endCursor: String }
+
+type ProductVariantEdge { cursor: String! node: ProductVariant! }
+
+type ProductVariantConnection {
+  nodes: [ProductVariant!]!
+  edges: [ProductVariantEdge!]!
+  pageInfo: PageInfo!
+}
+
+enum CountPrecision { EXACT AT_LEAST }
+
+type Count { count: Int! precision: CountPrecision! }
 
 type ProductVariantsBulkUpdateUserError {
   field: [String!]
@@ -103,6 +128,8 @@ type Shop { name: String! }
 type Query {
   shop: Shop!
   productVariant(id: ID!): ProductVariant
+  productVariants(first: Int, after: String): ProductVariantConnection!
+  productVariantsCount: Count
 }
 
 type Mutation {
@@ -121,15 +148,63 @@ def schema() -> GraphQLSchema:
     return build_schema(SDL)
 
 
-def requested_cost(document: DocumentNode) -> int:
-    """Shopify-style requested cost: 10 per top-level mutation field, 1 per top-level query field."""
+MAX_PAGE = 250
+
+
+def requested_cost(document: DocumentNode, variables: dict[str, Any] | None = None) -> int:
+    """Shopify-style requested cost: 10 per top-level mutation field, 1 per top-level query field,
+    and 2 + first for a `productVariants` connection."""
     cost = 0
     for definition in document.definitions:
         if not isinstance(definition, OperationDefinitionNode):
             continue
         per_field = MUTATION_COST if definition.operation == OperationType.MUTATION else 1
-        cost += per_field * sum(1 for s in definition.selection_set.selections if isinstance(s, FieldNode))
+        for selection in definition.selection_set.selections:
+            if not isinstance(selection, FieldNode):
+                continue
+            if selection.name.value == "productVariants":
+                cost += 2 + _first_argument(selection, variables or {})
+            else:
+                cost += per_field
     return cost
+
+
+def _first_argument(field: FieldNode, variables: dict[str, Any]) -> int:
+    """The `first` argument of a connection field, literal or variable (default 1)."""
+    for argument in field.arguments:
+        if argument.name.value != "first":
+            continue
+        node = argument.value
+        value: Any = (
+            variables.get(node.name.value) if isinstance(node, VariableNode) else getattr(node, "value", None)
+        )
+        try:
+            return max(1, int(value))
+        except (TypeError, ValueError):
+            return 1
+    return 1
+
+
+def _mutation_fields(document: DocumentNode) -> int:
+    """How many top-level mutation fields a document has."""
+    return sum(
+        1
+        for definition in document.definitions
+        if isinstance(definition, OperationDefinitionNode) and definition.operation == OperationType.MUTATION
+        for selection in definition.selection_set.selections
+        if isinstance(selection, FieldNode)
+    )
+
+
+def _cursor(index: int) -> str:
+    return base64.b64encode(f"variant:{index}".encode()).decode()
+
+
+def _index(cursor: str) -> int:
+    try:
+        return int(base64.b64decode(cursor).decode().split(":", 1)[1])
+    except (ValueError, IndexError) as exc:
+        raise GraphQLError(f"Invalid cursor {cursor!r}") from exc
 
 
 class Bucket:
@@ -253,7 +328,58 @@ def routes(world: World) -> list[Route]:
             )
         return {"product": {"id": productId}, "productVariants": updated, "userErrors": errors}
 
-    root = {"productVariantsBulkUpdate": bulk_update}
+    def variant_node(row: dict[str, Any]) -> dict[str, Any]:
+        """A ProductVariant as the shop shows it now."""
+        current = world.storefront_prices.get(row["sku"], {})
+        supplier = current.get("supplier") if current.get("via") == "shopify" else None
+
+        def metafield(info: Any, namespace: str, key: str) -> dict[str, Any] | None:
+            if (namespace, key) != ("pricing", "supplier") or supplier is None:
+                return None
+            return {"namespace": namespace, "key": key, "value": supplier}
+
+        shown = current if current.get("via") == "shopify" else {}
+        return {
+            "id": row["variant_id"],
+            "sku": row["sku"],
+            "price": shown.get("price") or "0.00",
+            "inventoryPolicy": shown.get("inventory_policy", "DENY"),
+            "product": {"id": row["product_id"]},
+            "metafield": metafield,
+        }
+
+    def product_variants(info: Any, first: int | None = None, after: str | None = None) -> dict[str, Any]:
+        size = MAX_PAGE if first is None else first
+        if not 1 <= size <= MAX_PAGE:
+            raise GraphQLError(f"first must be between 1 and {MAX_PAGE}")
+        rows = world.catalog
+        start = _index(after) + 1 if after else 0
+        end = min(start + size, len(rows))
+        page = start // size + 1
+        world.counters["shopify.variant_reads"] += 1
+        emptied = faults().get("variants_empty_page_at") == page
+        edges = (
+            []
+            if emptied
+            else [{"cursor": _cursor(i), "node": variant_node(rows[i])} for i in range(start, end)]
+        )
+        return {
+            "nodes": [edge["node"] for edge in edges],
+            "edges": edges,
+            "pageInfo": {
+                "hasNextPage": end < len(rows),
+                "endCursor": _cursor(end - 1) if end > start else after,
+            },
+        }
+
+    def product_variants_count(info: Any) -> dict[str, Any]:
+        return {"count": len(world.catalog) + int(faults().get("wrong_count", 0) or 0), "precision": "EXACT"}
+
+    root = {
+        "productVariantsBulkUpdate": bulk_update,
+        "productVariants": product_variants,
+        "productVariantsCount": product_variants_count,
+    }
 
     async def graphql_endpoint(request: Request) -> JSONResponse:
         world.counters["shopify.requests"] += 1
@@ -283,7 +409,7 @@ def routes(world: World) -> list[Route]:
         problems = validate(schema(), document)
         if problems:
             return JSONResponse({"errors": [p.formatted for p in problems]})
-        requested = requested_cost(document)
+        requested = requested_cost(document, payload.get("variables"))
         current = bucket()
         if requested > current.maximum:
             error = {
@@ -307,7 +433,7 @@ def routes(world: World) -> list[Route]:
             error = {"message": "Internal error", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
             return JSONResponse({"errors": [error], "extensions": cost_extension(requested, None, current)})
         result = execute_sync(schema(), document, root_value=root, variable_values=payload.get("variables"))
-        world.counters["shopify.mutations"] += requested // MUTATION_COST
+        world.counters["shopify.mutations"] += _mutation_fields(document)
         if take("lose_response_next"):
             return JSONResponse({"errors": "gateway lost the response"}, status_code=502)
         body: dict[str, Any] = {"data": result.data}

@@ -5,7 +5,12 @@ with this status), `fail_next` (the next N pushes get 503), `throttle_next` (the
 `retry_after` (seconds, with 429/503), `lose_response_next` (apply the next N pushes, then answer 502
 as if the response was lost), `down_after` (answer N more pushes, apply the next one and lose its
 response, then stay in outage), `slow_next` + `latency_ms` (delay the next N pushes, then process
-them), `reject_batches` / `reject_skus` (a push naming one of these batches or SKUs is answered 400).
+them), `reject_batches` / `reject_skus` (a push naming one of these batches or SKUs is answered 400),
+`catalog_empty_page_at` (that catalog page answers no items, pagination goes on), `prices_empty_page_at`
+(the same for the live prices listing), `wrong_total` (listings advertise this many more items).
+
+Reads: `GET /catalog?page=&per_page=` (the catalog) and `GET /prices?page=&per_page=` (what the storefront
+shows now, by SKU, with the version it last applied): `{"items", "page", "next_page", "total"}`.
 
 Exactly-once evidence: a known Idempotency-Key is answered 409 before any validation and counted in
 `storefront.duplicates`; an entry whose (sku, version) is not newer than the live one is counted in
@@ -35,15 +40,34 @@ SIGNATURE_TOLERANCE_SECONDS = 300
 def routes(world: World) -> list[Route]:
     """The storefront's routes, bound to a world."""
 
-    async def catalog(request: Request) -> JSONResponse:
-        page = int(request.query_params.get("page", "1"))
-        per_page = min(int(request.query_params.get("per_page", "500")), 1000)
-        rows = world.catalog
+    def listing_page(request: Request, rows: list[dict[str, Any]], empty_fault: str) -> dict[str, Any]:
+        """One page of a listing: {items, page, next_page, total}, with the listing faults applied."""
+        faults = world.faults.get("storefront", {})
+        page = max(1, int(request.query_params.get("page", "1")))
+        per_page = max(1, min(int(request.query_params.get("per_page", "500")), 1000))
         start = (page - 1) * per_page
-        items = [{k: v for k, v in row.items() if k != "base_eur"} for row in rows[start : start + per_page]]
+        items = rows[start : start + per_page] if faults.get(empty_fault) != page else []
         next_page = page + 1 if start + per_page < len(rows) else None
+        total = len(rows) + int(faults.get("wrong_total", 0) or 0)
+        return {"items": items, "page": page, "next_page": next_page, "total": total}
+
+    async def catalog(request: Request) -> JSONResponse:
+        rows = [{k: v for k, v in row.items() if k != "base_eur"} for row in world.catalog]
         world.counters["storefront.catalog_requests"] += 1
-        return JSONResponse({"items": items, "page": page, "next_page": next_page})
+        return JSONResponse(listing_page(request, rows, "catalog_empty_page_at"))
+
+    async def live_prices(request: Request) -> JSONResponse:
+        """What the storefront shows now (webhook pushes), one row per SKU, sorted by SKU."""
+        rows = [
+            {
+                name: entry.get(name)
+                for name in ("sku", "price", "currency", "available", "supplier", "version")
+            }
+            for sku, entry in sorted(world.storefront_prices.items())
+            if entry.get("via") != "shopify"
+        ]
+        world.counters["storefront.price_reads"] += 1
+        return JSONResponse(listing_page(request, rows, "prices_empty_page_at"))
 
     def take(faults: dict[str, Any], name: str) -> bool:
         """Consume one of a next-N fault counter; True if it fired."""
@@ -128,6 +152,7 @@ def routes(world: World) -> list[Route]:
     return [
         Route("/catalog", catalog, methods=["GET"]),
         Route("/prices", prices, methods=["POST"]),
+        Route("/prices", live_prices, methods=["GET"]),
         Route("/_pushes", pushes, methods=["GET"]),
     ]
 

@@ -18,7 +18,11 @@ answers wait `hang_s`, default 2); `malformed_next` (next N bodies are truncated
 stock); `missing_fields` (next N records lose `missing_field`, default price); `duplicate_conflicts`
 (next N records are sent twice with different prices). beta only: `token_ttl_s` (default 300),
 `revoke_tokens_after` (a token stops working after N uses although not expired), `repeat_cursor`,
-`empty_last_page`. gamma only: `not_found` (list of SKUs answered as not found), `not_found_as_http`.
+`empty_last_page`, `empty_page_at` (that page number, 1-based in either style, answers no records
+while pagination goes on; with `empty_page_count` N only the next N times), `wrong_total` (the
+advertised `total` record count is off by this many). alpha only: `drop_items` (the next N records
+are left out of the answer without being listed in `unknown_skus`). gamma only: `not_found` (list of SKUs
+answered as not found), `not_found_as_http`.
 
 Counters (`world.counters`): `<id>.requests`, `.ok`, `.429`, `.5xx`, `.401`, `.timeouts`, `.malformed`,
 `.bad_rows` (records that validation must quarantine, duplicates counting both copies), `.skus_asked`,
@@ -254,6 +258,10 @@ def routes(world: World) -> list[Route]:
         offers = world.offers("alpha")
         items = [alpha_record(sku, offers[sku]) for sku in skus if sku in offers]
         missing = [sku for sku in skus if sku not in offers]
+        faults = faults_of("alpha")
+        if faults.get("drop_items"):
+            # A truncated answer: records silently left out, not listed as unknown either.
+            items = [item for item in items if not _take(faults, "drop_items")]
         return respond("alpha", {"items": corrupt("alpha", items, alpha_spoil), "unknown_skus": missing})
 
     # ------------------------------------------------------------ beta: paginated listing, OAuth2
@@ -321,19 +329,32 @@ def routes(world: World) -> list[Route]:
     def cursor_for(offset: int) -> str:
         return base64.urlsafe_b64encode(f"{world.generation}:{offset}".encode()).decode()
 
+    def page_emptied(faults: dict[str, Any], page: int) -> bool:
+        """Whether the `empty_page_at` fault empties this page (1-based) now."""
+        if faults.get("empty_page_at") != page:
+            return False
+        return "empty_page_count" not in faults or _take(faults, "empty_page_count")
+
     async def beta_products(request: Request) -> Response:
         denied = await gate("beta", request, beta_authorized)
         if denied is not None:
             return denied
         faults = faults_of("beta")
         listing = sorted(world.offers("beta").items())
+        total = len(listing) + int(faults.get("wrong_total", 0) or 0)
         params = request.query_params
         if "page" in params:
             per_page = max(1, min(int(params.get("per_page", 100)), 1000))
             page = max(1, int(params["page"]))
             start = (page - 1) * per_page
             items = [beta_record(sku, offer) for sku, offer in listing[start : start + per_page]]
-            payload: dict[str, Any] = {"data": corrupt("beta", items, beta_spoil), "page": page}
+            if page_emptied(faults, page):
+                items = []
+            payload: dict[str, Any] = {
+                "data": corrupt("beta", items, beta_spoil),
+                "page": page,
+                "total": total,
+            }
             if not faults.get("empty_last_page"):
                 payload["total_pages"] = max(1, -(-len(listing) // per_page))
             return respond("beta", payload)
@@ -345,6 +366,8 @@ def routes(world: World) -> list[Route]:
             except (ValueError, IndexError, binascii.Error):
                 return JSONResponse({"error": "bad cursor"}, status_code=400)
         items = [beta_record(sku, offer) for sku, offer in listing[offset : offset + limit]]
+        if page_emptied(faults, offset // limit + 1):
+            items = []
         end = offset + limit
         if faults.get("repeat_cursor") and offset > 0:
             following: str | None = cursor_for(offset)  # points back at this very page: a loop
@@ -352,7 +375,8 @@ def routes(world: World) -> list[Route]:
             following = cursor_for(end)
         else:
             following = None
-        return respond("beta", {"data": corrupt("beta", items, beta_spoil), "next_cursor": following})
+        payload = {"data": corrupt("beta", items, beta_spoil), "next_cursor": following, "total": total}
+        return respond("beta", payload)
 
     # ------------------------------------------------------------ gamma: Oxylabs-style per-SKU POST
 

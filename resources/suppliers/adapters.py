@@ -52,7 +52,11 @@ async def _gather(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
 
 
 async def fetch_rest_batch(http: SupplierHttp, skus: Sequence[str]) -> Collected:
-    """`rest_batch`: ask for up to `batch_size` SKUs per request, requests in parallel."""
+    """`rest_batch`: ask for up to `batch_size` SKUs per request, requests in parallel.
+
+    With `unknown_path` set (where the answer lists the SKUs it does not offer), every requested SKU
+    must come back as a record or as unknown: an answer that silently leaves SKUs out is an error.
+    """
     entry = http.entry
     request = entry.request
     method = str(request.get("method", "GET")).upper()
@@ -60,8 +64,12 @@ async def fetch_rest_batch(http: SupplierHttp, skus: Sequence[str]) -> Collected
     sku_param = str(request.get("sku_param", "skus"))
     batch_size = int(request.get("batch_size", 100))
     records_path = compile_path(str(request.get("records_path", "")))
+    unknown_setting = request.get("unknown_path")
+    unknown_path = compile_path(str(unknown_setting)) if unknown_setting else None
+    sku_path = compile_path(str(entry.fields.get("sku", "sku")))
     extra_params = dict(request.get("params", {}))
     extra_body = dict(request.get("body", {}))
+    endpoint = f"{method} {path}"
     if batch_size < 1:
         raise SupplierError(f"supplier {entry.id!r}: request.batch_size must be >= 1", supplier=entry.id)
 
@@ -74,7 +82,10 @@ async def fetch_rest_batch(http: SupplierHttp, skus: Sequence[str]) -> Collected
             payload = await http.request_json(
                 method, path, params=extra_params or None, json_body={**extra_body, sku_param: list(chunk)}
             )
-        return _records_at(payload, records_path, supplier=entry.id, endpoint=f"{method} {path}")
+        records = _records_at(payload, records_path, supplier=entry.id, endpoint=endpoint)
+        if unknown_path is not None:
+            _check_answered(chunk, records, get_path(payload, unknown_path), sku_path, entry.id, endpoint)
+        return records
 
     chunks = [skus[start : start + batch_size] for start in range(0, len(skus), batch_size)]
     pages = await _gather([lambda chunk=chunk: one(chunk) for chunk in chunks])
@@ -82,8 +93,54 @@ async def fetch_rest_batch(http: SupplierHttp, skus: Sequence[str]) -> Collected
     return Collected(records=[record for page in pages for record in page])
 
 
+def _check_answered(
+    asked: Sequence[str],
+    records: list[Any],
+    unknown: Any,
+    sku_path: tuple[str | int, ...],
+    supplier: str,
+    endpoint: str,
+) -> None:
+    """Raise when an answer neither offers nor lists as unknown some of the SKUs it was asked for.
+
+    Records without a SKU may be the answer for any SKU (validation quarantines them), so they are
+    allowed to account for that many missing SKUs.
+    """
+    answered = {str(sku) for sku in (get_path(record, sku_path) for record in records) if sku}
+    listed = {str(sku) for sku in unknown} if isinstance(unknown, list) else set()
+    missing = [sku for sku in dict.fromkeys(asked) if sku not in answered and sku not in listed]
+    without_sku = sum(1 for record in records if not get_path(record, sku_path))
+    if len(missing) > without_sku:
+        raise SupplierError(
+            f"supplier {supplier!r}: {endpoint}: the answer left out {len(missing)} of {len(asked)} "
+            f"requested SKUs (neither offered nor listed as unknown), e.g. {missing[0]!r}: "
+            "a partial answer is not taken as complete",
+            supplier=supplier,
+            endpoint=endpoint,
+        )
+
+
+def _advertised(payload: Any, path: tuple[str | int, ...] | None) -> int | None:
+    """An integer the answer advertises at `path` (a total), None when absent or not an integer."""
+    if path is None:
+        return None
+    value = get_path(payload, path)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
 async def fetch_rest_paginated(http: SupplierHttp, skus: Sequence[str]) -> Collected:
-    """`rest_paginated`: walk a full listing by cursor or page number (bounded, loop-guarded)."""
+    """`rest_paginated`: walk a full listing by cursor or page number (bounded, loop-guarded).
+
+    A listing is only taken as complete when nothing says otherwise: with `total_path` (the number
+    of records the supplier advertises) fewer records than advertised is an error; in page style a
+    page that comes back shorter than the others before the last one is fetched once more, and an
+    error if it is still short; an empty page before the advertised `total_pages` does not end it.
+    """
     entry = http.entry
     request = entry.request
     style = str(request.get("pagination", "cursor"))
@@ -91,55 +148,130 @@ async def fetch_rest_paginated(http: SupplierHttp, skus: Sequence[str]) -> Colle
     page_size = int(request.get("page_size", 500))
     max_pages = int(request.get("max_pages", 10_000))
     records_path = compile_path(str(request.get("records_path", "")))
+    total_setting = request.get("total_path")
+    total_path = compile_path(str(total_setting)) if total_setting else None
     params: dict[str, Any] = {
         **request.get("params", {}),
         str(request.get("page_size_param", "limit")): page_size,
     }
     endpoint = f"GET {path}"
-    records: list[Any] = []
 
-    def loop_error(message: str) -> SupplierError:
+    def listing_error(message: str) -> SupplierError:
         return SupplierError(
             f"supplier {entry.id!r}: {endpoint}: {message}", supplier=entry.id, endpoint=endpoint
         )
 
     if style == "cursor":
-        cursor_param = str(request.get("cursor_param", "cursor"))
-        next_path = compile_path(str(request.get("next_cursor_path", "next_cursor")))
-        seen: set[str] = set()
-        cursor: str | None = None
-        for _ in range(max_pages):
-            page_params = dict(params) if cursor is None else {**params, cursor_param: cursor}
-            payload = await http.request_json("GET", path, params=page_params)
-            http.stats.pages += 1
-            records.extend(_records_at(payload, records_path, supplier=entry.id, endpoint=endpoint))
-            following = get_path(payload, next_path)
-            if following in (None, ""):
-                return Collected(records=records)
-            following = str(following)
-            if following in seen or following == cursor:
-                raise loop_error(f"cursor {following[:40]!r} repeated after {http.stats.pages} pages (loop)")
-            seen.add(following)
-            cursor = following
-        raise loop_error(f"listing did not end within max_pages={max_pages}")
-    if style == "page":
-        page_param = str(request.get("page_param", "page"))
-        page = int(request.get("first_page", 1))
-        total_path = request.get("total_pages_path")
-        total_steps = compile_path(str(total_path)) if total_path else None
-        for _ in range(max_pages):
-            payload = await http.request_json("GET", path, params={**params, page_param: page})
-            http.stats.pages += 1
-            items = _records_at(payload, records_path, supplier=entry.id, endpoint=endpoint)
-            records.extend(items)
-            total = get_path(payload, total_steps) if total_steps else None
-            if not items or (total is None and len(items) < page_size):
-                return Collected(records=records)
-            if isinstance(total, int) and page >= total:
-                return Collected(records=records)
-            page += 1
-        raise loop_error(f"listing did not end within max_pages={max_pages}")
-    raise SupplierError(f"supplier {entry.id!r}: unknown request.pagination {style!r}", supplier=entry.id)
+        records, advertised = await _walk_cursor(
+            http, params, records_path, total_path, max_pages, listing_error
+        )
+    elif style == "page":
+        records, advertised = await _walk_pages(
+            http, params, page_size, records_path, total_path, max_pages, listing_error
+        )
+    else:
+        raise SupplierError(f"supplier {entry.id!r}: unknown request.pagination {style!r}", supplier=entry.id)
+    if advertised is not None and len(records) < advertised:
+        raise listing_error(
+            f"the listing ended after {len(records)} of the {advertised} records it advertises "
+            f"({http.stats.pages} pages): a partial listing is not taken as complete"
+        )
+    return Collected(records=records)
+
+
+async def _walk_cursor(
+    http: SupplierHttp,
+    params: dict[str, Any],
+    records_path: tuple[str | int, ...],
+    total_path: tuple[str | int, ...] | None,
+    max_pages: int,
+    listing_error: Callable[[str], SupplierError],
+) -> tuple[list[Any], int | None]:
+    """Follow next cursors until there is none; (records, advertised total of the last page)."""
+    entry = http.entry
+    request = entry.request
+    path = str(request.get("path", ""))
+    cursor_param = str(request.get("cursor_param", "cursor"))
+    next_path = compile_path(str(request.get("next_cursor_path", "next_cursor")))
+    seen: set[str] = set()
+    cursor: str | None = None
+    records: list[Any] = []
+    for _ in range(max_pages):
+        page_params = dict(params) if cursor is None else {**params, cursor_param: cursor}
+        payload = await http.request_json("GET", path, params=page_params)
+        http.stats.pages += 1
+        # An empty page with a next cursor is not the end: the cursor decides.
+        records.extend(_records_at(payload, records_path, supplier=entry.id, endpoint=f"GET {path}"))
+        following = get_path(payload, next_path)
+        if following in (None, ""):
+            return records, _advertised(payload, total_path)
+        following = str(following)
+        if following in seen or following == cursor:
+            raise listing_error(f"cursor {following[:40]!r} repeated after {http.stats.pages} pages (loop)")
+        seen.add(following)
+        cursor = following
+    raise listing_error(f"listing did not end within max_pages={max_pages}")
+
+
+async def _walk_pages(
+    http: SupplierHttp,
+    params: dict[str, Any],
+    page_size: int,
+    records_path: tuple[str | int, ...],
+    total_path: tuple[str | int, ...] | None,
+    max_pages: int,
+    listing_error: Callable[[str], SupplierError],
+) -> tuple[list[Any], int | None]:
+    """Read numbered pages up to the advertised total_pages (else to an empty or short page).
+
+    Every request, re-fetches included, counts against max_pages.
+    """
+    entry = http.entry
+    request = entry.request
+    path = str(request.get("path", ""))
+    page_param = str(request.get("page_param", "page"))
+    first = int(request.get("first_page", 1))
+    total_pages_setting = request.get("total_pages_path")
+    total_pages_path = compile_path(str(total_pages_setting)) if total_pages_setting else None
+    requests = 0
+
+    async def get(page: int) -> tuple[list[Any], Any]:
+        nonlocal requests
+        if requests >= max_pages:
+            raise listing_error(f"listing did not end within max_pages={max_pages}")
+        requests += 1
+        payload = await http.request_json("GET", path, params={**params, page_param: page})
+        http.stats.pages += 1
+        return _records_at(payload, records_path, supplier=entry.id, endpoint=f"GET {path}"), payload
+
+    pages: dict[int, list[Any]] = {}
+    advertised: int | None = None
+    page = first
+    while True:
+        items, payload = await get(page)
+        pages[page] = items
+        advertised = _advertised(payload, total_path)
+        total_pages = _advertised(payload, total_pages_path)
+        if total_pages is not None:
+            # The advertised page count decides; an empty page before it is a gap, not the end.
+            if page - first + 1 >= total_pages:
+                break
+        elif not items or len(items) < page_size:
+            break
+        page += 1
+    # Every page but the last must be as full as the fullest: a shorter one lost rows (a transient
+    # empty page, or rows shifting while we read). Fetch it once more; still short is an error.
+    fullest = max(len(items) for items in pages.values())
+    last = max(pages)
+    for number in [p for p in sorted(pages) if p != last and len(pages[p]) < fullest]:
+        items, _ = await get(number)
+        pages[number] = items
+        if len(items) < fullest:
+            raise listing_error(
+                f"page {number} of {last - first + 1} came back with {len(items)} records where the "
+                f"other pages have {fullest}, twice: rows of the listing would be missing"
+            )
+    return [record for number in sorted(pages) for record in pages[number]], advertised
 
 
 def load_sku_map(entry: SupplierEntry, *, registry_dir: Path | None) -> dict[str, str]:

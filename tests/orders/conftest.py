@@ -16,6 +16,7 @@ from dagster import DagsterInstance, materialize
 
 from orders_assets.assets import ORDERS_ASSETS
 from orders_assets.schedules import RANGE_END_TAG, RANGE_START_TAG
+from pricing_assets.logic.history import day_slice
 from resources.orders_db import OrdersDatabase
 from resources.schemas import CATALOG_SCHEMA, PRICE_HISTORY_SCHEMA
 from resources.warehouse import Warehouse, WarehouseIOManager, write_parquet_atomic
@@ -76,13 +77,20 @@ def write_catalog(root: Path, skus: list[str]) -> None:
     Warehouse(base_dir=str(root)).write(frame, ["catalog"])
 
 
-def write_price_history(root: Path, rows: list[dict[str, Any]]) -> None:
-    """The pricing location's `price_history`, one file per day of valid_from (with its day column)."""
-    frame = price_history_frame(rows).with_columns(
-        pl.col("valid_from").dt.date().cast(pl.String).alias("day")
-    )
-    for (day,), part in frame.group_by("day"):
-        write_parquet_atomic(part, Warehouse(base_dir=str(root)).path(["price_history"], str(day)))
+def write_price_history(root: Path, rows: list[dict[str, Any]], through: date | None = None) -> list[str]:
+    """The pricing location's `price_history` as it writes it: per day, every row valid at some instant
+    of that day (`day_slice`), from the first valid_from day through `through`; the days written."""
+    frame = price_history_frame(rows)
+    first = frame.get_column("valid_from").min().date()
+    last = max(frame.get_column("valid_from").max().date(), through or first)
+    warehouse = Warehouse(base_dir=str(root))
+    written = []
+    for offset in range((last - first).days + 1):
+        day = first + timedelta(days=offset)
+        part = day_slice(frame, day).with_columns(pl.lit(day.isoformat()).alias("day"))
+        write_parquet_atomic(part, warehouse.path(["price_history"], day.isoformat()))
+        written.append(day.isoformat())
+    return written
 
 
 def generated_price_history(skus: list[str], days: list[date], seed: int = SEED) -> list[dict[str, Any]]:
@@ -145,7 +153,7 @@ def make_env(url: str, warehouse: Path, schema: str | None = None) -> OrdersEnv:
         url, seed=SEED, catalog=SKUS, days=DAYS, orders_per_day=ORDERS_PER_DAY, schema=schema
     )
     write_catalog(warehouse, SKUS)
-    write_price_history(warehouse, generated_price_history(SKUS, DAYS))
+    write_price_history(warehouse, generated_price_history(SKUS, DAYS), through=DAYS[-1])
     return OrdersEnv(url=url, warehouse=warehouse, injected=injected, schema=schema)
 
 

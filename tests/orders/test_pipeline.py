@@ -53,11 +53,26 @@ def test_a_run_over_two_days_accounts_for_every_row_and_passes_its_checks(orders
         ("order_allocations", "no_oversell"): True,
         ("order_allocations", "allocations_match_orders"): True,
     }
-    ingest = result.asset_materializations_for_node("ingest_orders")
-    by_key = {m.asset_key.to_user_string(): m.metadata for m in ingest}
-    assert by_key["orders"]["lines"].value == sum(
-        orders_env.injected["per_day"][d]["clean_lines"] for d in (DAY1, DAY2)
-    )
+    # One run over two days: each day's materializations carry that day's own numbers.
+    events = [*result.asset_materializations_for_node("ingest_orders")]
+    events += result.asset_materializations_for_node("order_allocations")
+    events += result.asset_materializations_for_node("sales_report")
+    meta = {(m.asset_key.to_user_string(), m.partition): m.metadata for m in events}
+    lines = []
+    for day in (DAY1, DAY2):
+        injected = orders_env.injected["per_day"][day]
+        assert meta[("orders", day)]["lines"].value == injected["clean_lines"]
+        assert meta[("orders", day)]["rows"].value == orders_env.read("orders", day).height
+        rejects = orders_env.read("order_rejects", day)
+        assert meta[("order_rejects", day)]["rejected"].value == rejects.height
+        assert meta[("order_rejects", day)]["reason_unknown_sku"].value == injected["unknown_sku"]
+        allocations = orders_env.read("order_allocations", day)
+        assert meta[("order_allocations", day)]["lines"].value == allocations.height
+        assert meta[("order_allocations", day)]["price_history_read"].value == day
+        report = orders_env.read("sales_report", day)
+        assert meta[("sales_report", day)]["units"].value == report.get_column("units").sum()
+        lines.append(meta[("orders", day)]["lines"].value)
+    assert lines[0] != lines[1]
 
 
 def test_no_payment_data_in_any_parquet_file_or_run_log(orders_env: OrdersEnv) -> None:

@@ -103,6 +103,10 @@ def test_price_below_floor_in_one_partition_of_a_ranged_run_fails_and_blocks_the
     assert failed.metadata["below_floor"].value == 1
     assert failed.metadata["examples"].value == "SKU-D"
     assert failed.metadata["batches"].value == "batch-000..batch-001"
+    # The check runs once for the range; it names the partition that failed, with its own count.
+    assert failed.metadata["failing_batches"].value == "batch-001: 1"
+    passed = next(e for e in result.get_asset_check_evaluations() if e.passed)
+    assert passed.metadata["failing_batches"].value == "none"
     assert result.asset_materializations_for_node("storefront_sync") == []
     assert sandbox.pushes()["pushes"] == []
 

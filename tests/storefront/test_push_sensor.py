@@ -1,4 +1,6 @@
-"""The storefront_push sensor: run keys from materializations, cursor, one push per materialization."""
+"""The storefront_push sensor: one sync run per producing run's range, deterministic keys, cursor."""
+
+from dataclasses import dataclass
 
 import polars as pl
 import pytest
@@ -10,6 +12,7 @@ from dagster import (
     RunRequest,
     SensorResult,
     SkipReason,
+    StaticPartitionsDefinition,
     asset,
     build_sensor_context,
     instance_for_test,
@@ -18,9 +21,15 @@ from dagster import (
 )
 
 from pricing_assets.push_sensor import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
     SYNC_JOB_NAME,
+    WAIT_FOR_RANGE_SECONDS,
+    Producer,
     build_storefront_push_sensor,
     build_storefront_sync_job,
+    contiguous,
+    plan_pushes,
     run_key,
 )
 from resources.runtime import RuntimeConfig
@@ -30,7 +39,9 @@ from resources.warehouse import Warehouse, WarehouseIOManager
 from tests.storefront.conftest import BATCHES, PRICES_SPEC, SYNC_ASSET
 
 JOB = build_storefront_sync_job(BATCHES)
-SENSOR = build_storefront_push_sensor(JOB)
+SENSOR = build_storefront_push_sensor(JOB, BATCHES)
+SWEEP = StaticPartitionsDefinition([f"batch-{i:03d}" for i in range(16)])
+SWEEP_KEYS = SWEEP.get_partition_keys()
 
 
 @pytest.fixture
@@ -40,69 +51,135 @@ def instance():
 
 
 def materialized(instance, partition: str) -> int:
-    """Record a storefront_prices materialization of one partition; return its storage id."""
+    """Record a runless storefront_prices materialization of one partition; return its storage id."""
     instance.report_runless_asset_event(AssetMaterialization("storefront_prices", partition=partition))
     records = instance.fetch_materializations(AssetKey("storefront_prices"), limit=1).records
     return records[0].storage_id
 
 
-def evaluate(instance, cursor: str | None) -> SensorResult | SkipReason:
-    return SENSOR(build_sensor_context(instance=instance, cursor=cursor))
+def evaluate(instance, cursor: str | None, sensor=SENSOR) -> SensorResult | SkipReason:
+    return sensor(build_sensor_context(instance=instance, cursor=cursor))
 
 
-def test_each_materialization_requests_one_sync_of_its_partition(instance):
+class NullIO(IOManager):
+    def handle_output(self, context, obj):
+        return None
+
+    def load_input(self, context):
+        return None
+
+
+@io_manager
+def null_io():
+    return NullIO()
+
+
+def prices_asset(partitions: StaticPartitionsDefinition):
+    @asset(name="storefront_prices", partitions_def=partitions)
+    def storefront_prices(context) -> pl.DataFrame:
+        return pl.DataFrame({"sku": ["A"], "batch": [context.partition_keys[0]]})
+
+    return storefront_prices
+
+
+def test_a_sweep_of_16_batches_leads_to_one_push_run_for_its_range(instance):
+    """A ranged run over 16 batches emits 16 materializations: one sync request covers them all."""
+    sensor = build_storefront_push_sensor(build_storefront_sync_job(SWEEP), SWEEP)
+    tags = {RANGE_START_TAG: "batch-000", RANGE_END_TAG: "batch-015"}
+    run = materialize([prices_asset(SWEEP)], instance=instance, resources={"io_manager": null_io}, tags=tags)
+    records = instance.fetch_materializations(AssetKey("storefront_prices"), limit=100).records
+    assert len(records) == 16
+    result = evaluate(instance, None, sensor)
+    (request,) = result.run_requests
+    newest = max(record.storage_id for record in records)
+    assert request.run_key == f"storefront_prices:batch-000..batch-015:{newest}"
+    assert request.partition_key is None
+    assert (request.tags[RANGE_START_TAG], request.tags[RANGE_END_TAG]) == ("batch-000", "batch-015")
+    assert request.tags["storefront/trigger_run_id"] == run.run_id
+    assert result.cursor == str(newest)
+    # The same tick evaluated twice requests the same key (Dagster launches a run key once)...
+    assert [r.run_key for r in evaluate(instance, None, sensor).run_requests] == [request.run_key]
+    # ...and from the advanced cursor there is nothing more.
+    assert isinstance(evaluate(instance, result.cursor, sensor), SkipReason)
+
+
+@dataclass(frozen=True)
+class Record:
+    """The fields of an EventLogRecord the planner reads."""
+
+    storage_id: int
+    run_id: str
+    partition_key: str | None
+    timestamp: float = 1000.0
+
+
+def sweep_records(run_id: str, count: int, first_id: int = 1) -> list[Record]:
+    return [Record(first_id + i, run_id, SWEEP_KEYS[i]) for i in range(count)]
+
+
+def test_a_run_still_emitting_its_range_is_waited_for_and_the_cursor_stays_before_it():
+    producer = {"sweep": Producer(finished=False, planned=frozenset(SWEEP_KEYS))}
+    partial = sweep_records("sweep", 7, first_id=11)
+    requests, cursor = plan_pushes([Record(10, "", "batch-003"), *partial], producer, SWEEP_KEYS, now=1001)
+    # Only the runless event before it is requested; the cursor does not pass the waiting run.
+    assert [r.run_key for r in requests] == [run_key(["batch-003"], 10)]
+    assert cursor == 10
+    complete = sweep_records("sweep", 16, first_id=11)
+    requests, cursor = plan_pushes(complete, producer, SWEEP_KEYS, now=1001)
+    assert [r.run_key for r in requests] == [run_key(["batch-000", "batch-015"], 26)]
+    assert cursor == 26
+
+
+def test_a_run_that_ended_or_hangs_is_pushed_with_what_it_materialized():
+    partial = sweep_records("sweep", 5)
+    ended = {"sweep": Producer(finished=True, planned=frozenset(SWEEP_KEYS))}
+    (request,) = plan_pushes(partial, ended, SWEEP_KEYS, now=1001)[0]
+    assert request.tags[RANGE_END_TAG] == "batch-004"
+    hanging = {"sweep": Producer(finished=False, planned=frozenset(SWEEP_KEYS))}
+    assert plan_pushes(partial, hanging, SWEEP_KEYS, now=1000 + WAIT_FOR_RANGE_SECONDS - 1)[0] == []
+    assert len(plan_pushes(partial, hanging, SWEEP_KEYS, now=1000 + WAIT_FOR_RANGE_SECONDS)[0]) == 1
+
+
+def test_groups_are_per_producing_run_and_split_into_contiguous_ranges():
+    records = [
+        Record(1, "a", "batch-000"),
+        Record(2, "a", "batch-001"),
+        Record(3, "a", "batch-005"),
+        Record(4, "b", "batch-001"),
+    ]
+    producers = {"a": Producer(True, None), "b": Producer(True, None)}
+    requests, cursor = plan_pushes(records, producers, SWEEP_KEYS, now=1001)
+    assert [r.run_key for r in requests] == [
+        run_key(["batch-000", "batch-001"], 2),
+        run_key(["batch-005"], 3),
+        run_key(["batch-001"], 4),
+    ]
+    assert requests[1].partition_key == "batch-005"
+    assert cursor == 4
+    assert contiguous({"batch-002", "batch-000", "batch-001", "batch-009"}, SWEEP_KEYS) == [
+        ["batch-000", "batch-001", "batch-002"],
+        ["batch-009"],
+    ]
+
+
+def test_runless_materializations_each_request_their_batch(instance):
     first = materialized(instance, "batch-000")
     second = materialized(instance, "batch-001")
     result = evaluate(instance, cursor=None)
-    assert isinstance(result, SensorResult)
     assert [(r.partition_key, r.run_key) for r in result.run_requests] == [
         ("batch-000", f"storefront_prices:batch-000:{first}"),
         ("batch-001", f"storefront_prices:batch-001:{second}"),
     ]
     assert result.cursor == str(second)
-    assert result.run_requests[0].tags["storefront/trigger_storage_id"] == str(first)
-
-    # The same tick evaluated again from the same cursor yields the same run keys (deduplicated by Dagster).
-    replay = evaluate(instance, cursor=None)
-    assert [r.run_key for r in replay.run_requests] == [r.run_key for r in result.run_requests]
-
-    # From the advanced cursor there is nothing new, until a new materialization arrives.
     assert isinstance(evaluate(instance, cursor=result.cursor), SkipReason)
-    third = materialized(instance, "batch-000")
-    later = evaluate(instance, cursor=result.cursor)
-    assert [r.run_key for r in later.run_requests] == [run_key("batch-000", third)]
-    assert later.cursor == str(third)
 
 
-def test_several_materializations_of_one_partition_in_a_tick_coalesce_to_the_newest(instance):
-    materialized(instance, "batch-001")
-    newest = materialized(instance, "batch-001")
-    result = evaluate(instance, cursor=None)
-    assert [(r.partition_key, r.run_key) for r in result.run_requests] == [
-        ("batch-001", run_key("batch-001", newest))
-    ]
-
-
-def test_a_real_run_triggers_a_sync_request(instance):
-    @asset(name="storefront_prices", partitions_def=BATCHES)
-    def storefront_prices() -> pl.DataFrame:
-        return pl.DataFrame({"sku": ["A"]})
-
-    class NullIO(IOManager):
-        def handle_output(self, context, obj):
-            return None
-
-        def load_input(self, context):
-            return None
-
-    @io_manager
-    def null_io():
-        return NullIO()
-
+def test_a_single_partition_run_triggers_a_sync_of_that_batch(instance):
     resources = {"io_manager": null_io}
-    run = materialize([storefront_prices], partition_key="batch-001", instance=instance, resources=resources)
-    result = evaluate(instance, cursor=None)
-    (request,) = result.run_requests
+    run = materialize(
+        [prices_asset(BATCHES)], partition_key="batch-001", instance=instance, resources=resources
+    )
+    (request,) = evaluate(instance, cursor=None).run_requests
     assert isinstance(request, RunRequest) and request.partition_key == "batch-001"
     assert request.tags["storefront/trigger_run_id"] == run.run_id
 

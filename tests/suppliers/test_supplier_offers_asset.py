@@ -25,16 +25,10 @@ from tests.suppliers.conftest import FAST_LIMIT, FAST_RETRY, SANDBOX_WORLD
 BATCHES = 4
 PARTITIONS = catalog_batch_partitions(BATCHES)
 BATCH = "batch-001"
-PLOTTABLE = (
-    "rows",
-    "rejected",
-    "requests",
-    "retries",
-    "throttled",
-    "latency_p50_ms",
-    "latency_p95_ms",
-    "duration_s",
-)
+# Each batch's own numbers, on its materialization.
+PLOTTABLE = ("rows", "rejected", "rejected_share", "skus")
+# The run's fetch (one fetch serves every batch of the run), on the supplier_reachable check.
+FETCH_STATS = ("requests", "retries", "throttled", "latency_p50_ms", "latency_p95_ms", "duration_s")
 
 
 def world_catalog() -> pl.DataFrame:
@@ -53,9 +47,19 @@ def batch_skus(batch: str) -> set[str]:
     return set(catalog.filter((pl.col("batch") == batch) & pl.col("active"))["sku"])
 
 
-@pytest.fixture
-def registry_file(tmp_path: Path) -> Path:
-    """The packaged registry's REST suppliers with fast retries, as a YAML file."""
+class _Harness:
+    def __init__(
+        self, *, run, warehouse: Warehouse, registry: Registry, feeds: list, instance: DagsterInstance
+    ) -> None:
+        self.run = run
+        self.warehouse = warehouse
+        self.registry = registry
+        self.feeds = feeds
+        self.instance = instance
+
+
+def write_registry_file(folder: Path) -> Path:
+    """The packaged registry's REST suppliers with fast retries, as a YAML file in `folder`."""
     raw = load_registry().model_dump(mode="json", exclude={"source"})
     raw["catalog_batches"] = BATCHES
     raw["suppliers"] = [
@@ -63,14 +67,20 @@ def registry_file(tmp_path: Path) -> Path:
         for entry in raw["suppliers"]
         if entry["kind"] != "cdn_file"
     ]
-    path = tmp_path / "suppliers.yaml"
+    path = folder / "suppliers.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
 @pytest.fixture
-def harness(sandbox, registry_file: Path, tmp_path: Path):
+def registry_file(tmp_path: Path) -> Path:
+    """The packaged registry's REST suppliers with fast retries, as a YAML file."""
+    return write_registry_file(tmp_path)
+
+
+def harness_for(sandbox, tmp_path: Path) -> _Harness:
     """Materialize supplier assets for a batch in one instance, with the catalog already there."""
+    registry_file = write_registry_file(tmp_path)
     registry = load_registry(registry_file)
     feeds = build_supplier_offer_assets(registry, PARTITIONS)
     instance = DagsterInstance.ephemeral()
@@ -105,15 +115,19 @@ def harness(sandbox, registry_file: Path, tmp_path: Path):
             raise_on_error=False,
         )
 
-    return _Harness(run=run, warehouse=Warehouse(base_dir=warehouse_dir), registry=registry, feeds=feeds)
+    return _Harness(
+        run=run,
+        warehouse=Warehouse(base_dir=warehouse_dir),
+        registry=registry,
+        feeds=feeds,
+        instance=instance,
+    )
 
 
-class _Harness:
-    def __init__(self, *, run, warehouse: Warehouse, registry: Registry, feeds: list) -> None:
-        self.run = run
-        self.warehouse = warehouse
-        self.registry = registry
-        self.feeds = feeds
+@pytest.fixture
+def harness(sandbox, tmp_path: Path) -> _Harness:
+    """Supplier assets against the sandbox in one instance (see harness_for)."""
+    return harness_for(sandbox, tmp_path)
 
 
 def materializations(result) -> dict[str, Any]:
@@ -133,7 +147,7 @@ def test_definitions_carry_pool_freshness_partitions_and_blocking_check(registry
     assert spec.freshness_policy.fail_window.to_timedelta() == timedelta(minutes=30)
     assert spec.freshness_policy.warn_window.to_timedelta() == timedelta(minutes=10)
     checks = {spec.name: spec.blocking for spec in alpha.check_specs}
-    assert checks == {"rejected_share": True, "supplier_reachable": False}
+    assert checks == {"rejected_share": True, "supplier_reachable": False, "offers_fresh": False}
     assert AssetKey("catalog") in alpha.dependency_keys
 
 
@@ -142,10 +156,15 @@ def test_every_feed_materializes_its_batch_with_plottable_metadata(harness):
     assert result.success
     events = materializations(result)
     skus = batch_skus(BATCH)
+    checks = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
     for supplier in ("alpha", "beta", "gamma"):
         metadata = events[supplier].metadata
         for name in PLOTTABLE:
             assert isinstance(metadata[name].value, int | float), (supplier, name)
+        fetch = checks[(supplier, "supplier_reachable")].metadata
+        for name in FETCH_STATS:
+            assert isinstance(fetch[name].value, int | float), (supplier, name)
+        assert metadata["skus"].value == len(skus)
         frame = harness.warehouse.read(["supplier_offers", supplier], BATCH)
         assert frame.columns == [*OFFERS_SCHEMA, "batch"]
         assert set(frame["sku"]) == skus & set(SANDBOX_WORLD.offers(supplier))
@@ -154,10 +173,11 @@ def test_every_feed_materializes_its_batch_with_plottable_metadata(harness):
         assert frame["batch"].unique().to_list() == [BATCH]
         quarantine = harness.warehouse.read(["supplier_quarantine", supplier], BATCH)
         assert quarantine.height == 0 and quarantine.columns == [*QUARANTINE_SCHEMA, "batch"]
-    assert events["gamma"].metadata["requests"].value == len(skus)
-    checks = {(e.asset_key.path[-1], e.check_name): e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {
-        (s, c): True for s in ("alpha", "beta", "gamma") for c in ("supplier_reachable", "rejected_share")
+    assert checks[("gamma", "supplier_reachable")].metadata["requests"].value == len(skus)
+    assert {key: evaluation.passed for key, evaluation in checks.items()} == {
+        (s, c): True
+        for s in ("alpha", "beta", "gamma")
+        for c in ("supplier_reachable", "rejected_share", "offers_fresh")
     }
 
 
@@ -221,7 +241,7 @@ def test_one_supplier_down_others_and_best_offers_still_materialize(harness, san
     down = checks[("alpha", "supplier_reachable")]
     assert not down.passed and down.severity.value == "ERROR"
     assert "failed after 3 attempts" in down.description and "HTTP 503" in down.description
-    assert events["alpha"].metadata["status"].value == 503 and events["alpha"].metadata["requests"].value == 3
+    assert events["alpha"].metadata["status"].value == 503 and down.metadata["requests"].value == 3
     assert checks[("beta", "supplier_reachable")].passed
     # Alpha's last good offers stay in place and still count for best offers (within staleness_ttl).
     assert harness.warehouse.read(["supplier_offers", "alpha"], BATCH).equals(before)

@@ -168,15 +168,15 @@ class Latency:
     sku: str
     at: float
     expected: Expected
-    status: str  # shown | superseded | held | noop | censored | late
+    status: str  # shown | superseded | held | noop | pending | lost
     seconds: float | None = None
     supplier: str = ""  # whose offer change moved the expected entry
 
 
 def latencies(timeline: Timeline, log: StorefrontLog, *, end: float, horizon: float) -> list[Latency]:
     """Each change's fate: shown (with its latency), superseded by a later change before it showed, a
-    no-op for the storefront, held by the guard, or not shown: `late` when older than end - horizon,
-    else `censored` (too recent to judge)."""
+    no-op for the storefront, held by the guard, or not shown: `lost` when older than end - horizon,
+    else `pending` (too recent to judge)."""
     rules = timeline.rules
     found = []
     for sku, index, when, expected, supplier in timeline.changes():
@@ -191,9 +191,9 @@ def latencies(timeline: Timeline, log: StorefrontLog, *, end: float, horizon: fl
         elif held_reason(expected, log.last_pushed_price(sku, when), rules):
             status, seconds = "held", None
         elif when > end - horizon:
-            status, seconds = "censored", None
+            status, seconds = "pending", None
         else:
-            status, seconds = "late", None
+            status, seconds = "lost", None
         found.append(Latency(sku, when, expected, status, seconds, supplier))
     return found
 

@@ -109,17 +109,17 @@ def test_latencies_classify_every_change():
     line = timeline()
     line.apply(change(100, "alpha", "A", "12.00"))  # shown 30 s later
     line.apply(change(100, "beta", "B", "21.00"))  # superseded before it showed
-    line.apply(change(150, "beta", "B", "22.00"))  # never shown: late
+    line.apply(change(150, "beta", "B", "22.00"))  # never shown: lost
     log = StorefrontLog()
     log.add(push(50, entry("A", "10.0000"), entry("B", "20.0000", "beta")))
     log.add(push(130, entry("A", "12.0000")))
     found = {(item.sku, item.at): item for item in latencies(line, log, end=400, horizon=120)}
     assert found[("A", 100.0)].status == "shown" and found[("A", 100.0)].seconds == 30.0
     assert found[("B", 100.0)].status == "superseded"
-    assert found[("B", 150.0)].status == "late"
+    assert found[("B", 150.0)].status == "lost"
     # Too recent to judge, held by the guard (> 30 % from the last pushed price), or a no-op.
     assert {item.status for item in latencies(line, log, end=200, horizon=120) if item.at == 150} == {
-        "censored"
+        "pending"
     }
     line.apply(change(160, "alpha", "A", "20.00"))
     line.apply(change(170, "alpha", "A", "12.00"))

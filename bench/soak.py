@@ -262,9 +262,10 @@ class Soak:
 
     def execute(self) -> None:
         """Start, operate for the soak's duration under the timetable, stop, and check everything."""
-        self.stack.start()
-        self.operator = Operator(GraphQL(self.stack.ui_url))
+        self.operator = Operator(GraphQL(""))
         try:
+            self.stack.start()
+            self.operator = Operator(GraphQL(self.stack.ui_url))
             self.operator.wait_loaded({"pricing", "orders"})
             self.say("stack up; bootstrapping catalog and CDN file")
             self.bootstrap()

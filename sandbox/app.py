@@ -1,4 +1,14 @@
-"""The sandbox ASGI app: every outside system the project talks to, on one 127.0.0.1 server."""
+"""The sandbox ASGI app: every outside system the project talks to, on one 127.0.0.1 server.
+
+Controls (for tests, the demo and the soak): `/_control/faults` (GET, POST per-target fault settings),
+`/_control/reset`, `/_control/counters`, `/_control/market` (a new generation of every offer),
+`/_control/storefront_wipe` (the storefront forgets its prices and keys), the price stream
+(`POST /_control/stream` `{"every_s", "share", "suppliers"}` runs it in the background, `every_s` 0
+stops it; `POST /_control/stream/step` moves once; `GET /_control/stream/changes?since=N` lists the
+changes with their times), `GET /_control/offers` (every supplier's current offers: the ground truth)
+and `GET /_control/storefront?since=N` (applied pushes from index N, live prices, exactly-once
+counters). The alert webhook is `POST /alerts/<token>`, `GET /alerts` (sandbox/alerts.py).
+"""
 
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ def routes(world: World) -> list[Route]:
     """The alert webhook's routes, bound to a world (full paths, not mounted)."""
 
     async def receive(request: Request) -> Response:
+        """Record one alert, as Slack's incoming webhook answers it."""
         if not secrets.compare_digest(request.path_params["token"], alert_token()):
             world.counters["alerts.rejected"] += 1
             return PlainTextResponse("no_service", status_code=404)
@@ -57,6 +58,7 @@ def routes(world: World) -> list[Route]:
         return PlainTextResponse("ok")
 
     async def listing(request: Request) -> JSONResponse:
+        """Every alert received, in order."""
         return JSONResponse({"alerts": world.alerts})
 
     return [

@@ -159,6 +159,7 @@ async def _stream(request: Request) -> JSONResponse:
         if every > 0:
 
             async def flow() -> None:
+                """One stream step every `every` seconds until cancelled."""
                 while True:
                     await asyncio.sleep(every)
                     world.stream_step(share=share, suppliers=suppliers, at=time.time())

@@ -108,3 +108,25 @@ def test_each_kind_of_damage_breaks_its_invariant(tmp_path, damage, invariant):
     soak.evaluate()
     assert set(soak.violations) == {invariant}, soak.violations
     assert f"broken: {invariant}" in soak.result()
+
+
+def test_a_benchmark_that_exits_non_zero_does_not_stop_the_others(monkeypatch, capsys):
+    import sys
+    import types
+
+    import bench.__main__ as bench_main
+
+    def broken() -> str:
+        print("broken: ratio 9.00 (target <= 1) broken: cadence")
+        raise SystemExit(1)
+
+    for name, run_fn in (("zz_broken", broken), ("zz_fine", lambda: "zz_fine: ratio 1.00 (target <= 2) ok")):
+        module = types.ModuleType(f"bench.{name}")
+        module.run = run_fn
+        monkeypatch.setitem(sys.modules, f"bench.{name}", module)
+    monkeypatch.setattr(bench_main, "available", lambda: ["zz_broken", "zz_fine"])
+    assert bench_main.main([]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "broken: ratio 9.00 (target <= 1) broken: cadence",
+        "zz_fine: ratio 1.00 (target <= 2) ok",
+    ]

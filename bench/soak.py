@@ -436,7 +436,11 @@ class Soak:
         lost = [item for item in self.latency if item.status == "lost"]
         if lost:
             sample = ", ".join(f"{item.sku} {item.expected.describe()}" for item in lost[:3])
-            self.violate("exactly once", f"{len(lost)} changes never reached the storefront ({sample})")
+            self.violate(
+                "exactly once",
+                f"{len(lost)} changes not on the storefront three periods later, nor superseded or held "
+                f"(lost, or still queued at the end: {sample})",
+            )
         duplicates = self.log.duplicates()
         if duplicates:
             self.violate("exactly once", f"{len(duplicates)} SKU versions applied twice: {duplicates[:3]}")

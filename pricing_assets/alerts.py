@@ -6,8 +6,9 @@ evaluations inside those runs, and keeps **incidents** in its cursor:
 
 - a run incident per job: it opens when a run of the job fails and stays open while any partition (or
   partition range, or the job itself when unpartitioned) whose run failed has not succeeded since;
-- a check incident per asset check: it opens when the check fails and closes when it passes again
-  (per partition when the evaluation has one).
+- a check incident per asset check: it opens when the check fails with ERROR severity (WARN too when
+  the resource's `check_severity` is WARN) and closes when it passes again (per partition when the
+  evaluation has one).
 
 An incident posts one alert when it opens and one recovery when it closes, never one per tick or per
 failed run. Messages are Slack-compatible (`{"text": ...}`) and go to the URL in `$ALERT_WEBHOOK_URL`
@@ -24,10 +25,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import httpx
 from dagster import (
     AssetCheckEvaluation,
+    AssetCheckSeverity,
     ConfigurableResource,
     DagsterEventType,
     DagsterInstance,
@@ -63,6 +66,9 @@ class AlertWebhook(ConfigurableResource):
     url_env: str = ALERT_URL_ENV
     url_file_env: str = ALERT_URL_FILE_ENV
     timeout_seconds: float = 10.0
+    # Failed checks of this severity and above alert; WARN checks flag data a person reviews in the UI
+    # (e.g. orders without lines), which is not worth waking anyone for.
+    check_severity: Literal["ERROR", "WARN"] = "ERROR"
 
     def _url(self) -> str | None:
         url = os.environ.get(self.url_env, "").strip()
@@ -221,14 +227,24 @@ def run_span(tags: dict[str, str]) -> tuple[str, str]:
 
 
 def observe_check(
-    state: AlertState, evaluation: AssetCheckEvaluation, *, run_id: str, at: float
+    state: AlertState,
+    evaluation: AssetCheckEvaluation,
+    *,
+    run_id: str,
+    at: float,
+    severity: str = "ERROR",
 ) -> str | None:
-    """Open or close the check's incident from one evaluation; return the alert or recovery text, if any."""
+    """Open or close the check's incident from one evaluation; return the alert or recovery text, if any.
+
+    A failure below `severity` (a WARN check when ERROR is asked for) opens nothing.
+    """
     asset = evaluation.asset_key.to_user_string()
     key = f"check:{asset}:{evaluation.check_name}"
     span = (evaluation.partition, evaluation.partition) if evaluation.partition else WHOLE
     if evaluation.passed:
         return record_success(state, key, span, run_id=run_id, at=at)
+    if severity == "ERROR" and evaluation.severity != AssetCheckSeverity.ERROR:
+        return None
     description = (evaluation.description or "no description").strip().splitlines()[0][:300]
     detail = f"{evaluation.severity.value}: {description}"
     title = f"check {evaluation.check_name} on {asset}"
@@ -371,7 +387,11 @@ def evaluate(
         if dagster_run is None:
             continue  # deleted since
         for evaluation in check_evaluations(instance, run.run_id):
-            texts.append(observe_check(state, evaluation, run_id=run.run_id, at=run.at))
+            texts.append(
+                observe_check(
+                    state, evaluation, run_id=run.run_id, at=run.at, severity=webhook.check_severity
+                )
+            )
         texts.append(
             observe_run(
                 state,

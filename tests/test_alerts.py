@@ -106,6 +106,19 @@ def test_check_and_run_observers_key_incidents_by_check_and_by_job():
     assert json.loads(AlertState.parse(state.dump()).dump()) == json.loads(state.dump())
 
 
+def test_a_failed_warn_check_alerts_only_when_warn_is_asked_for():
+    warned = AssetCheckEvaluation(
+        asset_key=AssetKey("orders"),
+        check_name="no_order_without_lines",
+        passed=False,
+        severity=AssetCheckSeverity.WARN,
+    )
+    state = AlertState()
+    assert observe_check(state, warned, run_id="r1", at=1.0) is None and state.incidents == {}
+    text = observe_check(state, warned, run_id="r1", at=1.0, severity="WARN")
+    assert text is not None and "failed: WARN: no description" in text
+
+
 def test_the_outbox_is_bounded_and_counts_what_it_dropped():
     state = AlertState()
     for number in range(205):

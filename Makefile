@@ -23,8 +23,9 @@ tools:
 demo: venv  ## sandbox suppliers + storefront + Dagster UI (http://127.0.0.1:3000)
 	$(VENV)/bin/python -m sandbox.demo
 
-test: venv  ## the whole suite
+test: venv  ## the whole suite, then the 5-minute soak of the live stack (bench/soak.py)
 	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m bench soak
 
 lint: venv
 	$(VENV)/bin/ruff check .

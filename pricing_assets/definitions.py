@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dagster import AssetKey, AssetsDefinition, AssetSelection, Definitions
 
+from pricing_assets.alerts import AlertWebhook, build_alert_sensor
 from pricing_assets.catalog import build_catalog_asset
 from pricing_assets.checks import build_storefront_price_checks
 from pricing_assets.debug import build_debug_job
@@ -44,6 +45,7 @@ def default_resources(registry_path: str | None = None) -> dict[str, object]:
         "suppliers": SupplierClients(registry_path=registry_path),
         "cdn_files": CdnFile(),
         "shopify": ShopifyStorefront(),
+        "alert_webhook": AlertWebhook(),
     }
 
 
@@ -52,7 +54,12 @@ def build_defs(registry_path: str | Path | None = None) -> Definitions:
     registry = load_registry(registry_path)
     return Definitions.merge(
         build_definitions_without_resources(registry),
-        Definitions(resources=default_resources(str(registry_path) if registry_path else registry.source)),
+        Definitions(
+            # Monitoring watches the whole instance (both code locations), so it is added with the
+            # deployment's resources rather than with the pricing assets.
+            sensors=[build_alert_sensor()],
+            resources=default_resources(str(registry_path) if registry_path else registry.source),
+        ),
     )
 
 

@@ -130,7 +130,6 @@ async def _market(request: Request) -> JSONResponse:
     return JSONResponse({"generation": world.generation})
 
 
-
 def _stop_stream(request: Request) -> None:
     task: asyncio.Task[None] | None = request.app.state.stream
     if task is not None:

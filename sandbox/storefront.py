@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sandbox.storefront_page import page_route
 from sandbox.world import World
 
 DEFAULT_SECRET = "sandbox-storefront-secret"
@@ -129,6 +130,7 @@ def routes(world: World) -> list[Route]:
         Route("/catalog", catalog, methods=["GET"]),
         Route("/prices", prices, methods=["POST"]),
         Route("/_pushes", pushes, methods=["GET"]),
+        page_route(world),
     ]
 
 

@@ -5,11 +5,13 @@ the browser checks that the UI lists both code locations loaded, that the asset 
 pricing assets, launches the README's "Try it" materialization from the catalog (every supplier's
 offers, best offers, storefront prices and the push, partition batch-000), waits on the run's page
 until it succeeds, and finds the push on the storefront page. The bootstrap's own promise is checked
-on the files: yesterday's sales report is there and has costs.
+on the files: yesterday's sales report is there and has costs. And a switch flipped in the demo's
+SERVICE_CONFIG_FILE reaches the next run, with no restart.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -21,6 +23,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import sqlalchemy as sa
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
 from sandbox.orders_db import orders_metadata
@@ -164,3 +167,25 @@ def test_yesterdays_sales_report_is_there_after_the_bootstrap(demo):
         latest = conn.execute(sa.select(sa.func.max(orders.c.created_at))).scalar_one()
     engine.dispose()
     assert latest.replace(tzinfo=UTC) <= datetime.now(UTC)
+
+
+def test_switches_flip_under_the_running_demo_through_its_service_config_file(demo, monkeypatch):
+    config_file = demo.folder / "sandbox_data" / "service_config.json"
+    assert config_file.is_file()  # created by the demo, named by SERVICE_CONFIG_FILE in every process
+    monkeypatch.setenv("DAGSTER_HOME", str(demo.folder / "dagster_home"))
+    beta = AssetKey(["supplier_offers", "beta"])
+
+    def fetch_beta() -> dict[str, object]:
+        run_id = demo.ui.launch("pricing", assets=[beta.path], tags={"dagster/partition": "batch-001"})
+        assert demo.ui.wait_run(run_id, RUN_SECONDS) == "SUCCESS"
+        with DagsterInstance.get() as instance:
+            records = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=beta, asset_partitions=["batch-001"]), limit=1
+            ).records
+        assert records and records[0].run_id == run_id
+        return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+    config_file.write_text(json.dumps({"suppliers": {"beta": {"enabled": False}}}))
+    assert fetch_beta().get("skipped") == "disabled"
+    config_file.write_text(json.dumps({"dry_run": False}))
+    assert "skipped" not in fetch_beta()

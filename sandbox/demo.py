@@ -327,6 +327,9 @@ class Demo:
                 str(settings.data_dir / "orders.db"),
                 "--live-orders-per-minute",
                 str(settings.live_orders_per_minute),
+                # A real storefront remembers what it was sent; so does the demo's across restarts.
+                "--state-file",
+                str(settings.data_dir / "storefront.json"),
             ],
         )
         # Two processes creating a fresh SQLite instance at once fail ("table already exists").

@@ -1,12 +1,20 @@
-"""The demo's data looks real: orders only in the past, price history covering their days, and a
-storefront page a person can read."""
+"""The demo's data looks real: orders only in the past, price history covering their days, a
+storefront page a person can read, and a storefront that remembers what it was sent."""
 
 from __future__ import annotations
 
+import hmac
+import json
+import os
 import random
 import re
-from datetime import UTC, datetime, time
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from datetime import time as clock
 
+import httpx
 import polars as pl
 import sqlalchemy as sa
 from starlette.testclient import TestClient
@@ -18,11 +26,14 @@ from resources.schemas import OFFERS_SCHEMA
 from resources.warehouse import Warehouse
 from sandbox.app import create_app
 from sandbox.bootstrap import DEMO_DAYS, demo_days, make_orders_db
+from sandbox.demo import DEMO_ENV, ROOT
 from sandbox.demo_bootstrap import backfill_price_history
 from sandbox.live_orders import place_orders
 from sandbox.orders_db import orders_metadata
+from sandbox.server import free_port
 from sandbox.storefront_page import render
 from sandbox.world import World
+from tests.demo.stack import answers
 
 
 def order_times(path) -> list[tuple[datetime, datetime, str]]:
@@ -98,7 +109,7 @@ def test_price_history_backfill_covers_every_order_day_and_the_next_observation_
     history = warehouse.read_partitions(PRICE_HISTORY_KEY.path)
     assert history is not None
     assert set(history.get_column("day").unique()) == set(written)
-    first_order_time = datetime.combine(days[0], time(0, 0, 1), tzinfo=UTC)
+    first_order_time = datetime.combine(days[0], clock(0, 0, 1), tzinfo=UTC)
     valid = offers_as_of(history.drop("day"), first_order_time)
     assert valid.height == offers.height  # every offer has a cost from the first second of the first day
     assert valid.get_column("cost").null_count() == 0
@@ -150,3 +161,56 @@ def test_storefront_page_leads_with_the_counters_then_prices_then_pushes():
     assert "SKU-<b>" not in html and "SKU-&lt;b&gt;" in html  # SKUs are text, never markup
     assert "1 of 2 SKUs shown" in render(world, limit=1)
     assert "SKU-&lt;b&gt;" not in render(world, sku_prefix="SKU-0")
+
+
+def signed_push(url: str, key: str, body: bytes) -> httpx.Response:
+    """POST a price push signed as the storefront expects."""
+    stamp = int(datetime.now(UTC).timestamp())
+    digest = hmac.new(DEMO_ENV["STOREFRONT_WEBHOOK_SECRET"].encode(), f"{stamp}.".encode() + body, "sha256")
+    headers = {"Idempotency-Key": key, "X-Signature": f"t={stamp},v1={digest.hexdigest()}"}
+    return httpx.post(f"{url}/storefront/prices", content=body, headers=headers, timeout=10)
+
+
+def test_the_sandbox_storefront_remembers_its_prices_and_keys_across_a_restart(tmp_path):
+    state = tmp_path / "storefront.json"
+    entry = {"sku": "SKU-000001", "price": "9.99", "currency": "EUR", "available": True, "supplier": "alpha"}
+    body = json.dumps({"batch": "batch-000", "prices": [{**entry, "version": 1}]}).encode()
+
+    def serve() -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "sandbox",
+            "--port",
+            str(port),
+            "--skus",
+            "20",
+            "--state-file",
+            str(state),
+        ]
+        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **DEMO_ENV})
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while not answers(f"{url}/_health"):
+            assert process.poll() is None and time.monotonic() < deadline, "sandbox did not start"
+            time.sleep(0.2)
+        return process, url
+
+    process, url = serve()
+    try:
+        assert signed_push(url, "key-1", body).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert state.is_file()
+    process, url = serve()
+    try:
+        pushed = httpx.get(f"{url}/storefront/_pushes", timeout=10).json()
+        assert pushed["prices"]["SKU-000001"]["price"] == "9.99"
+        assert [push["key"] for push in pushed["pushes"]] == ["key-1"]
+        # The Idempotency-Key it applied before the restart is still known: a retry is not applied twice.
+        assert signed_push(url, "key-1", body).status_code == 409
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -24,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -190,10 +189,15 @@ class StopRequested(Exception):
 
 
 class StopSignal:
-    """Turns SIGINT, SIGTERM and SIGHUP into a flag the demo polls (a second signal means hurry)."""
+    """Turns SIGINT, SIGTERM and SIGHUP into a flag the demo polls (a second signal means hurry).
+
+    The handler only counts: a signal handler that took a lock (threading.Event.set does) deadlocks
+    when the signal lands while the main thread holds that same lock, waiting on it.
+    """
+
+    POLL_SECONDS = 0.2
 
     def __init__(self) -> None:
-        self.event = threading.Event()
         self.count = 0
 
     def install(self) -> None:
@@ -203,12 +207,11 @@ class StopSignal:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
-        self.event.set()
 
     @property
     def requested(self) -> bool:
         """True once a stop signal arrived."""
-        return self.event.is_set()
+        return self.count > 0
 
     @property
     def hurry(self) -> bool:
@@ -221,9 +224,14 @@ class StopSignal:
             raise StopRequested
 
     def sleep(self, seconds: float) -> None:
-        """Sleep, waking up (and raising StopRequested) when a stop signal arrives."""
-        if self.event.wait(seconds):
-            raise StopRequested
+        """Sleep, waking up (and raising StopRequested) within POLL_SECONDS of a stop signal."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.check()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, self.POLL_SECONDS))
 
 
 @dataclass
@@ -428,7 +436,7 @@ class Demo:
                 if not child.alive():
                     log(f"{child.name} exited with {child.process.returncode}: stopping")
                     return
-            self.stop.event.wait(1)
+            time.sleep(StopSignal.POLL_SECONDS)
 
     def shutdown(self) -> None:
         """Stop everything: daemon, then cancel runs, then webserver, code servers and sandbox."""

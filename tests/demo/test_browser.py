@@ -50,16 +50,17 @@ RUN_SECONDS = 300
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDemo]:
-    """The demo, bootstrapped; stopped (and anything left killed) after the module."""
+    """The demo, bootstrapped; stopped with SIGTERM after the module, leaving nothing behind."""
     running = start_demo(tmp_path_factory.mktemp("demo"))
     try:
         running.wait_ready()
         yield running
+        # Stopped while it serves (the lifecycle tests stop it during its bootstrap).
+        running.stop(signal.SIGTERM)
+        left = running.left_behind()
+        assert not left, [proc.command[:100] for proc in left]
     finally:
-        try:
-            running.stop(signal.SIGTERM)
-        finally:
-            running.kill_everything()
+        running.kill_everything()
 
 
 @pytest.fixture(scope="module")

@@ -57,3 +57,37 @@ def test_loading_both_code_locations_warns_about_nothing_beta(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-2000:]
     for warning in ("BetaWarning", "PreviewWarning", "SupersessionWarning"):
         assert warning not in result.stderr, result.stderr[-2000:]
+
+
+def test_a_burst_of_stop_signals_never_deadlocks_the_demos_wait_loop():
+    # Signals land at arbitrary points of the main thread; a handler that takes a lock the main thread
+    # may hold at that moment (threading.Event) hangs the demo for good.
+    script = """
+import os, signal, threading, time
+from sandbox.demo import StopRequested, StopSignal
+
+stop = StopSignal()
+stop.install()
+
+def pester():
+    for _ in range(3000):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.0002)
+
+thread = threading.Thread(target=pester)
+thread.start()
+woken = 0
+while thread.is_alive():
+    try:
+        stop.sleep(0.001)
+    except StopRequested:
+        woken += 1
+        stop.count = 0
+thread.join()
+print("woken", woken)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.split()[-1]) > 0

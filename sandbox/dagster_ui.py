@@ -91,6 +91,15 @@ mutation($selector: ScheduleSelector!) {
 }"""
 
 
+_SLOT_HOLDERS = """
+query {
+  instance { concurrencyLimits { concurrencyKey activeRunIds pendingStepRunIds } }
+}"""
+_FREE_SLOTS = """
+mutation($runId: String!) { freeConcurrencySlotsForRun(runId: $runId) }
+"""
+
+
 class UiError(RuntimeError):
     """The webserver refused a request or answered with an error."""
 
@@ -98,25 +107,29 @@ class UiError(RuntimeError):
 class DagsterUi:
     """A Dagster webserver at `url`, driven through its GraphQL API."""
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self._transport = transport
+
+    def _client(self, timeout: float) -> httpx.Client:
+        return httpx.Client(timeout=timeout, transport=self._transport)
 
     def answers(self) -> bool:
         """True once the webserver serves requests."""
         try:
-            return httpx.get(f"{self.url}/server_info", timeout=2).status_code == 200
+            with self._client(2) as client:
+                return client.get(f"{self.url}/server_info").status_code == 200
         except httpx.HTTPError:
             return False
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         """One GraphQL request; transport and GraphQL-level errors raise UiError."""
         try:
-            response = httpx.post(
-                f"{self.url}/graphql",
-                json={"query": query, "variables": variables or {}},
-                timeout=self.timeout,
-            )
+            with self._client(self.timeout) as client:
+                response = client.post(
+                    f"{self.url}/graphql", json={"query": query, "variables": variables or {}}
+                )
             response.raise_for_status()
         except httpx.HTTPError as exc:
             raise UiError(f"{self.url}/graphql: {exc}") from exc
@@ -197,6 +210,27 @@ class DagsterUi:
         """Cancel runs as the UI's Terminate button does (`force`: mark them cancelled at once)."""
         policy = "MARK_AS_CANCELED_IMMEDIATELY" if force else "SAFE_TERMINATE"
         self.graphql(_TERMINATE, {"runIds": list(run_ids), "policy": policy})
+
+    def runs_holding_pool_slots(self) -> set[str]:
+        """Ids of the runs that hold or wait for a concurrency pool slot."""
+        pools = self.graphql(_SLOT_HOLDERS)["instance"]["concurrencyLimits"]
+        return {run_id for pool in pools for run_id in (*pool["activeRunIds"], *pool["pendingStepRunIds"])}
+
+    def free_pool_slots(self, run_id: str) -> None:
+        """Free every pool slot a run holds (the UI's "Free concurrency slots" on a run)."""
+        if not self.graphql(_FREE_SLOTS, {"runId": run_id})["freeConcurrencySlotsForRun"]:
+            raise UiError(f"freeing the pool slots of run {run_id} failed")
+
+    def free_slots_of_finished_runs(self) -> list[str]:
+        """Free the slots still held by runs that ended (a run cancelled mid-step keeps its slot)."""
+        holders = self.runs_holding_pool_slots()
+        if not holders:
+            return []
+        in_progress = set(self.runs(IN_PROGRESS))
+        freed = sorted(holders - in_progress)
+        for run_id in freed:
+            self.free_pool_slots(run_id)
+        return freed
 
     def stop_schedule(self, location: str, name: str) -> bool:
         """Stop a running schedule (the UI's toggle); True if it was running."""

@@ -196,9 +196,14 @@ class StopSignal:
     """
 
     POLL_SECONDS = 0.2
+    # A signal sent to the process group also reaches `make`, which passes it on: the same stop
+    # arrives twice within milliseconds. Only a signal this much later is a second one.
+    REPEAT_SECONDS = 1.0
 
     def __init__(self) -> None:
         self.count = 0
+        self.last = 0
+        self.first_at = 0.0
 
     def install(self) -> None:
         """Handle the stop signals; also un-ignores SIGINT (a background shell ignores it for us)."""
@@ -206,7 +211,13 @@ class StopSignal:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
+        if self.count and now - self.first_at < self.REPEAT_SECONDS:
+            return
+        if not self.count:
+            self.first_at = now
         self.count += 1
+        self.last = signum
 
     @property
     def requested(self) -> bool:
@@ -440,7 +451,7 @@ class Demo:
 
     def shutdown(self) -> None:
         """Stop everything: daemon, then cancel runs, then webserver, code servers and sandbox."""
-        log("stopping")
+        log(f"stopping ({signal.Signals(self.stop.last).name})" if self.stop.requested else "stopping")
         by_name = {child.name: child for child in self.children}
         daemon = by_name.get("dagster-daemon")
         if daemon is not None:
@@ -463,7 +474,8 @@ class Demo:
             time.sleep(0.1)
         for child in children:
             if child.group_alive():
-                log(f"{child.name} did not stop within {GRACE_SECONDS} s: killed")
+                waited = "at once (second stop signal)" if self.stop.hurry else f"within {GRACE_SECONDS} s"
+                log(f"{child.name} did not stop {waited}: killed")
                 child.kill_group()
 
     def _cancel_runs(self) -> None:
@@ -481,8 +493,17 @@ class Demo:
             if runs:
                 log(f"{len(runs)} run(s) did not end within {CANCEL_SECONDS} s: marked cancelled")
                 self.ui.terminate(runs, force=True)
+            self.free_leaked_slots()
         except UiError as exc:
             log(f"could not cancel runs: {exc}")
+
+    def free_leaked_slots(self) -> None:
+        """Free pool slots held by runs that ended: a step cancelled mid-way keeps its slot, which
+        would block that pool (a supplier's fetches) for good. Dagster frees them only with run
+        monitoring's `free_slots_after_run_end_seconds`, which the local instance does not set."""
+        freed = self.ui.free_slots_of_finished_runs()
+        if freed:
+            log(f"freed the pool slots of {len(freed)} ended run(s)")
 
 
 def _answers(url: str) -> bool:
@@ -514,6 +535,8 @@ def main() -> None:
             demo.start()
             bootstrap = Bootstrap(demo.ui, settings, stop, log)
             bootstrap.before_daemon()
+            # Left by a demo that was killed before it could cancel its runs cleanly.
+            demo.free_leaked_slots()
             demo.start_daemon()
             bootstrap.run()
             log(f"ready ({demo.elapsed()} after start); Ctrl-C stops everything")

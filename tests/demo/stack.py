@@ -25,7 +25,15 @@ from sandbox.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # Variables of the developer's shell that would point the demo elsewhere than its temp folder.
-_SCRUBBED = ("SERVICE_CONFIG", "SERVICE_CONFIG_FILE", "ORDERS_DB_URL", "SANDBOX_URL", "STOREFRONT_URL")
+_SCRUBBED = (
+    "SERVICE_CONFIG",
+    "SERVICE_CONFIG_FILE",
+    "ORDERS_DB_URL",
+    "SANDBOX_URL",
+    "STOREFRONT_URL",
+    "DAGSTER_INSTANCE",
+    "SUPPLIER_REGISTRY",
+)
 
 
 @dataclass(frozen=True)

@@ -190,3 +190,9 @@ def test_switches_flip_under_the_running_demo_through_its_service_config_file(de
     assert fetch_beta().get("skipped") == "disabled"
     config_file.write_text(json.dumps({"dry_run": False}))
     assert "skipped" not in fetch_beta()
+
+
+def test_the_webserver_answers_the_demos_pool_slot_queries(demo):
+    # The same queries the demo sends when it stops: they must fit the real schema.
+    assert isinstance(demo.ui.runs_holding_pool_slots(), set)
+    assert isinstance(demo.ui.free_slots_of_finished_runs(), list)

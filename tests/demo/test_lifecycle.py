@@ -13,7 +13,8 @@ from dagster import DagsterInstance, DagsterRunStatus
 
 from tests.demo.stack import RunningDemo, answers, start_demo
 
-pytestmark = pytest.mark.slow
+# A demo's start and stop (twice in the SIGTERM test), bounded well under this on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 # The demo's own bounds (daemon 15 s, cancelling runs 30 s, the rest 15 s) plus start-up slack.
 STOP_SECONDS = 75
@@ -81,6 +82,17 @@ def test_sigterm_stops_every_process_even_with_sigint_ignored(tmp_path, monkeypa
         demo.kill_everything()
         raise
     assert_stopped_cleanly(demo, signal.SIGTERM, run_id, monkeypatch)
+
+    # Started again on that state (a run cancelled mid-step, history and ledger kept), the demo
+    # completes its restart bootstrap (no first-start backfill) and stops cleanly again.
+    again = start_demo(tmp_path)
+    try:
+        again.wait_ready(seconds=300)
+        assert "bootstrap incomplete" not in again.output(), again.output()[-3000:]
+        again.stop(signal.SIGTERM, seconds=STOP_SECONDS)
+        assert not again.left_behind()
+    finally:
+        again.kill_everything()
 
 
 def test_sigint_stops_every_process(tmp_path, monkeypatch):

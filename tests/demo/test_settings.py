@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from sandbox.demo import ROOT, Settings, code_locations, demo_environment, prepare_service_config
+from sandbox.demo import (
+    ROOT,
+    Settings,
+    StopSignal,
+    code_locations,
+    demo_environment,
+    prepare_service_config,
+)
 
 
 def test_demo_points_service_config_file_at_its_own_file_unless_one_is_set(tmp_path):
@@ -91,3 +99,16 @@ print("woken", woken)
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout.split()[-1]) > 0
+
+
+def test_a_stop_signal_delivered_twice_at_once_is_one_stop_and_a_later_one_means_hurry(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("sandbox.demo.time.monotonic", lambda: now[0])
+    stop = StopSignal()
+    stop._handle(signal.SIGTERM, None)
+    now[0] += 0.01  # the same SIGTERM, passed on by make
+    stop._handle(signal.SIGTERM, None)
+    assert stop.requested and not stop.hurry
+    now[0] += 2  # Ctrl-C pressed again: stop now
+    stop._handle(signal.SIGINT, None)
+    assert stop.hurry

@@ -498,10 +498,15 @@ class Demo:
             log(f"could not cancel runs: {exc}")
 
     def free_leaked_slots(self) -> None:
-        """Free pool slots held by runs that ended: a step cancelled mid-way keeps its slot, which
-        would block that pool (a supplier's fetches) for good. Dagster frees them only with run
-        monitoring's `free_slots_after_run_end_seconds`, which the local instance does not set."""
-        freed = self.ui.free_slots_of_finished_runs()
+        """Free the concurrency pool slots still held by runs that ended."""
+        # A run cancelled while a step starts keeps that step's slot, which blocks the pool (a
+        # supplier's fetches) for good: Dagster frees it only with run monitoring's
+        # `free_slots_after_run_end_seconds`, which the local instance does not set.
+        try:
+            freed = self.ui.free_slots_of_finished_runs()
+        except UiError as exc:
+            log(f"could not free the pool slots of ended runs: {exc}")
+            return
         if freed:
             log(f"freed the pool slots of {len(freed)} ended run(s)")
 

@@ -14,11 +14,17 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 venv: $(UV) tools
 	$(UV) sync --frozen --quiet --compile-bytecode
 
-# The CDN feed's tests encrypt with the real `openssl enc` CLI: install it when a machine lacks it.
+# Debian packages the tests need, installed when a machine lacks them: the CDN feed's tests encrypt
+# with the real `openssl enc` CLI; the demo's browser test drives Debian's chromium (never a browser
+# download at test time).
+APT_GET := $(if $(filter 0,$(shell id -u)),apt-get,sudo apt-get)
 tools:
-	@command -v openssl >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openssl; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq openssl; fi; }
+	@missing=""; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+	  $(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $$missing; fi
 
 demo: venv  ## sandbox suppliers + storefront + Dagster UI (http://127.0.0.1:3000)
 	$(VENV)/bin/python -m sandbox.demo

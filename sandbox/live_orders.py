@@ -4,26 +4,25 @@ import asyncio
 import logging
 import random
 from datetime import UTC, datetime
-from decimal import Decimal
 
 import sqlalchemy as sa
 
-from sandbox.orders_db import _address, _card, orders_metadata
+from sandbox.orders_db import fake_address, fake_card, orders_metadata, shop_prices
 from sandbox.world import World
 
 log = logging.getLogger("sandbox.live_orders")
 
 
 def place_orders(engine: sa.Engine, world: World, rng: random.Random, count: int) -> int:
-    """Insert `count` orders created now (placed or paid, 1-3 lines at catalog prices); return how many."""
+    """Insert `count` orders created now (placed or paid, 1-3 lines at the shop's prices); return how many."""
     _, orders, items = orders_metadata()
-    skus = [row for row in world.catalog if row["active"]]
-    now = datetime.now(UTC)
+    skus = [row["sku"] for row in world.catalog if row["active"]]
     with engine.begin() as conn:
         next_id = (conn.execute(sa.select(sa.func.max(orders.c.id))).scalar() or 0) + 1
+        now = datetime.now(UTC)
         order_rows, item_rows = [], []
         for order_id in range(next_id, next_id + count):
-            card_number, card_cvc = _card(rng)
+            card_number, card_cvc = fake_card(rng)
             order_rows.append(
                 {
                     "id": order_id,
@@ -35,19 +34,15 @@ def place_orders(engine: sa.Engine, world: World, rng: random.Random, count: int
                     "payment_method": "card",
                     "card_number": card_number,
                     "card_cvc": card_cvc,
-                    "billing_address": _address(rng),
+                    "billing_address": fake_address(rng),
                 }
             )
-            for row in rng.sample(skus, k=rng.randint(1, 3)):
-                price = (row["base_eur"] * Decimal("1.15")).quantize(Decimal("0.01"))
-                item_rows.append(
-                    {
-                        "order_id": order_id,
-                        "sku": row["sku"],
-                        "quantity": rng.randint(1, 3),
-                        "unit_price": price,
-                    }
-                )
+            chosen = rng.sample(skus, k=rng.randint(1, 3))
+            prices = shop_prices(world.seed, chosen)
+            item_rows.extend(
+                {"order_id": order_id, "sku": sku, "quantity": rng.randint(1, 3), "unit_price": prices[sku]}
+                for sku in chosen
+            )
         conn.execute(orders.insert(), order_rows)
         conn.execute(items.insert(), item_rows)
     return count

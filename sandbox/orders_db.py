@@ -93,7 +93,7 @@ def luhn_complete(prefix_digits: str) -> str:
     return prefix_digits + str((10 - total % 10) % 10)
 
 
-def _card(rng: random.Random) -> tuple[str, str]:
+def fake_card(rng: random.Random) -> tuple[str, str]:
     """A Luhn-valid card number (Visa, Mastercard or Amex shaped) and a matching CVC."""
     kind = rng.random()
     if kind < 0.1:  # Amex: 15 digits, 4-digit CVC
@@ -105,7 +105,8 @@ def _card(rng: random.Random) -> tuple[str, str]:
     return luhn_complete(body), f"{rng.randrange(100, 1000)}"
 
 
-def _address(rng: random.Random) -> str:
+def fake_address(rng: random.Random) -> str:
+    """A street address in one of a few cities (fake, but shaped like the real thing)."""
     city, country = rng.choice(_CITIES)
     return (
         f"{rng.randrange(1, 400)} {rng.choice(_STREETS)} {rng.choice(_SUFFIXES)}, "
@@ -120,7 +121,7 @@ def _sku_list(catalog: Sequence[str] | Sequence[dict[str, Any]]) -> list[str]:
     return skus
 
 
-def _base_prices(seed: int, skus: Iterable[str]) -> dict[str, Decimal]:
+def shop_prices(seed: int, skus: Iterable[str]) -> dict[str, Decimal]:
     """A stable shop price per SKU (store currency, two decimals)."""
     prices = {}
     for sku in skus:
@@ -139,6 +140,16 @@ def _late_update(rng: random.Random, status: str, created: datetime) -> datetime
     return created
 
 
+def _as_of(status: str, created: datetime, updated: datetime, until: datetime | None) -> tuple[str, datetime]:
+    """The order's status and last update as seen at `until`: a change after it has not happened yet."""
+    if until is None or updated <= until:
+        return status, updated
+    if status in ("cancelled", "refunded"):
+        # Paid first (within minutes), cancelled or refunded later: seen before that, it is paid.
+        return "paid", min(created + timedelta(seconds=60), until)
+    return status, until
+
+
 def _generate_day(
     rng: random.Random,
     *,
@@ -149,11 +160,15 @@ def _generate_day(
     prices: dict[str, Decimal],
     store_currency: str,
     dirty: bool,
+    until: datetime | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Counter[str]]:
-    """One day's orders and lines; ids increase with created_at (they are a sequence)."""
+    """One day's orders and lines, none created after `until`; ids increase with created_at."""
     midnight = datetime.combine(day, time(0), tzinfo=UTC)
     # Second resolution, so busy days have several orders at the same instant (FCFS ties by id).
     instants = sorted(rng.randrange(86_400) for _ in range(orders_per_day))
+    if until is not None:
+        # A day still under way has only the orders placed so far (the live ones come later).
+        instants = [second for second in instants if midnight + timedelta(seconds=second) <= until]
     counts: Counter[str] = Counter()
     orders: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
@@ -163,7 +178,8 @@ def _generate_day(
         created = midnight + timedelta(seconds=second)
         status = rng.choices(STATUSES, cum_weights=_STATUS_CUM)[0]
         method = rng.choices(_PAYMENT_METHODS, cum_weights=_PAYMENT_CUM)[0]
-        card_number, card_cvc = _card(rng) if method == "card" else (None, None)
+        card_number, card_cvc = fake_card(rng) if method == "card" else (None, None)
+        status, updated = _as_of(status, created, _late_update(rng, status, created), until)
         orders.append(
             {
                 "id": order_id,
@@ -171,11 +187,11 @@ def _generate_day(
                 "status": status,
                 "currency": store_currency,
                 "created_at": created,
-                "updated_at": _late_update(rng, status, created),
+                "updated_at": updated,
                 "payment_method": method,
                 "card_number": card_number,
                 "card_cvc": card_cvc,
-                "billing_address": _address(rng),
+                "billing_address": fake_address(rng),
             }
         )
         count = rng.choices(_LINE_COUNTS, cum_weights=_LINE_COUNT_CUM)[0]
@@ -267,15 +283,20 @@ def generate_orders_db(
     schema: str | None = None,
     store_currency: str = "EUR",
     chunk_rows: int = 50_000,
+    until: datetime | None = None,
 ) -> dict[str, Any]:
     """(Re)create the orders tables at a SQLAlchemy URL and fill them; returns what was injected.
 
     Deterministic for a seed: each day draws from its own seeded generator, so adding a day leaves
-    the others unchanged except for their order ids. The result has totals per kind plus `per_day`
-    (ISO day -> counts), comparable with the pipeline's `order_rejects` reasons.
+    the others unchanged except for their order ids. With `until` (the demo passes now), no order is
+    created or updated after it: a day still under way has only the orders placed so far, and a
+    cancellation or refund that would come later has not happened yet. The result has totals per kind
+    plus `per_day` (ISO day -> counts), comparable with the pipeline's `order_rejects` reasons.
     """
+    if until is not None and until.tzinfo is None:
+        raise ValueError("until must be timezone-aware (UTC)")
     skus = _sku_list(catalog)
-    prices = _base_prices(seed, skus)
+    prices = shop_prices(seed, skus)
     metadata, orders_table, items_table = orders_metadata(schema)
     engine = sa.create_engine(url)
     totals: Counter[str] = Counter()
@@ -296,6 +317,7 @@ def generate_orders_db(
                 prices=prices,
                 store_currency=store_currency,
                 dirty=dirty,
+                until=until,
             )
             next_id += orders_per_day
             with engine.begin() as conn:

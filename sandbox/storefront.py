@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sandbox.storefront_page import page_route
 from sandbox.world import World
 
 DEFAULT_SECRET = "sandbox-storefront-secret"
@@ -154,6 +155,7 @@ def routes(world: World) -> list[Route]:
         Route("/prices", prices, methods=["POST"]),
         Route("/prices", live_prices, methods=["GET"]),
         Route("/_pushes", pushes, methods=["GET"]),
+        page_route(world),
     ]
 
 

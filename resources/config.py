@@ -78,8 +78,8 @@ def _duration(value: Any) -> Any:
 
 ExactDecimal = Annotated[Decimal, BeforeValidator(_exact_decimal)]
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
-# Markup percents: 0 (sell at cost, the floor still applies) up to 1000 %.
-Percent = Annotated[Decimal, BeforeValidator(_exact_decimal), Field(ge=0, le=1000)]
+# Markup percents: -100 % (a discount down to zero; the margin floor still applies) up to 1000 %.
+Percent = Annotated[Decimal, BeforeValidator(_exact_decimal), Field(ge=-100, le=1000)]
 Share = Annotated[Decimal, BeforeValidator(_exact_decimal), Field(ge=0, le=1)]
 
 

@@ -200,7 +200,7 @@ def test_wrong_types_are_rejected_not_coerced(raw, named):
         ({"guard": {"max_batch_change_share": 2}}, "key 'guard.max_batch_change_share'"),
         ({"guard": {"max_batch_unavailable_share": "1.01"}}, "key 'guard.max_batch_unavailable_share'"),
         ({"guard": {"max_change_pct": 0}}, "key 'guard.max_change_pct'"),
-        ({"markup": {"percent": "-5"}}, "key 'markup.percent'"),
+        ({"markup": {"percent": "-100.01"}}, "key 'markup.percent'"),
         ({"markup": {"skus": {"SKU-1": "5000"}}}, "key 'markup.skus.SKU-1'"),
         ({"markup": {"min_margin": "-0.01"}}, "key 'markup.min_margin'"),
         ({"markup": {"rounding": {"mode": "step", "step": "0"}}}, "key 'markup.rounding.step'"),

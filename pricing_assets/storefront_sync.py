@@ -8,7 +8,7 @@ left out of the diff, so no change ever travels under two keys."""
 
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,10 +17,14 @@ from typing import Any
 
 import polars as pl
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
     Failure,
     MetadataValue,
+    Output,
     PartitionsDefinition,
     asset,
 )
@@ -194,7 +198,12 @@ def unconfirmed(journal: pl.DataFrame, ledger: pl.DataFrame) -> pl.DataFrame:
 def _journaled_chunks(batch: str, rows: pl.DataFrame) -> list[tuple[int, PushChunk]]:
     """The journal's chunks, rebuilt with the keys they were sent with."""
     return [
-        (int(chunk_id), PushChunk.build(batch, group.drop("chunk", "key"), key=group.get_column("key")[0]))
+        (
+            int(chunk_id),
+            PushChunk.build(
+                batch, group.drop("chunk", "key"), key=group.get_column("key")[0], sent_before=True
+            ),
+        )
         for (chunk_id,), group in rows.group_by("chunk", maintain_order=True)
     ]
 
@@ -245,8 +254,9 @@ def sync_batch(
                 journaled.append(sku)
                 continue
             not_acked.append((chunk_id, sku))
-            if resend and status == DEFERRED:
-                # Not applied now, but the earlier attempt might have been: still in doubt.
+            if resend and (status == DEFERRED or (status == REFUSED and outcome.http_status == 409)):
+                # Not applied now (or a 409 that confirms nothing), but the earlier attempt might
+                # have been: still in doubt, kept in the journal and resent under the same key.
                 status = IN_DOUBT
             if status == IN_DOUBT:
                 journaled.append(sku)
@@ -412,6 +422,35 @@ def _preview(rows: Sequence[Mapping[str, Any]], limit: int = 20) -> str:
     return "\n".join(lines)
 
 
+ACKNOWLEDGED_CHECK = "storefront_acknowledged"
+
+
+def acknowledgement_check(results: Sequence[BatchSync]) -> AssetCheckResult:
+    """Passes when the storefront acknowledged everything the sync sent; else its answers are the reason.
+
+    A refusal (a 4xx, or a 409 that does not confirm a key the journal sent before), a deferral and a
+    request in doubt all fail it, with the storefront's answer in the description and metadata.
+    """
+    totals: Counter[str] = Counter()
+    for outcome in results:
+        totals.update(outcome.counts)
+    counts = {status: totals[status] for status in (REFUSED, DEFERRED, IN_DOUBT)}
+    errors = sorted({error for outcome in results for error in outcome.errors})
+    metadata: dict[str, Any] = {status: MetadataValue.int(count) for status, count in counts.items()}
+    if errors:
+        metadata["reasons"] = MetadataValue.md("\n".join(f"- {error}" for error in errors[:10]))
+    pending = sum(counts.values())
+    return AssetCheckResult(
+        check_name=ACKNOWLEDGED_CHECK,
+        passed=pending == 0,
+        severity=AssetCheckSeverity.ERROR,
+        description=None
+        if pending == 0
+        else f"{pending} prices not acknowledged by the storefront: {'; '.join(errors[:3])}",
+        metadata=metadata,
+    )
+
+
 def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsDefinition:
     """The storefront_sync asset for the catalog batches."""
 
@@ -422,6 +461,14 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         backfill_policy=BATCH_BACKFILL_POLICY,
         kinds={"polars"},
         pool="storefront",
+        check_specs=[
+            AssetCheckSpec(
+                ACKNOWLEDGED_CHECK,
+                asset="storefront_sync",
+                description="The storefront acknowledged every price this sync sent (fails with its "
+                "answer: a refusal, an unconfirmed 409, a deferral, a request in doubt).",
+            )
+        ],
     )
     def storefront_sync(
         context: AssetExecutionContext,
@@ -430,7 +477,7 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         shopify: ShopifyStorefront,
         warehouse: Warehouse,
         service_config: RuntimeConfig,
-    ) -> pl.DataFrame:
+    ) -> Iterator[Any]:
         """What the storefront has acknowledged per SKU, after pushing only what changed, exactly once."""
         started = time.monotonic()
         config = service_config.load()
@@ -506,23 +553,29 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
             for outcome, frame in zip(results, ledgers, strict=True):
                 warehouse.write(frame, LEDGER_KEY, outcome.batch)
             errors = sorted({error for outcome in results for error in outcome.errors})
+            yield acknowledgement_check(results)
             raise Failure(
                 description=f"{failed} prices still pending for the next sync: {'; '.join(errors[:3])}",
                 metadata=metadata,
             )
-        context.add_output_metadata(metadata)
         if not ledgers:
-            return empty_ledger().with_columns(pl.lit(None, dtype=pl.String).alias("batch"))
-        return pl.concat(ledgers)
+            yield Output(
+                empty_ledger().with_columns(pl.lit(None, dtype=pl.String).alias("batch")), metadata=metadata
+            )
+        else:
+            yield Output(pl.concat(ledgers), metadata=metadata)
+        yield acknowledgement_check(results)
 
     return storefront_sync
 
 
 __all__ = [
+    "ACKNOWLEDGED_CHECK",
     "PENDING_STATUSES",
     "SYNC_SCHEMA",
     "BatchSync",
     "PushJournal",
+    "acknowledgement_check",
     "apply_acknowledged",
     "build_storefront_sync_asset",
     "compute_changes",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -40,6 +41,7 @@ from resources.config import CdnFileConfig, ConfigError, RetryConfig, SupplierEn
 from resources.http_retry import parse_retry_after
 from resources.offer_validation import validate_offers
 from resources.schemas import MONEY, OFFERS_SCHEMA, QUARANTINE_SCHEMA, UTC_TS, conform
+from resources.warehouse import remove_orphan_temp_files
 
 # Limits shared by the fast screen and validate_offers, so both paths accept exactly the same rows.
 MAX_PRICE = Decimal("100000")
@@ -51,6 +53,8 @@ _BOM = b"\xef\xbb\xbf"
 _PADDING = (b" ", b"\t", b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\x1f", b"\x85")
 _MAX_HEADER_BYTES = 4096
 _DOWNLOAD_CHUNK = 1 << 20
+DOWNLOAD_PREFIX = ".cdn-download-"
+DOWNLOAD_SUFFIX = ".enc"
 
 
 # ---------------------------------------------------------------- download
@@ -68,6 +72,8 @@ class Download:
     last_modified: str | None = None
     sha256: str | None = None
     attempts: int = 1
+    # Open descriptor holding the temp file's flock while the download is in use (see _save).
+    lock_fd: int | None = None
 
 
 class _Retryable(Exception):
@@ -141,6 +147,10 @@ class CdnFileClient:
         )
         result: Download | None = None
         shown = _safe_url(url)
+        # Downloads a killed run left behind (their lock died with it) go before this one starts.
+        remove_orphan_temp_files(
+            Path(self._tmp_dir or tempfile.gettempdir()), DOWNLOAD_PREFIX, DOWNLOAD_SUFFIX
+        )
         try:
             with httpx.Client(timeout=self._timeout, transport=self._transport, auth=self._auth) as client:
                 result = retrying(self._attempt, client, url, headers, retrying)
@@ -154,6 +164,8 @@ class CdnFileClient:
         finally:
             if result is not None and result.path is not None:
                 result.path.unlink(missing_ok=True)
+            if result is not None and result.lock_fd is not None:
+                os.close(result.lock_fd)
 
     def _attempt(
         self, client: httpx.Client, url: str, headers: dict[str, str], retrying: Retrying
@@ -191,8 +203,12 @@ class CdnFileClient:
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self._max_bytes:
             raise TooLargeError(f"{_safe_url(url)} is {declared} bytes, over max_bytes={self._max_bytes}")
-        fd, name = tempfile.mkstemp(prefix=".cdn-", suffix=".enc", dir=self._tmp_dir)
+        fd, name = tempfile.mkstemp(prefix=DOWNLOAD_PREFIX, suffix=DOWNLOAD_SUFFIX, dir=self._tmp_dir)
         path = Path(name)
+        # Locked for as long as the download is in use: a killed run's file is then an orphan that
+        # the next download removes (remove_orphan_temp_files), never a live one.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock_fd = os.dup(fd)
         digest = hashlib.sha256()
         size = 0
         try:
@@ -205,9 +221,11 @@ class CdnFileClient:
                     handle.write(chunk)
         except httpx.RemoteProtocolError as exc:
             path.unlink(missing_ok=True)
+            os.close(lock_fd)
             raise _IncompleteBody(f"got {size} bytes, then {type(exc).__name__}") from None
         except BaseException:
             path.unlink(missing_ok=True)
+            os.close(lock_fd)
             raise
         return Download(
             unchanged=False,
@@ -218,6 +236,7 @@ class CdnFileClient:
             last_modified=response.headers.get("Last-Modified"),
             sha256=digest.hexdigest(),
             attempts=attempts,
+            lock_fd=lock_fd,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import shutil
@@ -368,6 +369,24 @@ def test_download_retries_server_errors_then_succeeds(tmp_path: Path) -> None:
         path = result.path
     assert not path.exists()
     assert len(sleeps) == 2 and all(0 <= s <= 1.0 for s in sleeps)
+
+
+def test_a_killed_runs_download_is_removed_by_the_next_one_but_a_live_one_is_kept(tmp_path: Path) -> None:
+    """A download is locked while in use; `kill -9` drops the lock, and the next download cleans up."""
+    orphan = tmp_path / ".cdn-download-killed.enc"
+    orphan.write_bytes(b"Salted__ half a file")  # what a killed run leaves: no lock held
+    live = tmp_path / ".cdn-download-live.enc"
+    live.write_bytes(b"Salted__ being read")
+    with live.open("rb") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)  # another run still decrypting it
+        handler = Recorder(httpx.Response(200, content=b"x" * 10))
+        with client(handler, [], tmp_dir=str(tmp_path)).download(URL) as result:
+            assert result.path is not None and result.path.exists()
+            assert not orphan.exists() and live.exists()
+            # Our own download is locked too, so a concurrent download never removes it.
+            with client(Recorder(httpx.Response(200, content=b"y")), [], tmp_dir=str(tmp_path)).download(URL):
+                assert result.path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
 
 
 def test_download_honours_retry_after_within_its_cap() -> None:

@@ -129,6 +129,9 @@ class RateLimitConfig(_Strict):
     requests_per_second: float = Field(default=10.0, gt=0)
     burst: int = Field(default=10, ge=1)
     max_in_flight: int = Field(default=8, ge=1)
+    # The client paces at requests_per_second x (1 - margin): room for scheduling jitter (a client
+    # pacing at exactly the limit drew 429s, docs/suppliers.md).
+    margin: float = Field(default=0.02, ge=0, le=0.5)
 
 
 class RetryConfig(_Strict):

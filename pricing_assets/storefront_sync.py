@@ -31,6 +31,7 @@ from dagster import (
 
 from pricing_assets.checks import split_pushable
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, LEDGER_KEY
+from resources.push_lock import BatchLock, batch_lock_for
 from resources.runtime import RuntimeConfig
 from resources.schemas import MONEY, UTC_TS
 from resources.shopify import ShopifyStorefront, variants_from_catalog
@@ -146,8 +147,15 @@ def apply_acknowledged(ledger: pl.DataFrame, acknowledged: pl.DataFrame, now: da
 class PushJournal:
     """Per batch, the chunks sent that the ledger may not show yet (_journal/storefront_sync/<batch>)."""
 
-    def __init__(self, warehouse: Warehouse) -> None:
+    def __init__(self, warehouse: Warehouse, lock: BatchLock | None = None) -> None:
         self._warehouse = warehouse
+        self._lock = lock
+
+    def exclusive(self, batch: str) -> AbstractContextManager[None]:
+        """Hold the batch's push lock (across processes and machines: resources/push_lock.py)."""
+        if self._lock is None:
+            self._lock = batch_lock_for(self._warehouse.local_root())
+        return self._lock("storefront_sync", batch)
 
     def load(self, batch: str) -> pl.DataFrame:
         """The batch's journal rows (JOURNAL_SCHEMA), empty when never written."""
@@ -225,7 +233,32 @@ def sync_batch(
 
     `pusher` may be None for a dry run. `may_send=False` (the storefront was found unavailable
     earlier in the run) sends nothing and leaves everything pending for the next sync.
+    Everything from reading the journal to writing it back happens under the batch's push lock, so
+    two overlapping syncs of one batch never both diff it (whatever the concurrency pools say): the
+    second one finds the first one's chunks in the journal and resends them under their keys.
     """
+    arguments = {"journal": journal, "pusher": pusher, "push_batch_size": push_batch_size}
+    arguments |= {"dry_run": dry_run, "stats": stats, "now": now, "may_send": may_send}
+    if dry_run:  # writes no journal and sends nothing: nothing to protect
+        return _sync_batch(batch, targets, ledger, **arguments)
+    with journal.exclusive(batch):
+        return _sync_batch(batch, targets, ledger, **arguments)
+
+
+def _sync_batch(
+    batch: str,
+    targets: pl.DataFrame,
+    ledger: pl.DataFrame,
+    *,
+    journal: PushJournal,
+    pusher: StorefrontPusher | None,
+    push_batch_size: int,
+    dry_run: bool,
+    stats: PushStats,
+    now: datetime,
+    may_send: bool = True,
+) -> BatchSync:
+    """sync_batch, with the batch's push lock held."""
     result = BatchSync(batch, ledger)
     on_disk = journal.load(batch)
     outstanding_rows = unconfirmed(on_disk, ledger)

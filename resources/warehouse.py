@@ -194,6 +194,10 @@ class Warehouse(ConfigurableResource):
         """The warehouse root this resource points at."""
         return warehouse_root(self.base_dir)
 
+    def local_root(self) -> Path | None:
+        """The root as a local path, or None when the warehouse is on object storage."""
+        return _local_target(self.root())
+
     def path(self, key_path: Sequence[str], partition: str | None = None) -> UPath:
         """The contract path of a table."""
         return table_path(self.root(), key_path, partition)

@@ -155,6 +155,25 @@ class CdnFileConfig(_Strict):
     max_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     expected_header: list[str] = Field(default_factory=lambda: ["sku", "price", "currency", "stock"])
     delimiter: str = ","
+    # Integrity, where the supplier offers it (docs/cdn_feed.md): paths beside `path`, fetched with the
+    # same base URL and auth, verified before the file is cached.
+    checksum_path: str | None = None  # `sha256sum` output: "<64 hex>  <name>" (or just the hex)
+    signature_path: str | None = None  # detached signature of the file's bytes (raw or base64)
+    signature_public_key: str | None = None  # PEM: RSA/ECDSA (SHA-256, `openssl dgst -sign`) or Ed25519
+    # Without a checksum or signature: a file that loses more than this share of the previous file's
+    # SKUs is held (not cached) with a failed check.
+    max_sku_shrink_share: Share = Decimal("0.2")
+
+    @model_validator(mode="after")
+    def _signature_needs_key(self) -> CdnFileConfig:
+        if self.signature_path and not self.signature_public_key:
+            raise ValueError("signature_path needs signature_public_key (a PEM public key)")
+        return self
+
+    @property
+    def verified(self) -> bool:
+        """Whether the supplier publishes a checksum or a signature the file is checked against."""
+        return bool(self.checksum_path or self.signature_path)
 
 
 class SupplierEntry(_Strict):

@@ -38,6 +38,7 @@ STOREFRONT_SYNC = AssetKey("storefront_sync")
 SYNC_JOB_NAME = "storefront_sync_job"
 # Events read per tick; the rest are read by the next ticks (the cursor only moves past what was read).
 MAX_EVENTS_PER_TICK = 1000
+PUSH_MAX_RUNTIME_SECONDS = 600
 
 
 def build_storefront_sync_job(partitions_def: PartitionsDefinition) -> AssetJob:
@@ -47,6 +48,9 @@ def build_storefront_sync_job(partitions_def: PartitionsDefinition) -> AssetJob:
         selection=AssetSelection.assets(STOREFRONT_SYNC),
         partitions_def=partitions_def,
         description="Push what changed in storefront_prices to the storefront (storefront_sync).",
+        # Run monitoring ends a run over this, freeing the `storefront` pool slot a dead run worker
+        # would hold for ever; the push journal makes the next sync finish what it left.
+        tags={"dagster/max_runtime": str(PUSH_MAX_RUNTIME_SECONDS)},
     )
 
 

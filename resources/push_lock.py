@@ -22,7 +22,9 @@ from pathlib import Path
 from resources.config import ConfigError
 
 LOCK_URL_ENVS = ("PUSH_LOCK_URL", "DAGSTER_PG_URL")
-DEFAULT_TIMEOUT_SECONDS = 900.0  # a batch's push, retries and Retry-After waits included
+# Another sync's push of the batch, retries and Retry-After waits included; less than the push job's
+# max runtime (pricing_assets/push_sensor.py), so a waiting run fails by itself, not by monitoring.
+DEFAULT_TIMEOUT_SECONDS = 300.0
 POLL_SECONDS = 0.1
 
 # A lock: (name, batch) -> a context manager holding it.

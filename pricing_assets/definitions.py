@@ -41,7 +41,7 @@ def default_resources(registry_path: str | None = None) -> dict[str, object]:
     return {
         "io_manager": WarehouseIOManager(),
         "warehouse": Warehouse(),
-        "service_config": RuntimeConfig(),
+        "service_config": RuntimeConfig(registry_path=registry_path),
         "storefront": Storefront.from_env(),
         "suppliers": SupplierClients(registry_path=registry_path),
         "cdn_files": CdnFile(),

@@ -44,6 +44,7 @@ APPROVE_JOB_NAME = "approve_held_prices"
 HELD_JOB_NAME = "held_price_changes_job"
 HELD_SCHEDULE_CRON = "*/5 * * * *"
 # An approval is for one exact change: this SKU, moving away from that pushed price, to that price.
+# A held flip to unavailable has no new price: its key has a null price, and nulls match in the joins.
 CHANGE_KEY = ["sku", "price", "last_pushed_price"]
 PREVIEW_ROWS = 20
 
@@ -107,7 +108,7 @@ def release_approved(guarded: pl.DataFrame, approvals: pl.DataFrame) -> tuple[pl
         return guarded, 0
     indexed = guarded.with_row_index("_row")
     held = indexed.filter(pl.col("held"))
-    matched = held.join(_approved_changes(approvals), on=CHANGE_KEY, how="semi")
+    matched = held.join(_approved_changes(approvals), on=CHANGE_KEY, how="semi", nulls_equal=True)
     if matched.is_empty():
         return guarded, 0
     released, still_held = release_held(held, matched.get_column("sku").to_list())
@@ -120,7 +121,9 @@ def outstanding_holds(holds: pl.DataFrame, approvals: pl.DataFrame) -> pl.DataFr
     """Holds minus the changes already approved (those are released by the next storefront_prices)."""
     if approvals.is_empty() or holds.is_empty():
         return holds
-    return holds.join(_approved_changes(approvals), on=CHANGE_KEY, how="anti", maintain_order="left")
+    return holds.join(
+        _approved_changes(approvals), on=CHANGE_KEY, how="anti", maintain_order="left", nulls_equal=True
+    )
 
 
 def with_held_since(holds: pl.DataFrame, previous: pl.DataFrame | None, now: datetime) -> pl.DataFrame:
@@ -129,9 +132,9 @@ def with_held_since(holds: pl.DataFrame, previous: pl.DataFrame | None, now: dat
         since = holds.with_columns(pl.lit(now).cast(UTC_TS).alias("held_since"))
     else:
         earlier = previous.select([*CHANGE_KEY, pl.col("held_since").cast(UTC_TS)]).unique(CHANGE_KEY)
-        since = holds.join(earlier, on=CHANGE_KEY, how="left", maintain_order="left").with_columns(
-            pl.col("held_since").fill_null(pl.lit(now).cast(UTC_TS))
-        )
+        since = holds.join(
+            earlier, on=CHANGE_KEY, how="left", maintain_order="left", nulls_equal=True
+        ).with_columns(pl.col("held_since").fill_null(pl.lit(now).cast(UTC_TS)))
     return since.select([pl.col(name).cast(dtype) for name, dtype in HELD_SCHEMA.items()])
 
 
@@ -151,15 +154,25 @@ def record_approvals(
 
 
 def prune_consumed(log: pl.DataFrame, warehouse: Warehouse) -> pl.DataFrame:
-    """Approvals whose SKU the storefront still shows at the approved-from price (others are done)."""
+    """Approvals whose SKU the storefront still shows at the approved-from price (others are done).
+
+    An approved flip to unavailable (null price) is done once the storefront shows the SKU unavailable,
+    although it keeps its last price there.
+    """
     ledger = warehouse.read_partitions(LEDGER_KEY)
     if log.is_empty() or ledger is None:
         return log
-    shown = ledger.select("sku", pl.col("price").cast(MONEY).alias("_shown")).unique("sku", keep="last")
+    shown = ledger.select(
+        "sku", pl.col("price").cast(MONEY).alias("_shown"), pl.col("available").alias("_available")
+    ).unique("sku", keep="last")
+    flip_done = pl.col("price").is_null() & ~pl.col("_available")
     return (
         log.join(shown, on="sku", how="left", maintain_order="left")
-        .filter(pl.col("_shown").is_null() | (pl.col("_shown") == pl.col("last_pushed_price")))
-        .drop("_shown")
+        .filter(
+            pl.col("_shown").is_null()
+            | ((pl.col("_shown") == pl.col("last_pushed_price")) & ~flip_done.fill_null(False))
+        )
+        .drop("_shown", "_available")
     )
 
 

@@ -8,7 +8,7 @@ left out of the diff, so no change ever travels under two keys."""
 
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,11 +17,15 @@ from typing import Any
 
 import polars as pl
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
     Config,
     Failure,
     MetadataValue,
+    Output,
     PartitionsDefinition,
     asset,
 )
@@ -31,6 +35,7 @@ from pricing_assets.checks import split_pushable
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, LEDGER_KEY
 from pricing_assets.reconcile import MarkStore, Repair, drift_counts, find_drift
 from resources.partition_metadata import add_partition_metadata, batch_range, table_metadata
+from resources.push_lock import BatchLock, batch_lock_for
 from resources.runtime import RuntimeConfig
 from resources.schemas import MONEY, UTC_TS
 from resources.shopify import ShopifyStorefront, variants_from_catalog
@@ -146,8 +151,15 @@ def apply_acknowledged(ledger: pl.DataFrame, acknowledged: pl.DataFrame, now: da
 class PushJournal:
     """Per batch, the chunks sent that the ledger may not show yet (_journal/storefront_sync/<batch>)."""
 
-    def __init__(self, warehouse: Warehouse) -> None:
+    def __init__(self, warehouse: Warehouse, lock: BatchLock | None = None) -> None:
         self._warehouse = warehouse
+        self._lock = lock
+
+    def exclusive(self, batch: str) -> AbstractContextManager[None]:
+        """Hold the batch's push lock (across processes and machines: resources/push_lock.py)."""
+        if self._lock is None:
+            self._lock = batch_lock_for(self._warehouse.local_root())
+        return self._lock("storefront_sync", batch)
 
     def load(self, batch: str) -> pl.DataFrame:
         """The batch's journal rows (JOURNAL_SCHEMA), empty when never written."""
@@ -198,7 +210,12 @@ def unconfirmed(journal: pl.DataFrame, ledger: pl.DataFrame) -> pl.DataFrame:
 def _journaled_chunks(batch: str, rows: pl.DataFrame) -> list[tuple[int, PushChunk]]:
     """The journal's chunks, rebuilt with the keys they were sent with."""
     return [
-        (int(chunk_id), PushChunk.build(batch, group.drop("chunk", "key"), key=group.get_column("key")[0]))
+        (
+            int(chunk_id),
+            PushChunk.build(
+                batch, group.drop("chunk", "key"), key=group.get_column("key")[0], sent_before=True
+            ),
+        )
         for (chunk_id,), group in rows.group_by("chunk", maintain_order=True)
     ]
 
@@ -220,7 +237,32 @@ def sync_batch(
 
     `pusher` may be None for a dry run. `may_send=False` (the storefront was found unavailable
     earlier in the run) sends nothing and leaves everything pending for the next sync.
+    Everything from reading the journal to writing it back happens under the batch's push lock, so
+    two overlapping syncs of one batch never both diff it (whatever the concurrency pools say): the
+    second one finds the first one's chunks in the journal and resends them under their keys.
     """
+    arguments = {"journal": journal, "pusher": pusher, "push_batch_size": push_batch_size}
+    arguments |= {"dry_run": dry_run, "stats": stats, "now": now, "may_send": may_send}
+    if dry_run:  # writes no journal and sends nothing: nothing to protect
+        return _sync_batch(batch, targets, ledger, **arguments)
+    with journal.exclusive(batch):
+        return _sync_batch(batch, targets, ledger, **arguments)
+
+
+def _sync_batch(
+    batch: str,
+    targets: pl.DataFrame,
+    ledger: pl.DataFrame,
+    *,
+    journal: PushJournal,
+    pusher: StorefrontPusher | None,
+    push_batch_size: int,
+    dry_run: bool,
+    stats: PushStats,
+    now: datetime,
+    may_send: bool = True,
+) -> BatchSync:
+    """sync_batch, with the batch's push lock held."""
     result = BatchSync(batch, ledger)
     on_disk = journal.load(batch)
     outstanding_rows = unconfirmed(on_disk, ledger)
@@ -249,8 +291,9 @@ def sync_batch(
                 journaled.append(sku)
                 continue
             not_acked.append((chunk_id, sku))
-            if resend and status == DEFERRED:
-                # Not applied now, but the earlier attempt might have been: still in doubt.
+            if resend and (status == DEFERRED or (status == REFUSED and outcome.http_status == 409)):
+                # Not applied now (or a 409 that confirms nothing), but the earlier attempt might
+                # have been: still in doubt, kept in the journal and resent under the same key.
                 status = IN_DOUBT
             if status == IN_DOUBT:
                 journaled.append(sku)
@@ -453,6 +496,35 @@ def _batch_metadata(outcome: BatchSync, stats: PushStats, seconds: float) -> dic
     }
 
 
+ACKNOWLEDGED_CHECK = "storefront_acknowledged"
+
+
+def acknowledgement_check(results: Sequence[BatchSync]) -> AssetCheckResult:
+    """Passes when the storefront acknowledged everything the sync sent; else its answers are the reason.
+
+    A refusal (a 4xx, or a 409 that does not confirm a key the journal sent before), a deferral and a
+    request in doubt all fail it, with the storefront's answer in the description and metadata.
+    """
+    totals: Counter[str] = Counter()
+    for outcome in results:
+        totals.update(outcome.counts)
+    counts = {status: totals[status] for status in (REFUSED, DEFERRED, IN_DOUBT)}
+    errors = sorted({error for outcome in results for error in outcome.errors})
+    metadata: dict[str, Any] = {status: MetadataValue.int(count) for status, count in counts.items()}
+    if errors:
+        metadata["reasons"] = MetadataValue.md("\n".join(f"- {error}" for error in errors[:10]))
+    pending = sum(counts.values())
+    return AssetCheckResult(
+        check_name=ACKNOWLEDGED_CHECK,
+        passed=pending == 0,
+        severity=AssetCheckSeverity.ERROR,
+        description=None
+        if pending == 0
+        else f"{pending} prices not acknowledged by the storefront: {'; '.join(errors[:3])}",
+        metadata=metadata,
+    )
+
+
 def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsDefinition:
     """The storefront_sync asset for the catalog batches."""
 
@@ -463,6 +535,14 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         backfill_policy=BATCH_BACKFILL_POLICY,
         kinds={"polars"},
         pool="storefront",
+        check_specs=[
+            AssetCheckSpec(
+                ACKNOWLEDGED_CHECK,
+                asset="storefront_sync",
+                description="The storefront acknowledged every price this sync sent (fails with its "
+                "answer: a refusal, an unconfirmed 409, a deferral, a request in doubt).",
+            )
+        ],
     )
     def storefront_sync(
         context: AssetExecutionContext,
@@ -472,7 +552,7 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         shopify: ShopifyStorefront,
         warehouse: Warehouse,
         service_config: RuntimeConfig,
-    ) -> pl.DataFrame:
+    ) -> Iterator[Any]:
         """What the storefront has acknowledged per SKU, after pushing only what changed, exactly once."""
         started = time.monotonic()
         service = service_config.load()
@@ -598,11 +678,11 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
             for outcome, frame in zip(results, ledgers, strict=True):
                 warehouse.write(frame, LEDGER_KEY, outcome.batch)
             errors = sorted({error for outcome in results for error in outcome.errors})
+            yield acknowledgement_check(results)
             raise Failure(
                 description=f"{failed} prices still pending for the next sync: {'; '.join(errors[:3])}",
                 metadata=metadata,
             )
-        context.add_output_metadata(run_facts)
         blocked_by_batch = dict(blocked.group_by("batch").len().iter_rows()) if blocked.height else {}
         for outcome, frame in zip(results, ledgers, strict=True):
             own = per_batch[outcome.batch]
@@ -614,18 +694,24 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         if would_push:
             context.log.info(f"dry run: would push {len(would_push)} prices in all")
         if not ledgers:
-            return empty_ledger().with_columns(pl.lit(None, dtype=pl.String).alias("batch"))
-        return pl.concat(ledgers)
+            yield Output(
+                empty_ledger().with_columns(pl.lit(None, dtype=pl.String).alias("batch")), metadata=run_facts
+            )
+        else:
+            yield Output(pl.concat(ledgers), metadata=run_facts)
+        yield acknowledgement_check(results)
 
     return storefront_sync
 
 
 __all__ = [
+    "ACKNOWLEDGED_CHECK",
     "PENDING_STATUSES",
     "SYNC_SCHEMA",
     "BatchSync",
     "PushJournal",
     "StorefrontSyncConfig",
+    "acknowledgement_check",
     "apply_acknowledged",
     "build_storefront_sync_asset",
     "compute_changes",

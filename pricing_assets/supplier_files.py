@@ -10,17 +10,21 @@ confirmed the file) lives in a JSON sidecar next to the Parquet.
 
 import hashlib
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
     AssetSelection,
+    Config,
     DataVersion,
     DefaultScheduleStatus,
     Failure,
@@ -30,9 +34,10 @@ from dagster import (
     asset,
     define_asset_job,
 )
+from pydantic import Field
 
-from resources.cdn_crypto import BadRowsError, CdnFeedError, CdnHttpError
-from resources.cdn_file import CdnFile, PriceFile, decrypt_price_file
+from resources.cdn_crypto import BadRowsError, CdnFeedError, CdnHttpError, ShrunkFileError
+from resources.cdn_file import CdnFile, PriceFile, check_sku_shrink, decrypt_price_file
 from resources.config import ConfigError, Registry, SupplierEntry
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, UTC_TS, empty_frame
@@ -73,8 +78,14 @@ def cache_price_file(
     fetched_at: datetime,
     known_currencies: Collection[str],
     quarantine_max_share: float,
+    sha256: str | None = None,
+    accept_sha256: str | None = None,
 ) -> PriceFile:
-    """Decrypt, parse and validate a downloaded file, then publish it as the supplier's cache."""
+    """Decrypt, parse and validate a downloaded file, then publish it as the supplier's cache.
+
+    A file the supplier publishes no checksum or signature for must keep the previous file's SKUs
+    (up to `max_sku_shrink_share`), unless an operator accepted exactly this file (`accept_sha256`).
+    """
     assert entry.cdn is not None, "only cdn_file suppliers have files"
     with path.open("rb") as source:
         price_file = decrypt_price_file(
@@ -86,6 +97,13 @@ def cache_price_file(
             known_currencies=known_currencies,
         )
     check_quality(price_file, max_share=quarantine_max_share)
+    if not entry.cdn.verified and (not accept_sha256 or accept_sha256 != sha256):
+        previous = (
+            warehouse.read(cache_key(entry.id)).get_column("sku")
+            if warehouse.exists(cache_key(entry.id))
+            else None
+        )
+        check_sku_shrink(previous, price_file.offers, max_share=entry.cdn.max_sku_shrink_share, sha256=sha256)
     # Quarantine first: the offers write is the one that makes the new file current.
     warehouse.write(price_file.quarantine, quarantine_key(entry.id))
     warehouse.write(price_file.offers, cache_key(entry.id))
@@ -148,11 +166,14 @@ def _refresh(
     warehouse: Warehouse,
     service_config: RuntimeConfig,
     cdn_files: CdnFile,
+    accept_sha256: str | None = None,
 ) -> MaterializeResult:
     config = service_config.load()
     if not config.enabled(entry.id):
         context.log.info(f"supplier {entry.id} is disabled in SERVICE_CONFIG: file not fetched")
-        return MaterializeResult(metadata={"skipped": "disabled"})
+        # Nothing fetched, nothing to check; a check output is yielded all the same.
+        skipped = integrity_check(entry, passed=True, note="skipped: supplier disabled")
+        return MaterializeResult(metadata={"skipped": "disabled"}, check_results=[skipped])
     key = cache_key(entry.id)
     state: dict[str, Any] = warehouse.read_json(key, STATE_NAME) or {}
     has_cache = warehouse.exists(key)
@@ -192,8 +213,12 @@ def _refresh(
                         "confirmed_at": now.isoformat(),
                     },
                     data_version=DataVersion(state["sha256"]) if state.get("sha256") else None,
+                    check_results=[
+                        integrity_check(entry, passed=True, note="unchanged: the cached file stays")
+                    ],
                 )
             assert download.path is not None
+            verified = cdn_files.verify(entry, download)  # before anything is decrypted or cached
             price_file = cache_price_file(
                 download.path,
                 entry,
@@ -202,15 +227,18 @@ def _refresh(
                 fetched_at=now,
                 known_currencies=known_currencies,
                 quarantine_max_share=float(config.quarantine_max_share),
+                sha256=download.sha256,
+                accept_sha256=accept_sha256,
             )
     except (CdnFeedError, ConfigError) as exc:
         cause = exc.cause if isinstance(exc, CdnFeedError) else "config"
         state["last_error"] = {"cause": cause, "message": str(exc), "at": now.isoformat()}
         warehouse.write_json(state, key, STATE_NAME)
         kept = "previous cache kept" if has_cache else "no previous cache"
+        held = {"held_sha256": exc.sha256} if isinstance(exc, ShrunkFileError) and exc.sha256 else {}
         raise Failure(
             description=f"supplier_files/{entry.id}: {exc} ({kept})",
-            metadata={"cause": cause, "previous_cache": has_cache, **_cache_metadata(state)},
+            metadata={"cause": cause, "previous_cache": has_cache, **held, **_cache_metadata(state)},
             # Only a network problem can go away by itself; a bad file stays bad until replaced.
             allow_retries=cause == "http_error",
         ) from None
@@ -241,8 +269,53 @@ def _refresh(
             "attempts": download.attempts,
             "seconds": round(time.perf_counter() - started, 3),
             "path": MetadataValue.path(str(warehouse.path(key))),
+            "verified": ", ".join(verified) or "no checksum or signature published",
         },
         data_version=DataVersion(download.sha256 or now.isoformat()),
+        check_results=[integrity_check(entry, passed=True, verified=verified, accepted=bool(accept_sha256))],
+    )
+
+
+INTEGRITY_CHECK = "file_integrity"
+_INTEGRITY_CAUSES = ("integrity", "held_shrunk")
+
+
+def integrity_check(
+    entry: SupplierEntry,
+    *,
+    passed: bool,
+    verified: Sequence[str] = (),
+    accepted: bool = False,
+    failure: Failure | None = None,
+    note: str | None = None,
+) -> AssetCheckResult:
+    """The file_integrity check: the cached file matches the supplier's checksum/signature, or (without
+    them) kept the previous file's SKUs; failed when a file was refused or held for either reason."""
+    metadata: dict[str, Any] = {"verified": ", ".join(verified) or "none published"}
+    if accepted:
+        metadata["accepted_by_operator"] = True
+    if note:
+        metadata["note"] = note
+    if failure is not None:
+        metadata |= {
+            name: value for name, value in failure.metadata.items() if name in ("cause", "held_sha256")
+        }
+    return AssetCheckResult(
+        check_name=INTEGRITY_CHECK,
+        passed=passed,
+        severity=AssetCheckSeverity.ERROR,
+        description=None if failure is None else failure.description,
+        metadata=metadata,
+    )
+
+
+class SupplierFileConfig(Config):
+    """Run config of a supplier file refresh."""
+
+    accept_sha256: str = Field(
+        default="",
+        description="Accept the held file with this SHA-256 (from the failed file_integrity check) although "
+        "it lost more SKUs than max_sku_shrink_share",
     )
 
 
@@ -259,15 +332,31 @@ def _build_one(entry: SupplierEntry, known_currencies: Collection[str]) -> Asset
             "decrypted, validated and cached as Parquet."
         ),
         metadata={"supplier": entry.id, "cdn_path": entry.cdn.path},
+        check_specs=[
+            AssetCheckSpec(
+                INTEGRITY_CHECK,
+                asset=AssetKey(cache_key(entry.id)),
+                description="The file matches the supplier's checksum or signature; without them, it kept "
+                "the previous file's SKUs (else it is held, not cached).",
+            )
+        ],
     )
     def supplier_file(
         context: AssetExecutionContext,
+        config: SupplierFileConfig,
         warehouse: Warehouse,
         service_config: RuntimeConfig,
         cdn_files: CdnFile,
-    ) -> MaterializeResult:
+    ) -> Iterator[Any]:
         """The supplier's decrypted price file as validated offers, cached as Parquet."""
-        return _refresh(context, entry, known_currencies, warehouse, service_config, cdn_files)
+        accept = config.accept_sha256.strip() or None
+        try:
+            yield _refresh(context, entry, known_currencies, warehouse, service_config, cdn_files, accept)
+        except Failure as failure:
+            cause = failure.metadata.get("cause")
+            if cause is not None and cause.value in _INTEGRITY_CAUSES:
+                yield integrity_check(entry, passed=False, failure=failure)
+            raise
 
     return supplier_file
 

@@ -26,6 +26,8 @@ from dagster import SensorDefinition as _SensorDefinition
 from resources.runtime import RuntimeConfig
 
 SWEEP_INTERVAL_SECONDS = 30
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+SWEEP_MAX_RUNTIME_SECONDS = 600
 # Range tags are how Dagster itself launches one run over several partitions (backfills do the same).
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -102,6 +104,9 @@ def build_sweep_job(selection: AssetSelection, partitions_def: StaticPartitionsD
         # fetched concurrently inside their steps, and pools serialize them across runs anyway.
         executor_def=in_process_executor,
         description="Fetch offers and price a range of catalog batches (launched by price_sweep).",
+        # Run monitoring ends a run over this (a dead run worker would keep its pool slots for ever);
+        # a sweep run is due every sweep_minutes, so ten minutes is far past any healthy one.
+        tags={MAX_RUNTIME_TAG: str(SWEEP_MAX_RUNTIME_SECONDS)},
     )
 
 

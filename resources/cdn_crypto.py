@@ -36,7 +36,15 @@ Kdf = Literal["pbkdf2", "evp_bytestokey"]
 Digest = Literal["sha256", "sha512", "sha1", "md5"]
 Base64Mode = Literal["auto", "yes", "no"]
 Cause = Literal[
-    "bad_magic", "bad_decrypt", "unexpected_header", "truncated", "too_large", "http_error", "bad_rows"
+    "bad_magic",
+    "bad_decrypt",
+    "unexpected_header",
+    "truncated",
+    "too_large",
+    "http_error",
+    "bad_rows",
+    "integrity",
+    "held_shrunk",
 ]
 
 
@@ -94,6 +102,25 @@ class BadRowsError(CdnFeedError):
     """The file decrypted but too many of its rows failed validation to trust it."""
 
     cause = "bad_rows"
+
+
+class IntegrityError(CdnFeedError):
+    """The file does not match the checksum or detached signature the supplier publishes beside it."""
+
+    cause = "integrity"
+
+
+class ShrunkFileError(CdnFeedError):
+    """Without a checksum or signature, the file lost more of the previous file's SKUs than allowed:
+    held, not cached, until it is fixed or accepted."""
+
+    cause = "held_shrunk"
+
+    def __init__(self, detail: str, *, sha256: str | None, lost: int, previous: int) -> None:
+        super().__init__(detail)
+        self.sha256 = sha256
+        self.lost = lost
+        self.previous = previous
 
 
 def derive_key_iv(

@@ -8,12 +8,15 @@ the plaintext; `parse_price_file` does the same for plaintext already in memory.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import os
 import random
+import re
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -24,6 +27,9 @@ from typing import BinaryIO
 
 import httpx
 import polars as pl
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 from dagster import ConfigurableResource
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
@@ -31,7 +37,9 @@ from resources.cdn_crypto import (
     DEFAULT_CHUNK,
     CdnFeedError,
     CdnHttpError,
+    IntegrityError,
     OpenSSLDecryptor,
+    ShrunkFileError,
     TooLargeError,
     TruncatedError,
     UnexpectedHeaderError,
@@ -40,6 +48,7 @@ from resources.config import CdnFileConfig, ConfigError, RetryConfig, SupplierEn
 from resources.http_retry import parse_retry_after
 from resources.offer_validation import validate_offers
 from resources.schemas import MONEY, OFFERS_SCHEMA, QUARANTINE_SCHEMA, UTC_TS, conform
+from resources.warehouse import remove_orphan_temp_files
 
 # Limits shared by the fast screen and validate_offers, so both paths accept exactly the same rows.
 MAX_PRICE = Decimal("100000")
@@ -51,6 +60,8 @@ _BOM = b"\xef\xbb\xbf"
 _PADDING = (b" ", b"\t", b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\x1f", b"\x85")
 _MAX_HEADER_BYTES = 4096
 _DOWNLOAD_CHUNK = 1 << 20
+DOWNLOAD_PREFIX = ".cdn-download-"
+DOWNLOAD_SUFFIX = ".enc"
 
 
 # ---------------------------------------------------------------- download
@@ -68,6 +79,8 @@ class Download:
     last_modified: str | None = None
     sha256: str | None = None
     attempts: int = 1
+    # Open descriptor holding the temp file's flock while the download is in use (see _save).
+    lock_fd: int | None = None
 
 
 class _Retryable(Exception):
@@ -141,6 +154,10 @@ class CdnFileClient:
         )
         result: Download | None = None
         shown = _safe_url(url)
+        # Downloads a killed run left behind (their lock died with it) go before this one starts.
+        remove_orphan_temp_files(
+            Path(self._tmp_dir or tempfile.gettempdir()), DOWNLOAD_PREFIX, DOWNLOAD_SUFFIX
+        )
         try:
             with httpx.Client(timeout=self._timeout, transport=self._transport, auth=self._auth) as client:
                 result = retrying(self._attempt, client, url, headers, retrying)
@@ -154,6 +171,8 @@ class CdnFileClient:
         finally:
             if result is not None and result.path is not None:
                 result.path.unlink(missing_ok=True)
+            if result is not None and result.lock_fd is not None:
+                os.close(result.lock_fd)
 
     def _attempt(
         self, client: httpx.Client, url: str, headers: dict[str, str], retrying: Retrying
@@ -191,8 +210,12 @@ class CdnFileClient:
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self._max_bytes:
             raise TooLargeError(f"{_safe_url(url)} is {declared} bytes, over max_bytes={self._max_bytes}")
-        fd, name = tempfile.mkstemp(prefix=".cdn-", suffix=".enc", dir=self._tmp_dir)
+        fd, name = tempfile.mkstemp(prefix=DOWNLOAD_PREFIX, suffix=DOWNLOAD_SUFFIX, dir=self._tmp_dir)
         path = Path(name)
+        # Locked for as long as the download is in use: a killed run's file is then an orphan that
+        # the next download removes (remove_orphan_temp_files), never a live one.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock_fd = os.dup(fd)
         digest = hashlib.sha256()
         size = 0
         try:
@@ -205,9 +228,11 @@ class CdnFileClient:
                     handle.write(chunk)
         except httpx.RemoteProtocolError as exc:
             path.unlink(missing_ok=True)
+            os.close(lock_fd)
             raise _IncompleteBody(f"got {size} bytes, then {type(exc).__name__}") from None
         except BaseException:
             path.unlink(missing_ok=True)
+            os.close(lock_fd)
             raise
         return Download(
             unchanged=False,
@@ -218,6 +243,7 @@ class CdnFileClient:
             last_modified=response.headers.get("Last-Modified"),
             sha256=digest.hexdigest(),
             attempts=attempts,
+            lock_fd=lock_fd,
         )
 
 
@@ -245,6 +271,36 @@ class CdnFile(ConfigurableResource):
             tmp_dir=self.tmp_dir,
         )
 
+    def side_url(self, entry: SupplierEntry, path: str) -> str:
+        """The URL of a file the supplier publishes beside the price file (checksum, signature)."""
+        return entry.resolved_base_url().rstrip("/") + "/" + path.lstrip("/")
+
+    def verify(self, entry: SupplierEntry, download: Download) -> list[str]:
+        """Check a downloaded file against the checksum and/or detached signature the registry names.
+
+        Returns what was verified ("sha256", "signature"); raises IntegrityError on a mismatch, before
+        anything is decrypted or cached.
+        """
+        cdn = entry.cdn
+        if cdn is None or download.path is None or download.sha256 is None:
+            return []
+        verified = []
+        client = self.client(entry)
+        if cdn.checksum_path:
+            published = _read_side_file(client, self.side_url(entry, cdn.checksum_path), "checksum")
+            verify_checksum(
+                download.sha256, published, source=_safe_url(self.side_url(entry, cdn.checksum_path))
+            )
+            verified.append("sha256")
+        if cdn.signature_path and cdn.signature_public_key:
+            url = self.side_url(entry, cdn.signature_path)
+            signature = _read_side_file(client, url, "signature")
+            verify_signature(
+                download.path, download.sha256, signature, cdn.signature_public_key, source=_safe_url(url)
+            )
+            verified.append("signature")
+        return verified
+
     def passphrase(self, entry: SupplierEntry) -> bytes:
         """The file's passphrase from the environment variable the registry names."""
         if entry.cdn is None:
@@ -256,6 +312,88 @@ class CdnFile(ConfigurableResource):
                 "(the CDN file passphrase) is not set"
             )
         return value.encode()
+
+
+_SIDE_FILE_MAX = 64 * 1024
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\s]+$")
+
+
+def _read_side_file(client: CdnFileClient, url: str, what: str) -> bytes:
+    """A small file beside the price file (same retries and auth); unreadable is an http_error."""
+    try:
+        with client.download(url) as side:
+            if side.path is None or side.size > _SIDE_FILE_MAX:
+                raise IntegrityError(f"the {what} file {_safe_url(url)} is missing or larger than 64 KiB")
+            return side.path.read_bytes()
+    except CdnHttpError as exc:
+        raise CdnHttpError(f"{what} file: {exc.detail}", status_code=exc.status_code) from None
+
+
+def verify_checksum(sha256: str, published: bytes, *, source: str) -> None:
+    """`published` is `sha256sum` output ("<hex>  <name>") or the bare hex; it must equal `sha256`."""
+    text = published.decode("ascii", errors="replace").strip()
+    token = text.split()[0] if text else ""
+    if not _HEX64.match(token):
+        raise IntegrityError(f"{source} does not hold a SHA-256 checksum (got {text[:40]!r})")
+    if token.lower() != sha256.lower():
+        raise IntegrityError(
+            f"the file's SHA-256 {sha256[:16]}... does not match the checksum published at {source} "
+            f"({token.lower()[:16]}...): corrupted or tampered with on the way"
+        )
+
+
+def verify_signature(path: Path, sha256: str, signature: bytes, public_key_pem: str, *, source: str) -> None:
+    """Verify a detached signature of the file: RSA or ECDSA over SHA-256 (`openssl dgst -sha256 -sign`,
+    checked against the digest already computed while downloading), or Ed25519 over the bytes."""
+    try:
+        key = serialization.load_pem_public_key(public_key_pem.encode())
+    except ValueError as exc:
+        raise ConfigError(f"cdn signature_public_key is not a PEM public key: {exc}") from None
+    candidates = [signature]
+    if _BASE64_TEXT.match(signature):
+        with contextlib.suppress(ValueError):
+            candidates.append(base64.b64decode(b"".join(signature.split()), validate=True))
+    digest = bytes.fromhex(sha256)
+    for candidate in candidates:
+        try:
+            if isinstance(key, rsa.RSAPublicKey):
+                key.verify(candidate, digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+            elif isinstance(key, ec.EllipticCurvePublicKey):
+                key.verify(candidate, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+            elif isinstance(key, ed25519.Ed25519PublicKey):
+                key.verify(candidate, path.read_bytes())
+            else:
+                raise ConfigError(f"cdn signature_public_key: unsupported key type {type(key).__name__}")
+            return
+        except InvalidSignature:
+            continue
+    raise IntegrityError(f"the file's signature from {source} does not verify with the registry's public key")
+
+
+def check_sku_shrink(
+    previous_skus: pl.Series | None,
+    offers: pl.DataFrame,
+    *,
+    max_share: Decimal,
+    sha256: str | None,
+) -> None:
+    """Raise ShrunkFileError when the new file lost more than `max_share` of the previous file's SKUs."""
+    if previous_skus is None or previous_skus.len() == 0:
+        return
+    previous = previous_skus.unique()
+    lost = int((~previous.is_in(offers.get_column("sku").implode())).sum())
+    # lost / previous > max_share, exactly
+    if Decimal(lost) > max_share * previous.len():
+        share = lost / previous.len()
+        raise ShrunkFileError(
+            f"the new file has lost {lost} of the previous file's {previous.len()} SKUs ({share:.1%} > "
+            f"{max_share:.0%}) and the supplier publishes no checksum or signature to prove it whole: held, "
+            f"not cached; if it is right, accept it with run config accept_sha256: {sha256}",
+            sha256=sha256,
+            lost=lost,
+            previous=previous.len(),
+        )
 
 
 def _secret(entry: SupplierEntry, name: str) -> str:
@@ -728,6 +866,9 @@ __all__ = [
     "Download",
     "PriceFile",
     "PriceFileParser",
+    "check_sku_shrink",
     "decrypt_price_file",
     "parse_price_file",
+    "verify_checksum",
+    "verify_signature",
 ]

@@ -6,13 +6,22 @@ import json
 import os
 import re
 from datetime import timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "pricing_assets" / "suppliers.yaml"
 _ENV_REF = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?::-(?P<default>[^}]*))?\}")
@@ -23,7 +32,55 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a bool or a string is never coerced into a number (`true` is not 1, "50" is not 50).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _exact_decimal(value: Any) -> Any:
+    """A decimal from a string, an integer or an exact decimal; never from a bool or a binary float."""
+    if isinstance(value, bool):
+        raise ValueError("expected a decimal number, got a boolean")
+    if isinstance(value, float):
+        raise ValueError('expected a decimal as a string (e.g. "0.92"), got a binary float')
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, str):
+        try:
+            parsed = Decimal(value.strip())
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a decimal number") from None
+        value = parsed
+    if isinstance(value, Decimal) and not value.is_finite():
+        raise ValueError("expected a finite decimal number")
+    return value
+
+
+_LAX_TIMEDELTA: TypeAdapter[timedelta] = TypeAdapter(timedelta)
+
+
+def _duration(value: Any) -> Any:
+    """A duration from seconds (an integer or decimal number) or an ISO 8601 string such as "PT30M"."""
+    if isinstance(value, bool):
+        raise ValueError("expected seconds or an ISO 8601 duration, got a boolean")
+    if isinstance(value, int | Decimal):
+        return timedelta(seconds=float(value))
+    if isinstance(value, str):
+        if not value.strip().lstrip("-").upper().startswith("P"):
+            raise ValueError(
+                f'{value!r} is not an ISO 8601 duration (e.g. "PT30M"); give seconds as a number'
+            )
+        try:
+            return _LAX_TIMEDELTA.validate_python(value.strip())
+        except ValidationError:
+            raise ValueError(f"{value!r} is not an ISO 8601 duration") from None
+    return value
+
+
+ExactDecimal = Annotated[Decimal, BeforeValidator(_exact_decimal)]
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+# Markup percents: -100 % (a discount down to zero; the margin floor still applies) up to 1000 %.
+Percent = Annotated[Decimal, BeforeValidator(_exact_decimal), Field(ge=-100, le=1000)]
+Share = Annotated[Decimal, BeforeValidator(_exact_decimal), Field(ge=0, le=1)]
 
 
 # ---------------------------------------------------------------- supplier registry
@@ -72,6 +129,9 @@ class RateLimitConfig(_Strict):
     requests_per_second: float = Field(default=10.0, gt=0)
     burst: int = Field(default=10, ge=1)
     max_in_flight: int = Field(default=8, ge=1)
+    # The client paces at requests_per_second x (1 - margin): room for scheduling jitter (a client
+    # pacing at exactly the limit drew 429s, docs/suppliers.md).
+    margin: float = Field(default=0.02, ge=0, le=0.5)
 
 
 class RetryConfig(_Strict):
@@ -95,6 +155,25 @@ class CdnFileConfig(_Strict):
     max_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     expected_header: list[str] = Field(default_factory=lambda: ["sku", "price", "currency", "stock"])
     delimiter: str = ","
+    # Integrity, where the supplier offers it (docs/cdn_feed.md): paths beside `path`, fetched with the
+    # same base URL and auth, verified before the file is cached.
+    checksum_path: str | None = None  # `sha256sum` output: "<64 hex>  <name>" (or just the hex)
+    signature_path: str | None = None  # detached signature of the file's bytes (raw or base64)
+    signature_public_key: str | None = None  # PEM: RSA/ECDSA (SHA-256, `openssl dgst -sign`) or Ed25519
+    # Without a checksum or signature: a file that loses more than this share of the previous file's
+    # SKUs is held (not cached) with a failed check.
+    max_sku_shrink_share: Share = Decimal("0.2")
+
+    @model_validator(mode="after")
+    def _signature_needs_key(self) -> CdnFileConfig:
+        if self.signature_path and not self.signature_public_key:
+            raise ValueError("signature_path needs signature_public_key (a PEM public key)")
+        return self
+
+    @property
+    def verified(self) -> bool:
+        """Whether the supplier publishes a checksum or a signature the file is checked against."""
+        return bool(self.checksum_path or self.signature_path)
 
 
 class SupplierEntry(_Strict):
@@ -139,7 +218,7 @@ class Registry(_Strict):
 
     store_currency: str = "EUR"
     catalog_batches: int = Field(default=16, ge=1, le=1000)
-    fx: dict[str, Decimal] = Field(default_factory=dict)  # 1 unit of key = value store currency
+    fx: dict[str, Annotated[ExactDecimal, Field(gt=0)]] = Field(default_factory=dict)  # 1 key = value store
     suppliers: list[SupplierEntry]
     source: str = "<memory>"
 
@@ -199,16 +278,62 @@ def expand_env(value: str, environ: dict[str, str] | None = None, *, where: str 
 def _format_errors(source: str, error: ValidationError) -> str:
     parts = []
     for item in error.errors():
-        loc = ".".join(str(piece) for piece in item["loc"])
-        parts.append(f"key '{loc}': {item['msg']}")
+        # Annotated validators add a "function-before[...]" step to the location: not a key.
+        loc = ".".join(str(piece) for piece in item["loc"] if not str(piece).startswith("function-"))
+        parts.append(f"key '{loc}': {item['msg'].removeprefix('Value error, ')}")
     return f"{source}: " + "; ".join(parts)
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object's (key, value) pairs in document order, before duplicates are ruled on."""
+
+
+def _without_duplicates(value: Any, source: str, path: str = "") -> Any:
+    """The parsed JSON with objects as dicts; a key given twice in one object is a ConfigError."""
+    if isinstance(value, _Pairs):
+        result: dict[str, Any] = {}
+        for key, item in value:
+            where = f"{path}.{key}" if path else key
+            if key in result:
+                raise ConfigError(f"{source}: key '{where}': given more than once")
+            result[key] = _without_duplicates(item, source, where)
+        return result
+    if isinstance(value, list):
+        return [_without_duplicates(item, source, f"{path}[{i}]") for i, item in enumerate(value)]
+    return value
+
+
+def parse_json_strict(text: str, source: str) -> Any:
+    """JSON with duplicate keys rejected and fractional numbers read as exact Decimals."""
+    try:
+        raw = json.loads(text, object_pairs_hook=_Pairs, parse_float=Decimal)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+    return _without_duplicates(raw, source)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """The mapping, after checking no key occurs twice in it."""
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given more than once (line {line})", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_registry(path: str | Path | None = None) -> Registry:
     """Load and validate the supplier registry; errors name the file and the key."""
     file = Path(path or os.environ.get("SUPPLIER_REGISTRY") or DEFAULT_REGISTRY)
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = yaml.load(file.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except FileNotFoundError as exc:
         raise ConfigError(f"{file}: supplier registry not found") from exc
     except yaml.YAMLError as exc:
@@ -234,24 +359,28 @@ class RoundingConfig(_Strict):
     """How a marked-up price is rounded: none, a .99 ending, or the nearest step."""
 
     mode: Literal["none", "ending_99", "step"] = "none"
-    step: Decimal = Field(default=Decimal("0.05"), gt=0)
+    step: ExactDecimal = Field(default=Decimal("0.05"), gt=0, le=1000)
 
 
 class MarkupConfig(_Strict):
     """Markup rules: global percent, per-category and per-SKU overrides, floor margin."""
 
-    percent: Decimal = Decimal("15")
-    categories: dict[str, Decimal] = Field(default_factory=dict)
-    skus: dict[str, Decimal] = Field(default_factory=dict)
+    percent: Percent = Decimal("15")
+    categories: dict[str, Percent] = Field(default_factory=dict)
+    skus: dict[str, Percent] = Field(default_factory=dict)
     rounding: RoundingConfig = RoundingConfig()
-    min_margin: Decimal = Field(default=Decimal("0.05"), ge=0)
+    # A fraction of cost: 0.05 = 5 %; at most 10 (1000 %).
+    min_margin: ExactDecimal = Field(default=Decimal("0.05"), ge=0, le=10)
 
 
 class GuardConfig(_Strict):
-    """Thresholds above which price changes are held for approval."""
+    """Thresholds above which price changes (and availability flips) are held for approval."""
 
-    max_change_pct: Decimal = Field(default=Decimal("30"), gt=0)
-    max_batch_change_share: Decimal = Field(default=Decimal("0.5"), gt=0, le=1)
+    max_change_pct: ExactDecimal = Field(default=Decimal("30"), gt=0, le=1000)
+    max_batch_change_share: ExactDecimal = Field(default=Decimal("0.5"), gt=0, le=1)
+    # More than this share of a batch's SKUs turning unavailable at once is held (a bad value or a
+    # bad supplier must not empty the storefront).
+    max_batch_unavailable_share: Share = Decimal("0.25")
 
 
 class ServiceConfig(_Strict):
@@ -261,12 +390,19 @@ class ServiceConfig(_Strict):
     suppliers: dict[str, SupplierSwitch] = Field(default_factory=dict)
     markup: MarkupConfig = MarkupConfig()
     guard: GuardConfig = GuardConfig()
-    staleness_ttl: timedelta = timedelta(minutes=30)
-    sweep_minutes: int = Field(default=5, ge=1)
+    staleness_ttl: Duration = timedelta(minutes=30)
+    sweep_minutes: int = Field(default=5, ge=1, le=1440)
     sweep_batches_per_run: int = Field(default=16, ge=1)
-    push_batch_size: int = Field(default=500, ge=1)
-    quarantine_max_share: Decimal = Field(default=Decimal("0.2"), ge=0, le=1)
+    push_batch_size: int = Field(default=500, ge=1, le=10_000)
+    quarantine_max_share: Share = Decimal("0.2")
     source: str = "<defaults>"
+
+    @field_validator("staleness_ttl")
+    @classmethod
+    def _positive_ttl(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be more than 0 seconds (0 or less would make every offer stale)")
+        return value
 
     def enabled(self, supplier_id: str) -> bool:
         """Whether a supplier is switched on (suppliers not listed are on)."""
@@ -283,8 +419,14 @@ class ServiceConfig(_Strict):
             )
 
 
-def load_service_config(environ: dict[str, str] | None = None) -> ServiceConfig:
-    """Read SERVICE_CONFIG (JSON) from the env var or the file SERVICE_CONFIG_FILE names."""
+def load_service_config(
+    environ: dict[str, str] | None = None, *, known_suppliers: list[str] | None = None
+) -> ServiceConfig:
+    """Read SERVICE_CONFIG (JSON) from the env var or the file SERVICE_CONFIG_FILE names.
+
+    With `known_suppliers` (the registry's ids), a switch for any other supplier is rejected here,
+    when the config is read, before anything is fetched.
+    """
     env = os.environ if environ is None else environ
     if env.get("SERVICE_CONFIG"):
         source, text = "SERVICE_CONFIG (environment variable)", env["SERVICE_CONFIG"]
@@ -296,13 +438,13 @@ def load_service_config(environ: dict[str, str] | None = None) -> ServiceConfig:
             raise ConfigError(f"{source}: cannot read: {exc.strerror}") from exc
     else:
         return ServiceConfig()
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+    raw = parse_json_strict(text, source)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a JSON object")
     try:
-        return ServiceConfig.model_validate({**raw, "source": source})
+        config = ServiceConfig.model_validate({**raw, "source": source})
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from exc
+    if known_suppliers is not None:
+        config.check_suppliers(known_suppliers)
+    return config

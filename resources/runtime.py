@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
-from dagster import ConfigurableResource
+import os
+from functools import lru_cache
+from pathlib import Path
 
-from resources.config import ServiceConfig, load_service_config
+from dagster import ConfigurableResource, Failure
+from pydantic import Field
+
+from resources.config import DEFAULT_REGISTRY, ConfigError, ServiceConfig, load_registry, load_service_config
+
+
+@lru_cache(maxsize=8)
+def _registry_ids(path: str, mtime_ns: int) -> tuple[str, ...]:
+    """The supplier ids of a registry file, cached per file version (it is read at every step)."""
+    return tuple(load_registry(path).order)
+
+
+def registry_ids(path: str | None = None) -> list[str]:
+    """The supplier ids of the registry at `path`, else $SUPPLIER_REGISTRY, else the shipped one."""
+    file = Path(path or os.environ.get("SUPPLIER_REGISTRY") or DEFAULT_REGISTRY)
+    try:
+        mtime = file.stat().st_mtime_ns
+    except OSError:
+        mtime = -1  # load_registry names the missing file
+    return list(_registry_ids(str(file), mtime))
 
 
 class RuntimeConfig(ConfigurableResource):
@@ -12,9 +33,24 @@ class RuntimeConfig(ConfigurableResource):
 
     # A JSON string set here wins over the environment; tests use it, deployments leave it empty.
     override_json: str | None = None
+    registry_path: str | None = Field(
+        default=None,
+        description="The supplier registry whose ids SERVICE_CONFIG may switch; unset: $SUPPLIER_REGISTRY, "
+        "else the shipped registry",
+    )
 
     def load(self) -> ServiceConfig:
-        """Read and validate SERVICE_CONFIG now (env var, else SERVICE_CONFIG_FILE, else defaults)."""
-        if self.override_json is not None:
-            return load_service_config({"SERVICE_CONFIG": self.override_json})
-        return load_service_config()
+        """Read and validate SERVICE_CONFIG now (env var, else SERVICE_CONFIG_FILE, else defaults).
+
+        An invalid value, or a switch for a supplier the registry does not have, fails the step with a
+        dagster Failure whose description names the source (env var or file) and the key, so the UI
+        shows both on its first line.
+        """
+        try:
+            known = registry_ids(self.registry_path)
+            if self.override_json is not None:
+                return load_service_config({"SERVICE_CONFIG": self.override_json}, known_suppliers=known)
+            return load_service_config(known_suppliers=known)
+        except ConfigError as exc:
+            # The description is the whole message: the UI shows it on the failed step's first line.
+            raise Failure(description=str(exc), allow_retries=False) from None

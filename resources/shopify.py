@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Any
 
@@ -44,6 +45,8 @@ LIVE_VARIANTS_QUERY = """query LiveVariants($first: Int!, $after: String) {
   }
 }"""
 VARIANT_COUNT_QUERY = "query VariantCount { productVariantsCount { count precision } }"
+
+CENT = Decimal("0.01")
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ def bulk_update_document(products: int) -> str:
     params = ", ".join(f"$p{i}: ID!, $v{i}: [ProductVariantsBulkInput!]!" for i in range(products))
     fields = "\n".join(
         f"  p{i}: productVariantsBulkUpdate(productId: $p{i}, variants: $v{i}, allowPartialUpdates: true) "
-        "{ productVariants { id } userErrors { field message code } }"
+        "{ productVariants { id price inventoryPolicy } userErrors { field message code } }"
         for i in range(products)
     )
     return f"mutation PushPrices({params}) {{\n{fields}\n}}"
@@ -158,7 +161,8 @@ class ShopifyPusher:
             if ref is None:
                 per_sku[entry["sku"]] = (REFUSED, "SKU has no Shopify variant in the catalog")
             else:
-                products.setdefault(ref.product_id, []).append(entry)
+                # The variant id travels with the entry so the answer can be checked against it.
+                products.setdefault(ref.product_id, []).append({**entry, "_variant_id": ref.variant_id})
         queue = list(products.items())
         attempts = 0
         last_status: int | None = None
@@ -243,7 +247,7 @@ class ShopifyPusher:
                     if "MAX_COST_EXCEEDED" in codes and len(group) > 1:
                         return None
                     if body.get("data"):
-                        return _user_errors(group, body), attempts, last_status
+                        return _confirmations(group, body), attempts, last_status
                     message = _error_messages(body)
                     if "INTERNAL_SERVER_ERROR" in codes:
                         maybe_applied = True
@@ -283,6 +287,51 @@ def _error_messages(body: Mapping[str, Any]) -> str:
     return "; ".join(str(e.get("message", e)) for e in errors or [] if isinstance(e, dict))[:300] or "no data"
 
 
+def _confirms(entry: Mapping[str, Any], returned: Mapping[str, Any] | None) -> bool:
+    """Whether the variant Shopify returned shows the change: its availability policy and its price.
+
+    Shopify keeps prices to the currency's minor unit, so a price within one cent of what was sent
+    confirms it (a change smaller than a cent is not a change anyone could see).
+    """
+    if returned is None:
+        return False
+    if returned.get("inventoryPolicy") != ("CONTINUE" if entry["available"] else "DENY"):
+        return False
+    if entry.get("price") is None:
+        return True
+    try:
+        shown = Decimal(str(returned.get("price")))
+    except (InvalidOperation, ValueError):
+        return False
+    return shown.is_finite() and abs(shown - Decimal(entry["price"])) < CENT
+
+
+def _confirmations(
+    group: list[tuple[str, list[Mapping[str, Any]]]], body: Mapping[str, Any]
+) -> dict[str, tuple[str, str]]:
+    """Per-SKU failures of a mutation answer: userErrors are refusals, and a variant the answer does
+    not show with the values sent is in doubt (no error is not the same as applied)."""
+    failed = _user_errors(group, body)
+    data = body.get("data") or {}
+    for i, (_, items) in enumerate(group):
+        result = data.get(f"p{i}")
+        if result is None:
+            continue  # _user_errors ruled on it
+        variants = result.get("productVariants") or []
+        shown = {v.get("id"): v for v in variants if isinstance(v, dict)}
+        for entry in items:
+            if entry["sku"] in failed:
+                continue
+            variant_id = entry["_variant_id"]
+            if not _confirms(entry, shown.get(variant_id)):
+                failed[entry["sku"]] = (
+                    IN_DOUBT,
+                    f"Shopify answered without errors but did not confirm variant {variant_id} "
+                    f"(price {entry.get('price')}, available {entry['available']})",
+                )
+    return failed
+
+
 def _user_errors(
     group: list[tuple[str, list[Mapping[str, Any]]]], body: Mapping[str, Any]
 ) -> dict[str, tuple[str, str]]:
@@ -292,8 +341,13 @@ def _user_errors(
     for i, (_, items) in enumerate(group):
         result = data.get(f"p{i}")
         if result is None:
-            message = _error_messages(body)
-            failed.update({e["sku"]: (REFUSED, f"Shopify: {message}") for e in items})
+            # A null result with GraphQL errors was refused; with none, nobody says what happened.
+            if body.get("errors"):
+                message = _error_messages(body)
+                failed.update({e["sku"]: (REFUSED, f"Shopify: {message}") for e in items})
+            else:
+                reason = f"Shopify returned no result for product alias p{i}"
+                failed.update({e["sku"]: (IN_DOUBT, reason) for e in items})
             continue
         for error in result.get("userErrors") or []:
             path = error.get("field") or []

@@ -26,9 +26,9 @@ ADAPTER_ENV = "STOREFRONT_ADAPTER"
 
 # Outcome of one push, for the whole chunk or (in PushOutcome.per_sku) for single SKUs:
 APPLIED = "applied"  # the storefront applied it now
-ALREADY_APPLIED = "already_applied"  # 409: applied by an earlier attempt with the same key
+ALREADY_APPLIED = "already_applied"  # 409 confirming the key, which an earlier attempt may have applied
 PARTIAL = "partial"  # applied except the SKUs listed in per_sku (Shopify userErrors)
-REFUSED = "refused"  # a definitive no (4xx other than 409/429): nothing applied, not retried
+REFUSED = "refused"  # a definitive no (4xx other than 429, or an unconfirmed 409): not retried
 DEFERRED = "deferred"  # only 429/503 or no connection: certainly not applied, try at the next sync
 IN_DOUBT = "in_doubt"  # retries ran out after an attempt that may have been applied (5xx, timeout)
 ACKNOWLEDGED = "acknowledged"  # per-SKU view of applied / already_applied / partial
@@ -85,19 +85,26 @@ def key_of_body(body: bytes) -> str:
 
 @dataclass(frozen=True)
 class PushChunk:
-    """One push request: its entries, the exact body and the Idempotency-Key derived from it."""
+    """One push request: its entries, the exact body and the Idempotency-Key derived from it.
+
+    `sent_before` marks a chunk resent from the push journal: an earlier sync journaled and sent it,
+    so the storefront may have applied it, and a 409 confirming its key is "already applied".
+    """
 
     batch: str
     entries: pl.DataFrame
     body: bytes
     key: str
+    sent_before: bool = False
 
     @classmethod
-    def build(cls, batch: str, entries: pl.DataFrame, key: str | None = None) -> PushChunk:
+    def build(
+        cls, batch: str, entries: pl.DataFrame, key: str | None = None, *, sent_before: bool = False
+    ) -> PushChunk:
         """Encode the entries; `key` is given when resending a chunk whose key was journaled."""
         entries = conform_entries(entries)
         body = encode_body(batch, entries)
-        return cls(batch, entries, body, key or key_of_body(body))
+        return cls(batch, entries, body, key or key_of_body(body), sent_before)
 
     @classmethod
     def from_entries(cls, batch: str, entries: Sequence[Mapping[str, Any]]) -> PushChunk:
@@ -178,6 +185,34 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={digest}"
 
 
+def confirmed_key(response: httpx.Response) -> str | None:
+    """The Idempotency-Key a 409 body says the storefront applied earlier, or None if it names none.
+
+    The contract (docs/storefront.md): `{"status": "already_applied", "idempotency_key": "<key>"}`.
+    """
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("status") != "already_applied":
+        return None
+    key = body.get("idempotency_key")
+    return key if isinstance(key, str) else None
+
+
+def conflict_error(chunk: PushChunk, response: httpx.Response) -> str:
+    """Why a 409 is not taken as "already applied", with the storefront's body as the reason."""
+    named = confirmed_key(response)
+    body = response.text[:300] or "<empty body>"
+    if named is None:
+        why = "does not confirm the Idempotency-Key sent"
+    elif named != chunk.key:
+        why = f"confirms another Idempotency-Key ({named[:12]}...)"
+    else:
+        why = "confirms a key never sent before (not journaled by an earlier sync)"
+    return f"storefront answered 409 for batch {chunk.batch} but {why}: {body}"
+
+
 def retry_after_seconds(value: str | None, default: float) -> float:
     """Retry-After as seconds (delta or HTTP date), or `default` when absent or unreadable."""
     parsed = parse_retry_after(value)
@@ -230,8 +265,15 @@ class WebhookPusher:
                 if 200 <= status < 300:
                     return PushOutcome(key, APPLIED, status, attempt)
                 if status == 409:
-                    stats.duplicates_avoided += 1
-                    return PushOutcome(key, ALREADY_APPLIED, status, attempt)
+                    # Already applied only if the body names this exact key, and the storefront can
+                    # know it: the journal sent it in an earlier sync, or an earlier attempt of this
+                    # request may have got through. Any other 409 (a conflict, a proxy) is a refusal.
+                    may_be_known = chunk.sent_before or maybe_applied
+                    if may_be_known and confirmed_key(response) == key:
+                        stats.duplicates_avoided += 1
+                        return PushOutcome(key, ALREADY_APPLIED, status, attempt)
+                    error = conflict_error(chunk, response)
+                    return PushOutcome(key, REFUSED, status, attempt, error)
                 if status in (429, 503):
                     stats.throttled += 1
                     last_error = f"storefront answered {status}"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -51,19 +53,89 @@ def _local_target(path: UPath) -> Path | None:
     return None
 
 
-def _publish_atomic(target: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write via `write` into a temp file beside target, fsync, then rename over target."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_prefix(target_name: str) -> str:
+    """Temp files of a write of `target_name` are `.<target_name>.<random>.tmp` beside it.
+
+    Hidden and ending in `.tmp`, so no `*.parquet` glob (polars, DuckDB, `read_partitions`) sees them.
+    """
+    return f".{target_name}."
+
+
+@contextmanager
+def locked_temp_file(folder: Path, prefix: str, suffix: str = TEMP_SUFFIX) -> Iterator[tuple[BinaryIO, Path]]:
+    """A new temp file, exclusively flock-ed for as long as the block runs (and the process lives).
+
+    The lock is what tells a live writer's temp file from a killed one's: the kernel drops it when
+    the process dies, so `remove_orphan_temp_files` can take the lock exactly when nobody writes.
+    Removed on any error; on success the caller has renamed it while still holding the lock.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+    path = Path(name)
+    handle = os.fdopen(fd, "w+b")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # a brand-new file: never blocks
+        yield handle, path
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise
+    finally:
+        handle.close()
+
+
+def remove_orphan_temp_files(folder: Path, prefix: str = ".", suffix: str = TEMP_SUFFIX) -> list[Path]:
+    """Delete the temp files `prefix*suffix` in `folder` that no live writer holds; return them.
+
+    A file is an orphan when its flock can be taken (its writer died: `kill -9`, OOM, power loss)
+    and the name still points at the inode locked (not renamed into place meanwhile).
+    """
+    removed: list[Path] = []
+    try:
+        candidates = [
+            entry.path
+            for entry in os.scandir(folder)
+            if entry.name.startswith(prefix) and entry.name.endswith(suffix) and entry.is_file()
+        ]
+    except FileNotFoundError:
+        return removed
+    for name in candidates:
+        try:
+            fd = os.open(name, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # renamed into place or removed meanwhile
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer holds it
+            try:
+                same = os.stat(name).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.unlink(name)
+                removed.append(Path(name))
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _publish_atomic(target: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write via `write` into a locked temp file beside target, fsync, then rename over target.
+
+    Temp files a killed writer left for this target are removed first, so litter never accumulates.
+    """
+    prefix = temp_prefix(target.name)
+    remove_orphan_temp_files(target.parent, prefix)
+    with locked_temp_file(target.parent, prefix) as (handle, tmp):
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+        # Renamed while still locked: a cleaner never sees an unlocked temp file of a live writer.
+        os.replace(tmp, target)
 
 
 def write_bytes_atomic(data: bytes, path: UPath) -> None:
@@ -122,6 +194,10 @@ class Warehouse(ConfigurableResource):
         """The warehouse root this resource points at."""
         return warehouse_root(self.base_dir)
 
+    def local_root(self) -> Path | None:
+        """The root as a local path, or None when the warehouse is on object storage."""
+        return _local_target(self.root())
+
     def path(self, key_path: Sequence[str], partition: str | None = None) -> UPath:
         """The contract path of a table."""
         return table_path(self.root(), key_path, partition)
@@ -157,6 +233,17 @@ class Warehouse(ConfigurableResource):
         """Atomically write a small JSON sidecar (state such as ETags) beside a table."""
         path = self.root().joinpath(*key_path[:-1], f"{key_path[-1]}.{name}.json")
         write_bytes_atomic(json.dumps(payload, sort_keys=True, default=str).encode(), path)
+
+    def remove_orphan_temp_files(self) -> list[Path]:
+        """Maintenance: delete every temp file under the warehouse that no live writer holds."""
+        root = _local_target(self.root())
+        if root is None or not root.exists():
+            return []  # object storage publishes with one PUT: no temp files
+        removed = remove_orphan_temp_files(root)
+        for folder, _, _ in os.walk(root):
+            if folder != str(root):
+                removed += remove_orphan_temp_files(Path(folder))
+        return removed
 
     def read_json(self, key_path: Sequence[str], name: str) -> Any | None:
         """Read a JSON sidecar, or None if it was never written."""

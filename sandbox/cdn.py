@@ -4,6 +4,10 @@ Routes (mounted under `/cdn`):
 - `GET /<supplier>/prices.csv.enc`: `sku,price,currency,stock` for `world.offers(supplier)`, encrypted,
   with `ETag` (hash of the served bytes) and `Last-Modified`; `If-None-Match` (or, without it,
   `If-Modified-Since`) answers 304.
+- `GET /<supplier>/prices.csv.enc.sha256`: `sha256sum` output for the file as published (before the
+  `corrupted`/`truncated` faults, which model damage on the way); `GET /<supplier>/prices.csv.enc.sig`:
+  its detached ECDSA P-256 signature over SHA-256 (DER, as `openssl dgst -sha256 -sign` writes), whose
+  public key is `signing_public_key_pem()`.
 - `POST /<supplier>/regenerate`: re-encrypt with a new salt, as a supplier's nightly export would: new
   bytes, new ETag. Moving the market (`POST /_control/market`) changes the rows too.
 
@@ -18,6 +22,10 @@ Fault modes, same place:
 - `truncated`: true (keeps 60 %) or a fraction in (0, 1): the file is cut short
 - `corrupted`: true (1 byte) or a count: bytes flipped in the middle of the ciphertext
 - `bad_rows`: N: N rows carry the price "n/a"
+- `drop_rows`: a share (0..1): the export leaves out that share of its rows (well-formed, checksum and
+  signature match: the supplier's own mistake)
+- `no_checksum` / `no_signature`: true: 404 for the side file; `bad_signature`: true: a signature of
+  other content
 - `outage`: true: 503 (with `Retry-After: <retry_after>` when `retry_after` is set)
 - `status`: an HTTP status to answer with instead (404, 403, 500 ...)
 - `latency_ms`: delay before answering; `no_etag`: true: omit the ETag header
@@ -30,12 +38,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import cache
 from typing import Any, Literal
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -68,6 +78,7 @@ class FileSettings:
     truncated: float | None
     corrupted: int
     bad_rows: int
+    drop_rows: float = 0.0
 
     @classmethod
     def resolve(cls, supplier_id: str, faults: dict[str, Any]) -> FileSettings:
@@ -92,6 +103,7 @@ class FileSettings:
             truncated=(0.6 if truncated is True else float(truncated)) if truncated else None,
             corrupted=(1 if corrupted is True else int(corrupted)) if corrupted else 0,
             bad_rows=int(faults.get("bad_rows") or 0),
+            drop_rows=float(faults.get("drop_rows") or 0.0),
         )
 
 
@@ -102,6 +114,9 @@ class ServedFile:
     body: bytes
     etag: str
     last_modified: datetime
+    # SHA-256 of the file as the supplier published it: before the corruption/truncation faults, which
+    # model damage on the way (so the published checksum and signature then do not match).
+    published_sha256: str = ""
 
 
 @dataclass
@@ -120,10 +135,34 @@ class _CdnState:
         return now
 
 
-def price_csv(world: World, supplier_id: str, *, bad_rows: int = 0) -> bytes:
-    """The plaintext price file for a supplier, rows sorted by SKU."""
+def signing_key() -> ec.EllipticCurvePrivateKey:
+    """The sandbox CDN's ECDSA P-256 signing key (fixed: the tests' registries name its public key)."""
+    secret = int.from_bytes(hashlib.sha256(b"sandbox-cdn-signing-key").digest(), "big")
+    return ec.derive_private_key(secret % (2**255), ec.SECP256R1())
+
+
+def signing_public_key_pem() -> str:
+    """The PEM public key a registry names to verify the sandbox CDN's signatures."""
+    public = signing_key().public_key()
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def sign_sha256(sha256_hex: str) -> bytes:
+    """`openssl dgst -sha256 -sign key.pem` of a file whose SHA-256 is given: a DER ECDSA signature."""
+    digest = bytes.fromhex(sha256_hex)
+    return signing_key().sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+
+
+def price_csv(world: World, supplier_id: str, *, bad_rows: int = 0, drop_rows: float = 0.0) -> bytes:
+    """The plaintext price file for a supplier, rows sorted by SKU (`drop_rows`: that share left out)."""
     lines = [HEADER]
-    for index, (sku, offer) in enumerate(sorted(world.offers(supplier_id).items())):
+    offers = sorted(world.offers(supplier_id).items())
+    if drop_rows:
+        keep = len(offers) - int(len(offers) * drop_rows)
+        offers = offers[:keep]  # a broken export: the tail of the file is missing, yet well-formed
+    for index, (sku, offer) in enumerate(offers):
         stock = "" if offer.stock is None else str(offer.stock)
         price = "n/a" if index < bad_rows else str(offer.price)
         lines.append(f"{sku},{price},{offer.currency},{stock}")
@@ -135,7 +174,7 @@ def build_file(world: World, supplier_id: str, settings: FileSettings, revision:
     rng = world.rng(f"cdn:{supplier_id}:{revision}")
     salt = bytes(rng.getrandbits(8) for _ in range(8))
     body = encrypt_openssl(
-        price_csv(world, supplier_id, bad_rows=settings.bad_rows),
+        price_csv(world, supplier_id, bad_rows=settings.bad_rows, drop_rows=settings.drop_rows),
         settings.passphrase,
         kdf=settings.kdf,
         digest=settings.digest,
@@ -170,13 +209,38 @@ def routes(world: World) -> list[Route]:
         served = state.files.get(key)
         if served is None:
             body = build_file(world, supplier_id, settings, revision)
+            published = build_file(
+                world, supplier_id, replace(settings, truncated=None, corrupted=0), revision
+            )
             served = ServedFile(
                 body=body,
                 etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
                 last_modified=state.next_last_modified(supplier_id),
+                published_sha256=hashlib.sha256(published).hexdigest(),
             )
             state.files[key] = served
         return served
+
+    async def get_checksum(request: Request) -> Response:
+        supplier_id = request.path_params["supplier_id"]
+        faults = world.faults.get(supplier_id, {})
+        if supplier_id not in SUPPLIERS or faults.get("no_checksum"):
+            return JSONResponse({"error": f"no checksum for {supplier_id}"}, status_code=404)
+        world.counters[f"cdn.{supplier_id}.checksums"] += 1
+        return Response(
+            f"{current_file(supplier_id).published_sha256}  prices.csv.enc\n", media_type="text/plain"
+        )
+
+    async def get_signature(request: Request) -> Response:
+        supplier_id = request.path_params["supplier_id"]
+        faults = world.faults.get(supplier_id, {})
+        if supplier_id not in SUPPLIERS or faults.get("no_signature"):
+            return JSONResponse({"error": f"no signature for {supplier_id}"}, status_code=404)
+        world.counters[f"cdn.{supplier_id}.signatures"] += 1
+        signed = current_file(supplier_id).published_sha256
+        if faults.get("bad_signature"):
+            signed = hashlib.sha256(b"some other file").hexdigest()  # signed by the key, wrong content
+        return Response(sign_sha256(signed), media_type="application/octet-stream")
 
     async def get_file(request: Request) -> Response:
         supplier_id = request.path_params["supplier_id"]
@@ -213,6 +277,8 @@ def routes(world: World) -> list[Route]:
         return JSONResponse({"revision": state.revisions[supplier_id], "etag": served.etag})
 
     return [
+        Route("/{supplier_id}/prices.csv.enc.sha256", get_checksum, methods=["GET"]),
+        Route("/{supplier_id}/prices.csv.enc.sig", get_signature, methods=["GET"]),
         Route("/{supplier_id}/prices.csv.enc", get_file, methods=["GET"]),
         Route("/{supplier_id}/regenerate", regenerate, methods=["POST"]),
     ]

@@ -12,8 +12,12 @@ them), `reject_batches` / `reject_skus` (a push naming one of these batches or S
 Reads: `GET /catalog?page=&per_page=` (the catalog) and `GET /prices?page=&per_page=` (what the storefront
 shows now, by SKU, with the version it last applied): `{"items", "page", "next_page", "total"}`.
 
-Exactly-once evidence: a known Idempotency-Key is answered 409 before any validation and counted in
-`storefront.duplicates`; an entry whose (sku, version) is not newer than the live one is counted in
+`stray_409_next` (the next N pushes get a 409 that confirms no key, as a proxy or a version clash
+would answer; nothing is applied).
+
+Exactly-once evidence: a known Idempotency-Key is answered 409 before any validation, with the body
+`{"status": "already_applied", "idempotency_key": "<key>"}`, and counted in `storefront.duplicates`;
+an entry whose (sku, version) is not newer than the live one is counted in
 `storefront.repeated_versions` (the same change applied twice under different keys).
 """
 
@@ -96,6 +100,11 @@ def routes(world: World) -> list[Route]:
             status = int(faults["status"])
             headers = {"Retry-After": retry_after} if status in (429, 503) else {}
             return JSONResponse({"error": f"forced {status}"}, status_code=status, headers=headers)
+        if take(faults, "stray_409_next"):
+            # A 409 that is not the storefront's "already applied" (a proxy, a version clash): nothing
+            # applied, and the body confirms no key.
+            world.counters["storefront.stray_409"] += 1
+            return JSONResponse({"error": "conflict: resource version changed"}, status_code=409)
         problem = verify_signature(body, request.headers.get("X-Signature", ""), _secret())
         if problem:
             world.counters["storefront.bad_signatures"] += 1
@@ -106,7 +115,8 @@ def routes(world: World) -> list[Route]:
         # A known key is answered before any validation, so a retry never sees a different verdict.
         if key in world.applied_keys:
             world.counters["storefront.duplicates"] += 1
-            return JSONResponse({"status": "already applied"}, status_code=409)
+            # The contract: a 409 names the key it applied earlier, so the client can tell it apart.
+            return JSONResponse({"status": "already_applied", "idempotency_key": key}, status_code=409)
         try:
             payload: dict[str, Any] = json.loads(body)
             batch, entries = payload["batch"], payload["prices"]

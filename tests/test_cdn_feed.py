@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import csv
+import fcntl
+import hashlib
 import io
 import json
 import shutil
@@ -17,14 +20,17 @@ import dagster as dg
 import httpx
 import polars as pl
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from pricing_assets import supplier_files as sf
-from resources.cdn_crypto import CdnHttpError, TooLargeError, TruncatedError
-from resources.cdn_file import CdnFile, CdnFileClient
+from resources.cdn_crypto import CdnHttpError, IntegrityError, TooLargeError, TruncatedError
+from resources.cdn_file import CdnFile, CdnFileClient, verify_checksum, verify_signature
 from resources.config import Registry, RetryConfig
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA
 from resources.warehouse import Warehouse
+from sandbox.cdn import signing_public_key_pem
 from tests.conftest import SANDBOX_ENV, Sandbox
 
 PASSPHRASE = SANDBOX_ENV["DELTA_CDN_PASSPHRASE"]
@@ -370,6 +376,24 @@ def test_download_retries_server_errors_then_succeeds(tmp_path: Path) -> None:
     assert len(sleeps) == 2 and all(0 <= s <= 1.0 for s in sleeps)
 
 
+def test_a_killed_runs_download_is_removed_by_the_next_one_but_a_live_one_is_kept(tmp_path: Path) -> None:
+    """A download is locked while in use; `kill -9` drops the lock, and the next download cleans up."""
+    orphan = tmp_path / ".cdn-download-killed.enc"
+    orphan.write_bytes(b"Salted__ half a file")  # what a killed run leaves: no lock held
+    live = tmp_path / ".cdn-download-live.enc"
+    live.write_bytes(b"Salted__ being read")
+    with live.open("rb") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)  # another run still decrypting it
+        handler = Recorder(httpx.Response(200, content=b"x" * 10))
+        with client(handler, [], tmp_dir=str(tmp_path)).download(URL) as result:
+            assert result.path is not None and result.path.exists()
+            assert not orphan.exists() and live.exists()
+            # Our own download is locked too, so a concurrent download never removes it.
+            with client(Recorder(httpx.Response(200, content=b"y")), [], tmp_dir=str(tmp_path)).download(URL):
+                assert result.path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
+
+
 def test_download_honours_retry_after_within_its_cap() -> None:
     handler = Recorder(
         httpx.Response(429, headers={"Retry-After": "7"}),
@@ -497,3 +521,114 @@ def test_sandbox_conditional_get_regenerate_and_outage(sandbox: Sandbox) -> None
     outage = httpx.get(url, timeout=10)
     assert outage.status_code == 503 and outage.headers["Retry-After"] == "2"
     assert httpx.get(f"{sandbox.url}/cdn/nobody/prices.csv.enc", timeout=10).status_code == 404
+
+
+# ---------------------------------------------------------------- integrity (issue 13)
+
+SIDE = {"checksum_path": "/delta/prices.csv.enc.sha256"}
+SIGNED = {"signature_path": "/delta/prices.csv.enc.sig", "signature_public_key": signing_public_key_pem()}
+
+
+def check_result(result: dg.ExecuteInProcessResult) -> Any:
+    """The file_integrity check evaluation of a run (recorded also when the step failed)."""
+    [evaluation] = [
+        e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    return evaluation
+
+
+def test_a_published_checksum_is_verified_before_caching(feed: Feed) -> None:
+    meta = feed.metadata(feed.run(**SIDE))
+    assert meta["verified"] == "sha256"
+    assert check_result(feed.run(**SIDE)).passed  # (a 304 keeps the verified file)
+    good_cache = feed.cache_bytes()
+    feed.sandbox.control(faults={"delta": {"corrupted": 1}})  # one byte flipped on the way
+    result = feed.run(**SIDE)
+    assert not result.success
+    assert feed.failure(result).startswith("supplier_files/delta: integrity: the file's SHA-256 ")
+    evaluation = check_result(result)
+    assert not evaluation.passed and "does not match the checksum" in evaluation.description
+    assert feed.cache_bytes() == good_cache  # held: the mangled SKU never reached the cache
+    assert feed.state()["last_error"]["cause"] == "integrity"
+
+
+def test_a_detached_signature_is_verified_before_caching(feed: Feed) -> None:
+    assert feed.metadata(feed.run(**SIGNED))["verified"] == "signature"
+    good_cache = feed.cache_bytes()
+    feed.sandbox.control(faults={"delta": {"bad_signature": True}})
+    # A new upload (new salt, new ETag) whose signature is wrong:
+    httpx.post(f"{feed.sandbox.url}/cdn/delta/regenerate", timeout=10).raise_for_status()
+    result = feed.run(**SIGNED)
+    assert not result.success and "does not verify with the registry's public key" in feed.failure(result)
+    assert feed.cache_bytes() == good_cache
+    other_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    pem = other_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    feed.sandbox.control(faults={"delta": None})
+    wrong = feed.run(signature_path=SIGNED["signature_path"], signature_public_key=pem.decode())
+    assert not wrong.success and feed.failure(wrong).startswith("supplier_files/delta: integrity:")
+
+
+def test_a_missing_side_file_is_not_taken_as_verified(feed: Feed) -> None:
+    feed.sandbox.control(faults={"delta": {"no_checksum": True}})
+    result = feed.run(**SIDE)
+    assert (
+        not result.success and "checksum file" in feed.failure(result) and "HTTP 404" in feed.failure(result)
+    )
+    assert not feed.warehouse.exists(KEY)
+
+
+def test_without_a_checksum_a_file_that_lost_many_skus_is_held_until_accepted(feed: Feed) -> None:
+    feed.metadata(feed.run())
+    good_cache, before = feed.cache_bytes(), feed.warehouse.read(KEY).height
+    feed.sandbox.control(faults={"delta": {"drop_rows": 0.3}})
+    held = feed.run()
+    assert not held.success
+    description = feed.failure(held)
+    assert description.startswith("supplier_files/delta: held_shrunk: the new file has lost ")
+    evaluation = check_result(held)
+    assert not evaluation.passed
+    sha = evaluation.metadata["held_sha256"].value
+    assert f"accept_sha256: {sha}" in description
+    assert feed.cache_bytes() == good_cache
+    # A small shrink is normal catalog churn; and the held file goes through when accepted exactly.
+    accepted = dg.materialize(
+        sf.build_supplier_file_assets(make_registry(feed.sandbox.url)),
+        resources={
+            "warehouse": feed.warehouse,
+            "service_config": RuntimeConfig(override_json="{}"),
+            "cdn_files": CdnFile(tmp_dir=str(feed.tmp_dir)),
+        },
+        run_config={"ops": {"supplier_files__delta": {"config": {"accept_sha256": sha}}}},
+    )
+    assert accepted.success and check_result(accepted).passed
+    assert feed.warehouse.read(KEY).height == before - int(before * 0.3)
+
+
+def test_a_supplier_that_publishes_a_checksum_may_shrink_its_file(feed: Feed) -> None:
+    feed.metadata(feed.run(**SIDE))
+    feed.sandbox.control(faults={"delta": {"drop_rows": 0.5}})
+    assert feed.metadata(feed.run(**SIDE))["verified"] == "sha256"
+
+
+def test_signatures_made_by_the_openssl_cli_verify(tmp_path: Path) -> None:
+    """RSA and ECDSA keys, `openssl dgst -sha256 -sign`: what a supplier would run."""
+    data = tmp_path / "prices.csv.enc"
+    data.write_bytes(b"Salted__" + bytes(range(256)) * 50)
+    sha = hashlib.sha256(data.read_bytes()).hexdigest()
+    for algorithm in (
+        ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    ):
+        key, pub, sig = tmp_path / "key.pem", tmp_path / "pub.pem", tmp_path / "prices.sig"
+        subprocess.run(["openssl", "genpkey", *algorithm, "-out", str(key)], check=True, capture_output=True)
+        subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-out", str(pub)], check=True)
+        subprocess.run(
+            ["openssl", "dgst", "-sha256", "-sign", str(key), "-out", str(sig), str(data)], check=True
+        )
+        verify_signature(data, sha, sig.read_bytes(), pub.read_text(), source="test")
+        verify_signature(data, sha, base64.b64encode(sig.read_bytes()), pub.read_text(), source="test")
+        with pytest.raises(IntegrityError):
+            verify_signature(data, "0" * 64, sig.read_bytes(), pub.read_text(), source="test")
+    verify_checksum(sha, f"{sha}  prices.csv.enc\n".encode(), source="test")
+    with pytest.raises(IntegrityError, match="does not hold a SHA-256"):
+        verify_checksum(sha, b"<html>not found</html>", source="test")

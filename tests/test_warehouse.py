@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 from dagster import (
@@ -20,6 +23,7 @@ from upath import UPath
 from resources import warehouse as wh
 from resources.warehouse import Warehouse, WarehouseIOManager, table_path
 
+ROOT = Path(__file__).resolve().parent.parent
 batches = StaticPartitionsDefinition(["batch-000", "batch-001", "batch-002"])
 days = DailyPartitionsDefinition(start_date="2026-11-01", timezone="UTC")
 
@@ -263,3 +267,92 @@ def test_recent_outputs_keep_only_the_latest(tmp_path):
     assert recent.get([UPath(tmp_path / "a.parquet")]) is None
     assert recent.get([UPath(tmp_path / "c.parquet")]) is frames["c"]
     assert recent.get([UPath(tmp_path / "missing.parquet")]) is None
+
+
+# ---------------------------------------------------------------- no litter (issue 13)
+
+# A writer that is in the middle of writing best_offers/<batch>.parquet when the test kills it.
+HALF_WRITER = """
+import sys, time
+from pathlib import Path
+from resources.warehouse import _publish_atomic
+
+def write(handle):
+    handle.write(b"PAR1" + b"x" * 100_000)  # half a Parquet file
+    handle.flush()
+    print("writing", flush=True)
+    time.sleep(300)
+
+_publish_atomic(Path(sys.argv[1]), write)
+"""
+
+
+def start_half_writer(target: Path) -> subprocess.Popen[str]:
+    """A process stuck mid-write of `target` (it has created and locked its temp file)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", HALF_WRITER, str(target)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == "writing"
+    return process
+
+
+def temp_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_a_killed_writers_temp_file_is_invisible_then_removed_by_the_next_write(tmp_path):
+    warehouse = Warehouse(base_dir=str(tmp_path))
+    good = money_frame(3).with_columns(pl.lit("batch-000").alias("batch"))
+    warehouse.write(good, ["best_offers"], "batch-000")
+    folder = tmp_path / "best_offers"
+    writer = start_half_writer(folder / "batch-000.parquet")
+    writer.kill()  # kill -9: no cleanup handler runs
+    writer.wait(timeout=10)
+    litter = temp_files(folder)
+    assert len(litter) == 1 and litter[0].startswith(".batch-000.parquet.")
+
+    # Readers never see it: the analysts' globs, DuckDB, read_partitions.
+    assert [p.name for p in folder.glob("*.parquet")] == ["batch-000.parquet"]
+    assert pl.scan_parquet(str(folder / "*.parquet")).collect().equals(good)
+    assert warehouse.read_partitions(["best_offers"]).equals(good)
+    with duckdb.connect() as db:
+        assert db.execute(f"select count(*) from read_parquet('{folder}/*.parquet')").fetchall() == [(3,)]
+
+    # The next write of the same key removes it.
+    warehouse.write(good.head(2), ["best_offers"], "batch-000")
+    assert temp_files(folder) == []
+    assert warehouse.read(["best_offers"], "batch-000").height == 2
+
+
+def test_maintenance_removes_orphans_everywhere_but_never_a_live_writers_file(tmp_path):
+    warehouse = Warehouse(base_dir=str(tmp_path))
+    dead = start_half_writer(tmp_path / "storefront_prices" / "batch-003.parquet")
+    dead.kill()
+    dead.wait(timeout=10)
+    also_dead = start_half_writer(tmp_path / "catalog.parquet")
+    also_dead.kill()
+    also_dead.wait(timeout=10)
+    live = start_half_writer(tmp_path / "storefront_prices" / "batch-004.parquet")
+    try:
+        # The live writer's temp file survives both the maintenance sweep and a write beside it.
+        warehouse.write(money_frame(), ["storefront_prices"], "batch-005")
+        removed = warehouse.remove_orphan_temp_files()
+        assert sorted(p.name.split(".parquet")[0] for p in removed) == [".batch-003", ".catalog"]
+        remaining = temp_files(tmp_path / "storefront_prices")
+        assert len(remaining) == 1 and remaining[0].startswith(".batch-004.parquet.")
+        assert temp_files(tmp_path) == []
+    finally:
+        live.kill()
+        live.wait(timeout=10)
+    assert [p.name for p in warehouse.remove_orphan_temp_files()] == remaining
+    assert temp_files(tmp_path / "storefront_prices") == []
+
+
+def test_a_failed_write_leaves_no_temp_file(tmp_path):
+    def explode(handle) -> None:
+        handle.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        wh._publish_atomic(tmp_path / "t.parquet", explode)
+    assert list(tmp_path.iterdir()) == []

@@ -32,9 +32,22 @@ def _fixed(value: pl.Expr, decimals: int) -> pl.Expr:
 def apply_guard(
     prices: pl.DataFrame, last_pushed: pl.DataFrame, rules: GuardConfig, *, batch_col: str = "batch"
 ) -> pl.DataFrame:
-    """`prices` plus last_pushed_price, change_pct, held and hold_reason (per DESIGN §4's guard)."""
+    """`prices` plus last_pushed_price, change_pct, held and hold_reason (the guard of docs/pricing.md).
+
+    Held: a price change above max_change_pct; every change of a batch where more than
+    max_batch_change_share of the SKUs change; every flip to unavailable of a batch where more than
+    max_batch_unavailable_share of the SKUs would turn unavailable at once (a bad value or a bad
+    supplier must not empty the storefront).
+    """
+    was_available = "available" in last_pushed.columns and "available" in prices.columns
     last = (
-        last_pushed.select("sku", pl.col("price").cast(MONEY).alias("last_pushed_price"))
+        last_pushed.select(
+            "sku",
+            pl.col("price").cast(MONEY).alias("last_pushed_price"),
+            (pl.col("available") if was_available else pl.lit(None, dtype=pl.Boolean)).alias(
+                "_was_available"
+            ),
+        )
         .filter(pl.col("sku").is_not_null())
         .unique(subset="sku", keep="last", maintain_order=True)
     )
@@ -52,15 +65,25 @@ def apply_guard(
     change_pct = pl.when(comparable & (previous != 0)).then(
         (price.cast(pl.Float64) - previous.cast(pl.Float64)) / previous.cast(pl.Float64) * 100
     )
+    # A flip: the storefront shows the SKU available now, and this run would make it unavailable.
+    flipped = (
+        (pl.col("_was_available").fill_null(False) & ~pl.col("available").fill_null(False))
+        if was_available
+        else pl.lit(False)
+    )
 
     group = [batch_col] if batch_col in frame.columns else []
     skus_in_batch = pl.len().over(group) if group else pl.len()
     changes_in_batch = changed.sum().over(group) if group else changed.sum()
-    # share > limit  <=>  changes > limit * skus; both sides exact decimals.
-    batch_over = changes_in_batch.cast(pl.Decimal(38, 0)) > skus_in_batch.cast(pl.Decimal(38, 0)) * pl.lit(
-        rules.max_batch_change_share
+    flips_in_batch = flipped.sum().over(group) if group else flipped.sum()
+    # share > limit  <=>  count > limit * skus; both sides exact decimals.
+    skus_exact = skus_in_batch.cast(pl.Decimal(38, 0))
+    batch_over = changes_in_batch.cast(pl.Decimal(38, 0)) > skus_exact * pl.lit(rules.max_batch_change_share)
+    flips_over = flips_in_batch.cast(pl.Decimal(38, 0)) > skus_exact * pl.lit(
+        rules.max_batch_unavailable_share
     )
     share = changes_in_batch.cast(pl.Float64) / skus_in_batch.cast(pl.Float64)
+    flip_share = flips_in_batch.cast(pl.Float64) / skus_in_batch.cast(pl.Float64)
 
     pct_reason = pl.concat_str(
         pl.lit("change "), _fixed(change_pct.abs(), 1), pl.lit(f"% > {_pct_text(rules.max_change_pct)}%")
@@ -69,19 +92,27 @@ def apply_guard(
     share_reason = pl.concat_str(
         pl.lit("batch change share "), _fixed(share, 2), pl.lit(f" > {rules.max_batch_change_share:.2f}")
     )
+    flip_reason = pl.concat_str(
+        pl.lit("batch unavailable share "),
+        _fixed(flip_share, 2),
+        pl.lit(f" > {rules.max_batch_unavailable_share:.2f}: would turn unavailable"),
+    )
     held_by_pct = too_big
     held_by_share = changed & batch_over
+    held_by_flips = flipped & flips_over
     reason = pl.concat_str(
         pl.when(held_by_pct).then(pct_reason),
         pl.when(held_by_share).then(share_reason),
+        pl.when(held_by_flips).then(flip_reason),
         separator="; ",
         ignore_nulls=True,
     )
+    held = held_by_pct | held_by_share | held_by_flips
     return frame.with_columns(
         change_pct=change_pct,
-        held=(held_by_pct | held_by_share).fill_null(False),
-        hold_reason=pl.when(held_by_pct | held_by_share).then(reason),
-    )
+        held=held.fill_null(False),
+        hold_reason=pl.when(held).then(reason),
+    ).drop("_was_available")
 
 
 def release_held(held: pl.DataFrame, skus: list[str] | None) -> tuple[pl.DataFrame, pl.DataFrame]:

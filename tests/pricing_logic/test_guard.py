@@ -73,7 +73,9 @@ def test_change_pct_is_informational_float() -> None:
 
 
 def test_first_ever_price_and_unavailable_are_not_held() -> None:
-    out = by_sku(apply_guard(prices([("new", "999"), ("gone", None)]), last([("gone", "5")]), GuardConfig()))
+    # One flip in a batch of two is half the batch: allowed here, so only the per-SKU rules apply.
+    rules = GuardConfig(max_batch_unavailable_share=D("0.5"))
+    out = by_sku(apply_guard(prices([("new", "999"), ("gone", None)]), last([("gone", "5")]), rules))
     assert out["new"]["held"] is False and out["new"]["last_pushed_price"] is None
     assert out["new"]["change_pct"] is None
     assert out["gone"]["held"] is False and out["gone"]["last_pushed_price"] == D("5")
@@ -172,3 +174,41 @@ def test_check_not_below_floor_is_exact() -> None:
     assert meta["below_floor"] == 1 and meta["examples"] == ["b"] and meta["checked"] == 2
     ok, _ = check_not_below_floor(frame.filter(pl.col("sku") != "b"), D("0.05"))
     assert ok is True
+
+
+def test_a_batch_turning_unavailable_at_once_is_held_with_the_reason() -> None:
+    """staleness_ttl too small, or one bad supplier: most of a batch flips to unavailable at once."""
+    rows = [("a", None), ("b", None), ("c", None), ("d", "10")]  # 3 of 4 would turn unavailable
+    out = by_sku(apply_guard(prices(rows), last([(sku, "10") for sku in "abcd"]), GuardConfig()))
+    assert [out[s]["held"] for s in "abcd"] == [True, True, True, False]
+    assert out["a"]["hold_reason"] == "batch unavailable share 0.75 > 0.25: would turn unavailable"
+    assert out["a"]["last_pushed_price"] == D("10") and out["a"]["price"] is None
+    assert out["d"]["hold_reason"] is None
+
+
+def test_unavailable_share_is_per_batch_and_at_the_limit_allowed() -> None:
+    # batch-000: 1 of 4 flips (0.25, not more than 0.25); batch-001: 2 of 4 flip (0.50).
+    rows = [("a", None), ("b", "10"), ("c", "10"), ("d", "10"), ("e", None), ("f", None), ("g", "10")]
+    rows += [("h", "10")]
+    frame = prices(rows, batch=["batch-000"] * 4 + ["batch-001"] * 4)
+    out = by_sku(apply_guard(frame, last([(sku, "10") for sku in "abcdefgh"]), GuardConfig()))
+    assert out["a"]["held"] is False
+    assert [out[s]["held"] for s in "efgh"] == [True, True, False, False]
+
+
+def test_only_flips_from_available_count() -> None:
+    """A SKU already unavailable at the storefront, or never pushed, is not a flip."""
+    last_rows = pl.DataFrame(
+        [("a", D("10"), False, None), ("b", D("10"), True, "s1")], schema=LAST_SCHEMA, orient="row"
+    )
+    out = by_sku(apply_guard(prices([("a", None), ("b", "10"), ("new", None)]), last_rows, GuardConfig()))
+    assert [out[s]["held"] for s in ("a", "b", "new")] == [False, False, False]
+
+
+def test_unavailable_share_zero_holds_any_flip_and_one_holds_none() -> None:
+    frame = prices([("a", None), ("b", "10"), ("c", "10"), ("d", "10"), ("e", "10")])
+    pushed = last([(sku, "10") for sku in "abcde"])
+    strict = apply_guard(frame, pushed, GuardConfig(max_batch_unavailable_share=D(0)))
+    loose = apply_guard(frame, pushed, GuardConfig(max_batch_unavailable_share=D(1)))
+    assert strict.get_column("held").to_list() == [True, False, False, False, False]
+    assert loose.get_column("held").sum() == 0

@@ -7,6 +7,7 @@ import pytest
 from resources.shopify import (
     MUTATION_COST,
     CostBucket,
+    ShopifyPusher,
     ShopifyStorefront,
     VariantRef,
     bulk_update_document,
@@ -200,3 +201,95 @@ def test_sync_asset_through_shopify(sandbox, warehouse_dir, shopify_token):
     second = sync(warehouse_dir, sandbox.url, adapter="shopify")
     assert second.success and sync_metadata(second)["pushed"] == 1
     assert state(sandbox)["variants"]["SKU-000005"]["price"] == "11.2500"
+
+
+# ---------------------------------------------------------------- success only when confirmed (issue 13)
+
+AUDIT_VARIANTS = {
+    "SKU-A": VariantRef("gid://shopify/Product/1", "gid://shopify/ProductVariant/11"),
+    "SKU-B": VariantRef("gid://shopify/Product/1", "gid://shopify/ProductVariant/12"),
+}
+AUDIT_ENTRIES = [
+    {"sku": "SKU-A", "price": "10.5000", "currency": "EUR", "available": True, "supplier": "a", "version": 1},
+    {
+        "sku": "SKU-B",
+        "price": "7.2500",
+        "currency": "EUR",
+        "available": False,
+        "supplier": None,
+        "version": 1,
+    },
+]
+SHOWN_A = {"id": "gid://shopify/ProductVariant/11", "price": "10.50", "inventoryPolicy": "CONTINUE"}
+SHOWN_B = {"id": "gid://shopify/ProductVariant/12", "price": "7.25", "inventoryPolicy": "DENY"}
+COST = {
+    "cost": {"requestedQueryCost": 10, "throttleStatus": {"currentlyAvailable": 1990, "restoreRate": 100}}
+}
+
+
+def answer(p0: object, errors: list | None = None) -> dict:
+    body: dict = {"data": {"p0": p0}, "extensions": COST}
+    if errors is not None:
+        body["errors"] = errors
+    return body
+
+
+def push_answered(body: dict):
+    """Push AUDIT_ENTRIES through a transport that answers `body` with HTTP 200."""
+    shop = ShopifyStorefront(shop_url="https://shop.test", **FAST)
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
+    with httpx.Client(base_url=shop.shop_url, transport=transport) as client:
+        pusher = ShopifyPusher(shop, client, AUDIT_VARIANTS, lambda seconds: None)
+        return pusher.push_prices(PushChunk.from_entries("batch-000", AUDIT_ENTRIES), stats=PushStats())
+
+
+@pytest.mark.parametrize(
+    ("p0", "errors", "expected"),
+    [
+        ({"productVariants": [SHOWN_A, SHOWN_B], "userErrors": []}, None, {}),
+        # No userErrors, but nothing shows the change: not success.
+        ({"productVariants": [], "userErrors": []}, None, {"SKU-A": IN_DOUBT, "SKU-B": IN_DOUBT}),
+        ({"productVariants": None, "userErrors": []}, None, {"SKU-A": IN_DOUBT, "SKU-B": IN_DOUBT}),
+        ({"productVariants": [SHOWN_A], "userErrors": []}, None, {"SKU-B": IN_DOUBT}),
+        (
+            {"productVariants": [{**SHOWN_A, "price": "9.99"}, SHOWN_B], "userErrors": []},
+            None,
+            {"SKU-A": IN_DOUBT},
+        ),
+        (
+            {"productVariants": [SHOWN_A, {**SHOWN_B, "inventoryPolicy": "CONTINUE"}], "userErrors": []},
+            None,
+            {"SKU-B": IN_DOUBT},
+        ),
+        # A userError refuses its variant; the other one still needs its confirmation.
+        (
+            {
+                "productVariants": [SHOWN_B],
+                "userErrors": [
+                    {"field": ["variants", "0", "price"], "message": "bad", "code": "INVALID_INPUT"}
+                ],
+            },
+            None,
+            {"SKU-A": REFUSED},
+        ),
+        (
+            None,
+            [{"message": "Internal error", "extensions": {"code": "BAD"}}],
+            {"SKU-A": REFUSED, "SKU-B": REFUSED},
+        ),
+        (None, None, {"SKU-A": IN_DOUBT, "SKU-B": IN_DOUBT}),  # a null result nobody explains
+    ],
+)
+def test_a_mutation_is_success_only_when_the_answer_confirms_each_variant(p0, errors, expected):
+    outcome = push_answered(answer(p0, errors))
+    got = {sku: status for sku, (status, _) in outcome.per_sku.items()}
+    assert got == expected
+    if not expected:
+        assert outcome.status == APPLIED
+    elif len(expected) == 2:
+        assert not outcome.acknowledged
+    else:
+        assert outcome.status == PARTIAL
+    for sku, status in expected.items():
+        if status == IN_DOUBT:
+            assert "did not confirm" in outcome.per_sku[sku][1] or "no result" in outcome.per_sku[sku][1]

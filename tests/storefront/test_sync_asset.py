@@ -231,3 +231,81 @@ def test_nothing_is_sent_once_the_storefront_was_found_unavailable(warehouse_dir
     assert result.counts["deferred"] == 4 and result.counts["pushed"] == 0
     assert set(result.ledger.get_column("pending_status").to_list()) == {"deferred"}
     assert read_journal(warehouse_dir, "batch-001") == []
+
+
+def check_evaluation(result, name: str = "storefront_acknowledged"):
+    """The storefront_sync check evaluation of a run (also recorded when the step fails)."""
+    evaluations = [
+        event.event_specific_data
+        for event in result.all_events
+        if event.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    return next(e for e in evaluations if e.check_name == name)
+
+
+def test_a_stray_409_is_pending_and_a_failed_check_then_the_right_prices_once_it_clears(
+    sandbox, warehouse_dir
+):
+    """Issue 13: a 409 from a proxy used to count as "already applied": 10 SKUs silently lost."""
+    write_targets(warehouse_dir, targets(20))
+    sandbox.control(faults={"storefront": {"stray_409_next": 1}})
+    first = sync(warehouse_dir, sandbox.url, config={"push_batch_size": 10})
+    assert not first.success
+    meta = sync_metadata(first)
+    assert (meta["pushed"], meta["refused"], meta["duplicates_avoided"]) == (10, 10, 0)
+    check = check_evaluation(first)
+    assert not check.passed and check.severity.value == "ERROR"
+    assert "10 prices not acknowledged by the storefront" in check.description
+    assert "resource version changed" in check.description  # the 409's body is the reason
+    ledger = read_ledger(warehouse_dir)
+    refused = ledger.filter(pl.col("pending_status") == "refused")
+    assert refused.height == 10 and refused.get_column("price").null_count() == 10
+    assert all("storefront answered 409" in e for e in refused.get_column("pending_error").to_list())
+    assert len(sandbox.pushes()["prices"]) == 10
+
+    sandbox.control(faults={"storefront": None})
+    second = sync(warehouse_dir, sandbox.url, config={"push_batch_size": 10})
+    assert second.success and check_evaluation(second).passed
+    assert sync_metadata(second)["pushed"] == 10
+    seen = sandbox.pushes()
+    expected = {r["sku"]: str(r["price"]) for r in targets(20).iter_rows(named=True)}
+    assert {sku: row["price"] for sku, row in seen["prices"].items()} == expected
+    assert seen["repeated_versions"] == 0 and set(applied_per_sku(sandbox).values()) == {1}
+
+
+def test_a_storefront_answering_409_to_everything_never_reports_success(sandbox, warehouse_dir):
+    write_targets(warehouse_dir, targets(12))
+    sandbox.control(faults={"storefront": {"status": 409}})
+    result = sync(warehouse_dir, sandbox.url, config={"push_batch_size": 5})
+    assert not result.success
+    assert (sync_metadata(result)["pushed"], sync_metadata(result)["refused"]) == (0, 12)
+    assert not check_evaluation(result).passed
+    assert read_ledger(warehouse_dir).get_column("price").null_count() == 12
+    # The next sync still has everything to push (nothing was taken as applied).
+    sandbox.control(faults={"storefront": None})
+    again = sync(warehouse_dir, sandbox.url, config={"push_batch_size": 5})
+    assert again.success and sync_metadata(again)["pushed"] == 12
+    assert len(sandbox.pushes()["prices"]) == 12
+
+
+def test_a_stray_409_to_a_resent_chunk_keeps_it_in_doubt_and_resent_under_its_key(sandbox, warehouse_dir):
+    write_targets(warehouse_dir, targets(10))
+    # The chunk is applied but its answer is lost and the storefront stays down: in doubt, journaled.
+    sandbox.control(faults={"storefront": {"down_after": 0, "retry_after": 0}})
+    assert sync_metadata(sync(warehouse_dir, sandbox.url))["in_doubt"] == 10
+    sandbox.control(faults={"storefront": None})  # back up, but a proxy answers the resend with a 409
+    sandbox.control(faults={"storefront": {"stray_409_next": 1}})
+    stray = sync(warehouse_dir, sandbox.url)
+    assert not stray.success
+    assert (sync_metadata(stray)["in_doubt"], sync_metadata(stray)["pushed"]) == (10, 0)
+    assert sandbox.counters()["storefront.stray_409"] == 1
+    assert "resource version changed" in check_evaluation(stray).description
+    assert [len(chunk) for chunk in read_journal(warehouse_dir)] == [10]  # still journaled
+    sandbox.control(faults={"storefront": None})
+    back = sync(warehouse_dir, sandbox.url)
+    assert back.success
+    assert (sync_metadata(back)["duplicates_avoided"], sync_metadata(back)["pushed"]) == (1, 10)
+    seen = sandbox.pushes()
+    assert len(seen["pushes"]) == 1 and seen["repeated_versions"] == 0
+    expected = {r["sku"]: str(r["price"]) for r in targets(10).iter_rows(named=True)}
+    assert {sku: row["price"] for sku, row in seen["prices"].items()} == expected

@@ -12,8 +12,10 @@ from resources.storefront import (
     IN_DOUBT,
     REFUSED,
     PushChunk,
+    PushOutcome,
     PushStats,
     Storefront,
+    WebhookPusher,
     idempotency_key,
     sign,
 )
@@ -46,17 +48,27 @@ def storefront(url: str, **overrides) -> Storefront:
     return Storefront(url=f"{url}/storefront", webhook_secret=SECRET, **{**FAST, **overrides})
 
 
-def push(sf: Storefront, sleeps: Sleeps | None = None, batch: str = "batch-000", entries=ENTRIES):
+def push(
+    sf: Storefront,
+    sleeps: Sleeps | None = None,
+    batch: str = "batch-000",
+    entries=ENTRIES,
+    *,
+    sent_before: bool = False,
+):
     stats = PushStats()
+    chunk = PushChunk.from_entries(batch, entries)
+    if sent_before:  # resent from the journal, as sync_batch does
+        chunk = PushChunk.build(batch, chunk.entries, key=chunk.key, sent_before=True)
     with sf.open_pusher(sleep=sleeps or Sleeps()) as pusher:
-        outcome = pusher.push_prices(PushChunk.from_entries(batch, entries), stats=stats)
+        outcome = pusher.push_prices(chunk, stats=stats)
     return outcome, stats
 
 
-def test_applied_then_409_for_the_same_content(sandbox):
+def test_applied_then_409_confirming_the_journaled_key(sandbox):
     sf = storefront(sandbox.url)
     first, _ = push(sf)
-    second, stats = push(sf)
+    second, stats = push(sf, sent_before=True)
     assert (first.status, second.status) == (APPLIED, ALREADY_APPLIED)
     assert first.key == second.key == idempotency_key("batch-000", ENTRIES)
     assert stats.duplicates_avoided == 1
@@ -64,6 +76,81 @@ def test_applied_then_409_for_the_same_content(sandbox):
     assert len(seen["pushes"]) == 1 and seen["pushes"][0]["key"] == first.key
     assert seen["duplicates"] == 1
     assert seen["prices"]["SKU-000002"]["price"] == "12.5000"
+
+
+def test_a_409_on_the_first_attempt_of_a_chunk_never_sent_is_not_success(sandbox):
+    """Even a 409 naming the key: nothing journaled that key, so the storefront cannot have it from us."""
+    sf = storefront(sandbox.url)
+    push(sf)
+    fresh, stats = push(sf)  # the same content again, built fresh (not resent from a journal)
+    assert fresh.status == REFUSED and not fresh.acknowledged and fresh.http_status == 409
+    assert "confirms a key never sent before" in fresh.error and stats.duplicates_avoided == 0
+
+
+def test_a_stray_409_is_a_refusal_with_the_body_as_the_reason(sandbox):
+    sandbox.control(faults={"storefront": {"stray_409_next": 1}})
+    outcome, stats = push(storefront(sandbox.url), sent_before=True)
+    assert outcome.status == REFUSED and not outcome.acknowledged
+    assert "does not confirm the Idempotency-Key sent" in outcome.error
+    assert "resource version changed" in outcome.error  # the storefront's body
+    assert stats.duplicates_avoided == 0 and sandbox.pushes()["prices"] == {}
+
+
+def handler_answering(*answers: tuple[int, object]):
+    """An httpx handler that answers the given (status, JSON body or text) in turn."""
+    pending = list(answers)
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        status, body = pending.pop(0)
+        if isinstance(body, str):
+            return httpx.Response(status, text=body)
+        return httpx.Response(status, json=body)
+
+    return handle, seen
+
+
+def push_through(handle, *, sent_before: bool) -> PushOutcome:
+    sf = Storefront(url="http://storefront.test", webhook_secret=SECRET, **FAST)
+    chunk = PushChunk.from_entries("batch-000", ENTRIES)
+    chunk = PushChunk.build("batch-000", chunk.entries, key=chunk.key, sent_before=sent_before)
+    with httpx.Client(base_url=sf.url, transport=httpx.MockTransport(handle)) as client:
+        return WebhookPusher(sf, client, Sleeps()).push_prices(chunk, stats=PushStats())
+
+
+KEY = idempotency_key("batch-000", ENTRIES)
+
+
+@pytest.mark.parametrize(
+    ("answers", "sent_before", "status"),
+    [
+        ([(409, {"status": "already_applied", "idempotency_key": KEY})], True, ALREADY_APPLIED),
+        ([(409, {"status": "already_applied", "idempotency_key": KEY})], False, REFUSED),
+        ([(409, {"status": "already_applied", "idempotency_key": "0" * 40})], True, REFUSED),
+        ([(409, {"status": "already applied"})], True, REFUSED),  # the old body named no key
+        ([(409, {"status": "conflict", "idempotency_key": KEY})], True, REFUSED),
+        ([(409, "<html>409 Conflict</html>")], True, REFUSED),
+        ([(409, "")], True, REFUSED),
+        # A lost answer (502) may mean it was applied: a confirming 409 on the retry is success...
+        (
+            [(502, "bad gateway"), (409, {"status": "already_applied", "idempotency_key": KEY})],
+            False,
+            ALREADY_APPLIED,
+        ),
+        # ...but after a 429 the first attempt was certainly not applied: a 409 then confirms nothing.
+        ([(429, "slow down"), (409, {"status": "already_applied", "idempotency_key": KEY})], False, REFUSED),
+    ],
+)
+def test_409_is_already_applied_only_when_it_confirms_a_key_that_may_have_been_applied(
+    answers, sent_before, status
+):
+    handle, seen = handler_answering(*answers)
+    outcome = push_through(handle, sent_before=sent_before)
+    assert outcome.status == status
+    assert len(seen) == len(answers) and all(r.headers["Idempotency-Key"] == KEY for r in seen)
+    if status == REFUSED:
+        assert outcome.error.startswith("storefront answered 409 for batch batch-000 but ")
 
 
 def test_429_waits_for_retry_after_then_succeeds(sandbox):

@@ -99,6 +99,9 @@ class Settings:
         return self.data_dir / "service_config.json"
 
 
+YAML_LOGGING_BETA_WARNING = "ignore:Handling yaml-defined logging configuration"
+
+
 def demo_environment(settings: Settings, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The environment the sandbox and Dagster run with in the demo (existing values win)."""
     sandbox_url = settings.sandbox_url
@@ -113,10 +116,15 @@ def demo_environment(settings: Settings, environ: Mapping[str, str] = os.environ
         "ORDERS_DB_URL": f"sqlite:///{settings.data_dir / 'orders.db'}",
         "SERVICE_CONFIG_FILE": str(settings.service_config_file),
     }
+    # Every run process prints a BetaWarning for the instance's YAML log handlers (the JSON lines in
+    # $DAGSTER_HOME/logs/runs.jsonl, docs/pricing_operations.md): nothing a demo user can act on.
+    # Matched by message, so no interpreter has to import dagster to resolve a warning category.
+    quiet = ",".join(filter(None, [environ.get("PYTHONWARNINGS"), YAML_LOGGING_BETA_WARNING]))
     return {
         **environ,
         **{k: v for k, v in defaults.items() if not environ.get(k)},
         "DAGSTER_HOME": str(settings.home),
+        "PYTHONWARNINGS": quiet,
     }
 
 

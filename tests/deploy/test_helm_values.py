@@ -329,7 +329,7 @@ def test_every_dagster_process_logs_json_lines(values):
         args = d["dagsterApiGrpcArgs"]
         assert args[args.index("--log-format") + 1] == "json"
     handlers = values["pythonLogs"]["dagsterHandlerConfig"]["handlers"]
-    assert {h["stream"] for h in handlers.values()} == {"ext://sys.stdout"}
+    assert {h["destination"] for h in handlers.values()} == {"stdout"}
 
 
 def test_resources_are_set_for_every_long_running_pod_and_every_run(values):

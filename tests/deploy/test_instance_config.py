@@ -9,7 +9,6 @@ unreachable API server (the launcher reads it but connects only when it launches
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -22,6 +21,7 @@ from dagster import DagsterInstance, QueuedRunCoordinator
 from dagster_aws.s3 import S3ComputeLogManager
 from dagster_k8s import K8sRunLauncher
 
+from resources.json_logs import JsonLinesHandler
 from tests.deploy.conftest import load_yaml
 
 OFFLINE_KUBECONFIG = {
@@ -132,7 +132,7 @@ def test_run_launcher_config_is_accepted_by_dagster_k8s(instance_config, tmp_pat
     assert launcher.run_k8s_config["job_spec_config"] == {"ttlSecondsAfterFinished": 3600}
 
 
-JSON_FORMATTER = "resources.logging"
+JSON_FORMATTER = "resources.json_logs"
 
 
 @pytest.mark.postgres
@@ -140,10 +140,8 @@ def test_run_logs_go_to_stdout_as_json_lines(k8s_instance, capsys):
     formatter = load_yaml(Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "dagster.yaml")
     factory = formatter["python_logs"]["dagster_handler_config"]["formatters"]["json_lines"]["()"]
     assert factory.rsplit(".", 1)[0] == JSON_FORMATTER
-    if importlib.util.find_spec(JSON_FORMATTER) is None:
-        pytest.skip(f"{JSON_FORMATTER} (the JSON log formatter) is not in this checkout yet")
     handlers = k8s_instance.get_handlers()
-    stdout = [h for h in handlers if isinstance(h, logging.StreamHandler) and h.formatter is not None]
+    stdout = [h for h in handlers if isinstance(h, JsonLinesHandler) and h.destination == "stdout"]
     assert stdout, "no stdout handler configured"
     record = logging.LogRecord("dagster", logging.INFO, __file__, 1, "hello", None, None)
     stdout[0].handle(record)

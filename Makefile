@@ -30,7 +30,11 @@ demo: venv  ## sandbox suppliers + storefront + Dagster UI (http://127.0.0.1:300
 	$(VENV)/bin/python -m sandbox.demo
 
 test: venv  ## the whole suite, then the 5-minute soak of the live stack (bench/soak.py)
-	$(VENV)/bin/python -m pytest
+	@# pytest's exit code 5 means it collected no tests: a failure, said in words (make reports any
+	@# failing line as its own exit code 2).
+	@$(VENV)/bin/python -m pytest; status=$$?; \
+	  if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
+	  exit $$status
 	$(VENV)/bin/python -m bench soak
 
 lint: venv

@@ -23,8 +23,10 @@ from typing import Any
 
 from bench._soak_expect import Expected, Offer, Rules, batch_held, expected_entry, held_reason, shows
 
-SWEEP_JOB = "price_sweep_job"
+# The job the price_sweep sensor launches: the sweep and its push in one run.
+SWEEP_JOB = "price_cycle_job"
 PUSH_JOB = "storefront_sync_job"
+RECONCILE_JOB = "storefront_reconcile_job"
 TRIGGER_TAG = "storefront/trigger_run_id"
 SCHEDULE_TAG = "dagster/schedule_name"
 PARTITION_TAG = "dagster/partition"
@@ -173,10 +175,22 @@ class Latency:
     supplier: str = ""  # whose offer change moved the expected entry
 
 
-def latencies(timeline: Timeline, log: StorefrontLog, *, end: float, horizon: float) -> list[Latency]:
+def latencies(
+    timeline: Timeline,
+    log: StorefrontLog,
+    *,
+    end: float,
+    horizon: float,
+    held: Mapping[str, tuple[Decimal | None, str]] | None = None,
+) -> list[Latency]:
     """Each change's fate: shown (with its latency), superseded by a later change before it showed, a
     no-op for the storefront, held by the guard, or not shown: `lost` when older than end - horizon,
-    else `pending` (too recent to judge)."""
+    else `pending` (too recent to judge).
+
+    `held` (sku -> price, reason: the project's held rows) also counts as held: the guard's threshold
+    compared here in Decimal can land a hair away from the project's on an exact boundary (30.0 %).
+    """
+    held = held or {}
     rules = timeline.rules
     found = []
     for sku, index, when, expected, supplier in timeline.changes():
@@ -188,7 +202,9 @@ def latencies(timeline: Timeline, log: StorefrontLog, *, end: float, horizon: fl
             status, seconds = "shown", hit - when
         elif following <= end:
             status, seconds = "superseded", None
-        elif held_reason(expected, log.last_pushed_price(sku, when), rules):
+        elif held_reason(expected, log.last_pushed_price(sku, when), rules) or (
+            sku in held and held[sku][0] == expected.price
+        ):
             status, seconds = "held", None
         elif when > end - horizon:
             status, seconds = "pending", None
@@ -200,14 +216,16 @@ def latencies(timeline: Timeline, log: StorefrontLog, *, end: float, horizon: fl
 
 def fault_affected(latency: Latency, windows: Iterable[FaultWindow], period: float) -> bool:
     """Whether a fault may have delayed this change: one of its supplier's faults, or a storefront
-    fault, active from one period before the change to one period after the fault cleared."""
+    fault, active while the change was on its way (from the change until it showed), or cleared less
+    than one period before the change (the recovery's own cycle)."""
+    shown_at = latency.at + (latency.seconds if latency.seconds is not None else math.inf)
     for window in windows:
         if (
             window.kind in ("supplier_outage", "rate_limit_storm", "cdn_rekey")
             and window.target != latency.supplier
         ):
             continue
-        if window.start - period <= latency.at <= window.end + period:
+        if window.start <= shown_at and latency.at <= window.end + period:
             return True
     return False
 
@@ -341,6 +359,14 @@ def cycles(runs: Sequence[RunInfo]) -> list[Cycle]:
             mine = [run for run in pushes if start <= run.created < (stop or math.inf)]
         found.append(Cycle(sweep, sorted(mine, key=lambda run: run.created)))
     return found
+
+
+def slowed_by_fault(run: RunInfo, windows: Iterable[FaultWindow], now: float) -> FaultWindow | None:
+    """A fault that was on while `run` ran (created to ended), other than an instant one (a wipe)."""
+    for window in windows:
+        if window.end > window.start and window.start <= (run.ended or now) and run.created <= window.end:
+            return window
+    return None
 
 
 def schedule_delays(

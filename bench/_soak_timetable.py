@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench._soak_account import PUSH_JOB, FaultWindow
+from bench._soak_account import PUSH_JOB, RECONCILE_JOB, SWEEP_JOB, FaultWindow
 
 COMPACT_PERIODS = 5
 SEQUENTIAL_PERIODS = 21
@@ -40,7 +40,10 @@ class Fault:
         if self.kind in ("supplier_outage", "rate_limit_storm"):
             checks = frozenset({f"supplier_offers/{self.target}:supplier_reachable"})
         elif self.kind == "storefront_503":
-            jobs = frozenset({PUSH_JOB})
+            # Every job that pushes or reads the storefront: the sweep's own push, a push run, a
+            # reconcile run; and the acknowledgement check of the sync that met the 503s.
+            jobs = frozenset({SWEEP_JOB, PUSH_JOB, RECONCILE_JOB})
+            checks = frozenset({"storefront_sync:storefront_acknowledged"})
         elif self.kind == "cdn_rekey":
             jobs = frozenset({FILES_JOB, ASSET_JOB})
         return FaultWindow(self.kind, self.target, origin + self.start, origin + self.end, jobs, checks)

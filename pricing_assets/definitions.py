@@ -26,7 +26,7 @@ from pricing_assets.reconcile import build_reconcile_job, build_reconcile_sensor
 from pricing_assets.storefront_sync import build_storefront_sync_asset
 from pricing_assets.supplier_files import build_supplier_file_assets, build_supplier_file_schedule
 from pricing_assets.supplier_offers import build_supplier_offer_assets
-from pricing_assets.sweep import build_price_sweep_sensor, build_sweep_job
+from pricing_assets.sweep import build_cycle_job, build_price_sweep_sensor, build_sweep_job
 from resources.cdn_file import CdnFile
 from resources.config import Registry, load_registry
 from resources.runtime import RuntimeConfig
@@ -90,6 +90,7 @@ def build_definitions_without_resources(registry: Registry) -> Definitions:
         *offer_keys, AssetKey("best_offers"), AssetKey("storefront_prices")
     )
     sweep_job = build_sweep_job(sweep_selection, batches)
+    cycle_job = build_cycle_job(sweep_selection | AssetSelection.assets(AssetKey("storefront_sync")), batches)
     sync_job = build_storefront_sync_job(batches)
     reconcile_job = build_reconcile_job(batches)
     history_job = build_price_history_job()
@@ -102,6 +103,7 @@ def build_definitions_without_resources(registry: Registry) -> Definitions:
         asset_checks=build_storefront_price_checks(),
         jobs=[
             sweep_job,
+            cycle_job,
             sync_job,
             reconcile_job,
             build_approve_job(),
@@ -111,7 +113,7 @@ def build_definitions_without_resources(registry: Registry) -> Definitions:
         ],
         schedules=schedules,
         sensors=[
-            build_price_sweep_sensor(sweep_job, batches),
+            build_price_sweep_sensor(cycle_job, batches),
             build_storefront_push_sensor(sync_job, batches),
             build_reconcile_sensor(reconcile_job, batches),
         ],

@@ -14,6 +14,10 @@ cadence; so the sensor groups the materializations of one producing run and requ
   (or after WAIT_FOR_RANGE_SECONDS, so a run that hangs cannot hold pushes back forever). The
   cursor (a storage id) never moves past a group that is still waited for.
 - Runless materializations (reported by hand) are each their own group.
+- A producing run that pushes itself (the sweep's `price_cycle_job`, tagged PUSHES_IN_RUN_TAG, with
+  storefront_sync in its selection) and succeeded gets no push run: the cursor moves past its group.
+  If it failed (a blocking check on storefront_prices skipped its push, the storefront refused), its
+  range gets a push run like any other: storefront_sync there pushes every row that passes the checks.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ PUSH_SENSOR_INTERVAL_SECONDS = 15
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 PARTITION_TAG = "dagster/partition"
+# A job whose runs push what they price (storefront_sync in the same run) carries this tag.
+PUSHES_IN_RUN_TAG = "storefront/push"
+PUSHES_IN_RUN = "in_run"
 _FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
@@ -65,6 +72,8 @@ class Producer:
 
     finished: bool
     planned: frozenset[str] | None  # batches the run materializes; None when its tags do not say
+    pushes_itself: bool = False  # storefront_sync runs in the same run (PUSHES_IN_RUN_TAG)
+    succeeded: bool = False  # ended with SUCCESS (so its own push step succeeded too)
 
 
 PUSH_MAX_RUNTIME_SECONDS = 600
@@ -100,7 +109,18 @@ def producer_of(run: DagsterRun | None, keys: Sequence[str]) -> Producer:
         planned = frozenset(keys[first : last + 1])
     elif PARTITION_TAG in tags:
         planned = frozenset([tags[PARTITION_TAG]])
-    return Producer(finished=run.status in _FINISHED, planned=planned)
+    # A subset launched from the UI without storefront_sync does not push: the sensor does. No
+    # selection (None, or empty for some launches) is the whole job.
+    selection = run.asset_selection
+    pushes_itself = tags.get(PUSHES_IN_RUN_TAG) == PUSHES_IN_RUN and (
+        not selection or STOREFRONT_SYNC in selection
+    )
+    return Producer(
+        finished=run.status in _FINISHED,
+        planned=planned,
+        pushes_itself=pushes_itself,
+        succeeded=run.status == DagsterRunStatus.SUCCESS,
+    )
 
 
 def contiguous(partitions: set[str], keys: Sequence[str]) -> list[list[str]]:
@@ -141,6 +161,9 @@ def plan_pushes(
         producer = producers.get(members[0].run_id) if members[0].run_id else None
         if producer is None or producer.finished:
             return True
+        if producer.pushes_itself:
+            # Whether it needs a push run is known when it ends (its own push may fail).
+            return now - max(record.timestamp for record in members) >= WAIT_FOR_RANGE_SECONDS
         seen = {record.partition_key for record in members}
         if producer.planned is not None and producer.planned <= seen:
             return True
@@ -157,6 +180,9 @@ def plan_pushes(
         cursor = max(before) if before else None
     requests: list[RunRequest] = []
     for members in sorted(ready.values(), key=lambda group: group[0].storage_id):
+        producer = producers.get(members[0].run_id) if members[0].run_id else None
+        if producer is not None and producer.pushes_itself and producer.succeeded:
+            continue  # its own storefront_sync step pushed these prices
         newest = {record.partition_key: record for record in members}
         for segment in contiguous(set(newest), keys):
             storage_id = max(newest[partition].storage_id for partition in segment)

@@ -210,6 +210,8 @@ def drift_counts(drift: pl.DataFrame) -> dict[str, int]:
     return {kind: int(counts.get(kind, 0)) for kind in DRIFT_KINDS}
 
 
+# Metadata a storefront_sync materialization carries when it compared the storefront with the ledger.
+RECONCILED_METADATA = "skus_checked"
 # Run config of a reconcile run: storefront_sync in reconcile mode.
 RECONCILE_RUN_CONFIG = {"ops": {"storefront_sync": {"config": {"reconcile": True}}}}
 
@@ -258,6 +260,15 @@ def build_reconcile_sensor(
         )
         if not pushed.records:
             return SkipReason("nothing acknowledged yet: storefront_sync was never materialized")
+        newest = pushed.records[0]
+        materialization = newest.asset_materialization
+        if (
+            materialization is not None
+            and RECONCILED_METADATA in materialization.metadata
+            and clock() - newest.timestamp < period
+        ):
+            # The sweep's price_cycle_job runs storefront_sync in reconcile mode: no second run.
+            return SkipReason(f"reconciled by run {newest.run_id} less than a period ago")
         busy = context.instance.get_runs(
             filters=RunsFilter(job_name=RECONCILE_JOB_NAME, statuses=_ACTIVE), limit=1
         )

@@ -556,8 +556,8 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         """What the storefront has acknowledged per SKU, after pushing only what changed, exactly once."""
         started = time.monotonic()
         service = service_config.load()
-        # The push runs in its own run, where the blocking checks on storefront_prices cannot stop it:
-        # the same invariants are enforced here, so a price that failed them is never pushed.
+        # A push in its own run (storefront_sync_job, reconcile) is not stopped by the blocking checks
+        # on storefront_prices: the same invariants are enforced here, so a failing price is never pushed.
         pushable, blocked = split_pushable(storefront_prices, service.markup.min_margin)
         if blocked.height:
             context.log.error(

@@ -42,6 +42,18 @@ from resources.warehouse import Warehouse
 REJECTED_SHARE_CHECK = "rejected_share"
 REACHABLE_CHECK = "supplier_reachable"
 DEFAULT_FRESHNESS = {"warn_minutes": 10, "fail_minutes": 30}
+# Dagster's step priority tag: among steps ready together in a run, higher numbers start first.
+PRIORITY_TAG = "dagster/priority"
+
+
+def fetch_priority(kind: str) -> int:
+    """Step priority of a supplier fetch: per-SKU suppliers (one request per SKU) first.
+
+    The in-process sweep runs one step at a time. The per-SKU supplier is the long one (the soak: 18 of
+    28 s, paced by its rate limit); started first, the quick listings are fetched last, seconds before
+    the push, so their prices reach the storefront sooner.
+    """
+    return 1 if kind == "per_sku_post" else 0
 
 
 def quarantine_key_path(supplier_id: str) -> list[str]:
@@ -158,6 +170,7 @@ def build_supplier_offers_asset(
         output_required=False,
         kinds={"polars"},
         metadata={"supplier": entry.id, "adapter": entry.kind, "pool": entry.pool},
+        op_tags={PRIORITY_TAG: str(fetch_priority(entry.kind))},
     )
     def supplier_offers(
         context: AssetExecutionContext,

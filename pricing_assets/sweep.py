@@ -1,4 +1,10 @@
-"""The `price_sweep` sensor: walks the catalog batches so the whole catalog is priced every sweep_minutes."""
+"""The `price_sweep` sensor: walks the catalog batches so the whole catalog is priced every sweep_minutes.
+
+Each launch is one `price_cycle_job` run over a contiguous range: fetch, select, price, and push in the
+same run (storefront_sync in reconcile mode, so a storefront that lost prices is repaired by the next
+sweep). `price_sweep_job` is the same without the push, for runs launched by hand; the storefront_push
+sensor pushes what it materializes.
+"""
 
 from __future__ import annotations
 
@@ -23,11 +29,15 @@ from dagster import (
 )
 from dagster import SensorDefinition as _SensorDefinition
 
+from pricing_assets.push_sensor import PUSHES_IN_RUN, PUSHES_IN_RUN_TAG
+from pricing_assets.reconcile import RECONCILE_RUN_CONFIG
 from resources.runtime import RuntimeConfig
 
 SWEEP_INTERVAL_SECONDS = 30
 MAX_RUNTIME_TAG = "dagster/max_runtime"
 SWEEP_MAX_RUNTIME_SECONDS = 600
+SWEEP_JOB_NAME = "price_sweep_job"
+CYCLE_JOB_NAME = "price_cycle_job"
 # Range tags are how Dagster itself launches one run over several partitions (backfills do the same).
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -94,19 +104,48 @@ def run_key(cursor: SweepCursor, chosen: list[str]) -> str:
 
 
 def build_sweep_job(selection: AssetSelection, partitions_def: StaticPartitionsDefinition) -> AssetJob:
-    """The job a sweep tick launches: supplier offers, best offers and storefront prices for a range."""
+    """`price_sweep_job`: supplier offers, best offers and storefront prices for a range, no push."""
+    return _range_job(
+        SWEEP_JOB_NAME,
+        selection,
+        partitions_def,
+        "Fetch offers and price a range of catalog batches (the storefront_push sensor pushes them).",
+    )
+
+
+def build_cycle_job(selection: AssetSelection, partitions_def: StaticPartitionsDefinition) -> AssetJob:
+    """`price_cycle_job`: the sweep and the push of what changed, in one run (launched by price_sweep)."""
+    return _range_job(
+        CYCLE_JOB_NAME,
+        selection,
+        partitions_def,
+        "Fetch offers, price and push a range of catalog batches (launched by price_sweep).",
+        # Measured (bench soak): a push in its own run waited for the push sensor's tick, the queue
+        # and a run process start-up, 25 s at p95 after the sweep's end on a 2-core machine.
+        {PUSHES_IN_RUN_TAG: PUSHES_IN_RUN},
+    )
+
+
+def _range_job(
+    name: str,
+    selection: AssetSelection,
+    partitions_def: StaticPartitionsDefinition,
+    description: str,
+    tags: dict[str, str] | None = None,
+) -> AssetJob:
+    """An in-process asset job over a range of catalog batches, with the sweep's max runtime."""
     return define_asset_job(
-        "price_sweep_job",
+        name,
         selection=selection,
         partitions_def=partitions_def,
         # Measured (bench/sweep.py): each step process of the multiprocess executor costs ~2.5 s of
         # spawn and imports on a 2-core machine, far more than the steps' work; suppliers are still
         # fetched concurrently inside their steps, and pools serialize them across runs anyway.
         executor_def=in_process_executor,
-        description="Fetch offers and price a range of catalog batches (launched by price_sweep).",
+        description=description,
         # Run monitoring ends a run over this (a dead run worker would keep its pool slots for ever);
         # a sweep run is due every sweep_minutes, so ten minutes is far past any healthy one.
-        tags={MAX_RUNTIME_TAG: str(SWEEP_MAX_RUNTIME_SECONDS)},
+        tags={MAX_RUNTIME_TAG: str(SWEEP_MAX_RUNTIME_SECONDS), **(tags or {})},
     )
 
 
@@ -137,7 +176,8 @@ def build_price_sweep_sensor(
         chosen, after = plan_tick(keys, cursor, per_run)
         after = SweepCursor(next_index=after.next_index, cycle=after.cycle, launched_at=now)
         tags = {RANGE_START_TAG: chosen[0], RANGE_END_TAG: chosen[-1], "sweep/cycle": str(cursor.cycle)}
-        request = RunRequest(run_key=run_key(cursor, chosen), tags=tags)
+        # storefront_sync reads what the storefront shows and repairs drift in the same pass.
+        request = RunRequest(run_key=run_key(cursor, chosen), run_config=RECONCILE_RUN_CONFIG, tags=tags)
         context.log.info(f"sweep cycle {cursor.cycle}: {chosen[0]}..{chosen[-1]} ({len(chosen)} batches)")
         return SensorResult(run_requests=[request], cursor=after.dump())
 

@@ -10,6 +10,7 @@ import pytest
 
 from bench._soak_account import (
     PUSH_JOB,
+    RECONCILE_JOB,
     SWEEP_JOB,
     FaultWindow,
     Latency,
@@ -27,6 +28,7 @@ from bench._soak_account import (
     parse_alert,
     queue_waits,
     schedule_delays,
+    slowed_by_fault,
 )
 from bench._soak_expect import Expected, Offer, load_rules
 from bench._soak_timetable import COMPACT_PERIODS, SEQUENTIAL_PERIODS, Fault, convergence_checks, timetable
@@ -156,7 +158,10 @@ def test_which_changes_a_fault_may_have_delayed():
     alpha = Latency("A", 150, A10, "shown", 10, "alpha")
     assert not fault_affected(alpha, [outage], 60)  # another supplier's outage
     assert fault_affected(Latency("B", 150, A10, "shown", 10, "beta"), [outage], 60)
-    assert fault_affected(Latency("A", 250, A10, "shown", 10, "alpha"), [down], 60)  # within a period before
+    # In flight when the storefront went down (changed at 250, shown at 310): delayed by it.
+    assert fault_affected(Latency("A", 250, A10, "shown", 60, "alpha"), [down], 60)
+    assert not fault_affected(Latency("A", 250, A10, "shown", 10, "alpha"), [down], 60)  # shown before
+    assert fault_affected(Latency("A", 380, A10, "shown", 10, "alpha"), [down], 60)  # the recovery cycle
     assert not fault_affected(Latency("A", 391, A10, "shown", 10, "alpha"), [down], 60)
 
 
@@ -275,7 +280,9 @@ def test_timetables_fit_the_duration_and_every_fault_is_checked_two_periods_afte
 
 
 def test_fault_windows_say_what_they_explain():
-    assert Fault("storefront_503", "storefront", 1, 2).window(100).jobs == {PUSH_JOB}
+    storefront_503 = Fault("storefront_503", "storefront", 1, 2).window(100)
+    assert storefront_503.jobs == {SWEEP_JOB, PUSH_JOB, RECONCILE_JOB}
+    assert storefront_503.checks == {"storefront_sync:storefront_acknowledged"}
     outage = Fault("supplier_outage", "beta", 1, 3).window(100)
     assert (outage.start, outage.end, outage.checks) == (
         101,
@@ -284,3 +291,12 @@ def test_fault_windows_say_what_they_explain():
     )
     assert Fault("cdn_rekey", "delta", 0, 1).sandbox_faults() == {"delta": {"rekeyed": True}}
     assert Fault("storefront_wipe", "storefront", 5, 5).sandbox_faults() is None
+
+
+def test_a_sweep_run_slowed_past_its_period_is_excused_only_while_a_fault_was_on():
+    storm = FaultWindow("rate_limit_storm", "alpha", 100, 130)
+    wipe = FaultWindow("storefront_wipe", "storefront", 200, 200)
+    assert slowed_by_fault(run("s", SWEEP_JOB, 90, 95, 170), [storm, wipe], 300) == storm
+    assert slowed_by_fault(run("s", SWEEP_JOB, 140, 145, 215), [storm, wipe], 300) is None  # instant
+    assert slowed_by_fault(run("s", SWEEP_JOB, 20, 25, 95), [storm], 300) is None  # ended before it
+    assert slowed_by_fault(run("s", SWEEP_JOB, 120, 125, None), [storm], 300) == storm  # still running

@@ -139,3 +139,26 @@ def test_plan_tick_last_partial_range_wraps():
 
 def test_old_cursor_format_still_parses():
     assert SweepCursor.parse('{"cycle": 2, "next_index": 6}') == SweepCursor(next_index=6, cycle=2)
+
+
+def test_the_cycle_runs_the_per_sku_supplier_first_and_pushes_in_the_same_run():
+    """price_cycle_job (the sensor's job) holds the push and starts the per-SKU supplier's fetch first."""
+    from dagster import AssetKey
+
+    from pricing_assets.definitions import defs
+    from pricing_assets.push_sensor import PUSHES_IN_RUN, PUSHES_IN_RUN_TAG
+
+    job = defs.resolve_job_def("price_cycle_job")
+    assert "storefront_sync" in {node.name for node in job.nodes}
+    assert job.tags[PUSHES_IN_RUN_TAG] == PUSHES_IN_RUN
+    assert defs.resolve_sensor_def("price_sweep").job_name == "price_cycle_job"
+    assert "storefront_sync" not in {node.name for node in defs.resolve_job_def("price_sweep_job").nodes}
+    kinds, priorities = {}, {}
+    for node in job.nodes:
+        if node.name.startswith("supplier_offers__"):
+            key = AssetKey(["supplier_offers", node.name.split("__", 1)[1]])
+            kinds[node.name] = defs.resolve_assets_def(key).metadata_by_key[key]["adapter"]
+            priorities[node.name] = int(node.definition.tags.get("dagster/priority", 0))  # 0: default
+    first = max(priorities, key=lambda name: priorities[name])
+    assert kinds[first] == "per_sku_post"
+    assert all(priorities[name] < priorities[first] for name in kinds if kinds[name] != "per_sku_post")

@@ -21,6 +21,8 @@ from dagster import (
 )
 
 from pricing_assets.push_sensor import (
+    PUSHES_IN_RUN,
+    PUSHES_IN_RUN_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
     SYNC_JOB_NAME,
@@ -30,6 +32,7 @@ from pricing_assets.push_sensor import (
     build_storefront_sync_job,
     contiguous,
     plan_pushes,
+    producer_of,
     run_key,
 )
 from resources.runtime import RuntimeConfig
@@ -197,3 +200,60 @@ def test_sensor_targets_the_sync_job_and_definitions_validate():
     assert [key.to_user_string() for key in job.asset_layer.selected_asset_keys] == ["storefront_sync"]
     assert SENSOR.job_name == SYNC_JOB_NAME
     assert job.partitions_def.get_partition_keys() == BATCHES.get_partition_keys()
+
+
+def test_a_run_that_pushes_itself_gets_no_push_run_and_the_cursor_moves_past_it(instance):
+    """The sweep's price_cycle_job pushes in the same run: the sensor requests nothing for its range."""
+    sensor = build_storefront_push_sensor(build_storefront_sync_job(SWEEP), SWEEP)
+    tags = {RANGE_START_TAG: "batch-000", RANGE_END_TAG: "batch-015", PUSHES_IN_RUN_TAG: PUSHES_IN_RUN}
+
+    @asset(name="storefront_sync", partitions_def=SWEEP, deps=["storefront_prices"])
+    def storefront_sync() -> None:
+        """Stands for the push step of the same run."""
+
+    assets = [prices_asset(SWEEP), storefront_sync]
+    materialize(assets, instance=instance, resources={"io_manager": null_io}, tags=tags)
+    newest = instance.fetch_materializations(AssetKey("storefront_prices"), limit=1).records[0].storage_id
+    result = evaluate(instance, None, sensor)
+    assert result.run_requests == []
+    assert result.cursor == str(newest)
+
+
+def test_a_self_pushing_run_that_failed_gets_a_push_run_for_its_range():
+    """Planner: a self-pushing run is waited for; if it failed (a blocking check skipped its push, the
+    storefront refused), its range is pushed by a sync run; if it succeeded, nothing is requested."""
+    records = [*sweep_records("cycle", 2), Record(10, "plain", SWEEP_KEYS[5])]
+    plain = Producer(finished=True, planned=None)
+    running = Producer(finished=False, planned=frozenset(SWEEP_KEYS[:2]), pushes_itself=True)
+    requests, cursor = plan_pushes(records, {"cycle": running, "plain": plain}, SWEEP_KEYS, now=1000.0)
+    assert [r.partition_key for r in requests] == [SWEEP_KEYS[5]]
+    assert cursor is None  # still waiting for the cycle run, though both its batches materialized
+    failed = Producer(finished=True, planned=frozenset(SWEEP_KEYS[:2]), pushes_itself=True)
+    requests, cursor = plan_pushes(records, {"cycle": failed, "plain": plain}, SWEEP_KEYS, now=1000.0)
+    assert [(r.tags.get(RANGE_START_TAG), r.partition_key) for r in requests] == [
+        (SWEEP_KEYS[0], None),
+        (None, SWEEP_KEYS[5]),
+    ]
+    assert cursor == 10
+    succeeded = Producer(finished=True, planned=None, pushes_itself=True, succeeded=True)
+    requests, _ = plan_pushes(records, {"cycle": succeeded, "plain": plain}, SWEEP_KEYS, now=1000.0)
+    assert [r.partition_key for r in requests] == [SWEEP_KEYS[5]]
+
+
+def test_the_in_run_tag_counts_only_when_the_run_selects_storefront_sync():
+    """A cycle-job run launched from the UI for a subset without storefront_sync is pushed by the sensor."""
+    from dagster import DagsterRun, DagsterRunStatus
+
+    tags = {PUSHES_IN_RUN_TAG: PUSHES_IN_RUN, RANGE_START_TAG: SWEEP_KEYS[0], RANGE_END_TAG: SWEEP_KEYS[1]}
+    whole = DagsterRun(job_name="price_cycle_job", run_id="a", tags=tags, status=DagsterRunStatus.STARTED)
+    subset = DagsterRun(
+        job_name="price_cycle_job",
+        run_id="b",
+        tags=tags,
+        status=DagsterRunStatus.STARTED,
+        asset_selection=frozenset({AssetKey("storefront_prices")}),
+    )
+    assert producer_of(whole, SWEEP_KEYS).pushes_itself
+    assert not producer_of(subset, SWEEP_KEYS).pushes_itself
+    untagged = DagsterRun(job_name="price_sweep_job", run_id="c", tags={}, status=DagsterRunStatus.STARTED)
+    assert not producer_of(untagged, SWEEP_KEYS).pushes_itself

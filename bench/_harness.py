@@ -56,5 +56,5 @@ def alternate(
 
 
 def line(name: str, ratio: float, target: float, detail: str) -> str:
-    """The DESIGN §10 closing line."""
+    """The docs/architecture.md §10 closing line."""
     return f"{name}: ratio {ratio:.2f} (target <= {target:g}) {detail}"

@@ -130,7 +130,7 @@ def _memory_in_subprocess(encrypted: Path, workdir: Path) -> dict[str, float] | 
 
 
 def run() -> str:
-    """Run the benchmark and return its DESIGN §10 line."""
+    """Run the benchmark and return its docs/architecture.md §10 line."""
     rows = scaled(ROWS, minimum=1000)
     with tempfile.TemporaryDirectory(prefix="bench-cdn-") as tmp:
         workdir = Path(tmp)

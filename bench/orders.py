@@ -198,7 +198,7 @@ def baseline(data: BenchData, out: Path) -> int:
 
 
 def run() -> str:
-    """Generate the day, time both paths alternately, and return the DESIGN §10 line."""
+    """Generate the day, time both paths alternately, and return the docs/architecture.md §10 line."""
     lines = scaled(1_000_000, minimum=2_000)
     with tempfile.TemporaryDirectory(prefix="bench-orders-") as tmp:
         folder = Path(tmp)

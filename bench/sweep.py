@@ -339,7 +339,7 @@ def measure(
 
 
 def run() -> str:
-    """Time a sensor-launched Dagster sweep against direct calls; return the DESIGN §10 line."""
+    """Time a sensor-launched Dagster sweep against direct calls; return the docs/architecture.md §10 line."""
     n = scaled(SKUS, minimum=2000)
     sweep_minutes = int(os.environ.get("BENCH_SWEEP_MINUTES") or ServiceConfig().sweep_minutes)
     executor = os.environ.get("BENCH_SWEEP_EXECUTOR", "deployment")

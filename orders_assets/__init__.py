@@ -1,4 +1,4 @@
-"""Code location "orders": orders, rejects, allocations, sales report and summary (DESIGN §3)."""
+"""Code location "orders": orders, rejects, allocations, sales report, summary (docs/architecture.md §3)."""
 
 from orders_assets.definitions import defs
 

@@ -1,4 +1,4 @@
-"""The orders location's assets (DESIGN §3): thin wiring of logic.py to the database and the warehouse."""
+"""The orders location's assets (docs/architecture.md §3): logic.py wired to the database and warehouse."""
 
 from collections.abc import Iterator
 from datetime import date

@@ -1,7 +1,7 @@
 """Pure polars transformations of the orders location: validation, allocation, sales report, summary.
 
 Nothing here does I/O; assets.py wires these functions to the database and the warehouse.
-Rules (DESIGN §4, docs/orders.md):
+Rules (docs/architecture.md §4, docs/orders.md):
 - A line is rejected for the first failing rule in REJECT_REASONS order; duplicates are judged among
   lines that passed every other rule, keyed by (order_id, sku), keeping the first in
   (quantity, unit_price) order.

@@ -1,7 +1,7 @@
 """Held price changes and their approval: `held_price_changes`, `price_approvals`, `approve_held_prices`.
 
-The guard in `storefront_prices` holds a change that is too large (DESIGN §4). An operator approves it
-by launching `approve_held_prices` from the UI with run config
+The guard in `storefront_prices` holds a change that is too large (docs/architecture.md §4). An operator
+approves it by launching `approve_held_prices` from the UI with run config
 
     ops:
       price_approvals:

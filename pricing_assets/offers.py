@@ -100,7 +100,7 @@ def offers_per_batch(warehouse: Warehouse, supplier_ids: list[str], batches: lis
 
 
 def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefinition) -> AssetsDefinition:
-    """`best_offers`: the cheapest available offer per SKU of each batch (DESIGN §4)."""
+    """`best_offers`: the cheapest available offer per SKU of each batch (docs/architecture.md §4)."""
 
     @asset(
         name="best_offers",
@@ -209,7 +209,7 @@ def storefront_prices_metadata(
 def build_storefront_prices_asset(
     registry: Registry, partitions_def: PartitionsDefinition
 ) -> AssetsDefinition:
-    """`storefront_prices`: target price after markup, rounding, floor and guard (DESIGN §4)."""
+    """`storefront_prices`: target price after markup, rounding, floor and guard (docs/architecture.md §4)."""
 
     @asset(
         name="storefront_prices",

@@ -87,7 +87,8 @@ def empty_ledger() -> pl.DataFrame:
 def compute_changes(targets: pl.DataFrame, ledger: pl.DataFrame) -> pl.DataFrame:
     """Rows whose price, availability or routed supplier differ from what the storefront acknowledged.
 
-    An unavailable SKU keeps its last acknowledged price (DESIGN §4); held rows are never pushed.
+    An unavailable SKU keeps its last acknowledged price (docs/architecture.md §4); held rows are never
+    pushed.
     """
     current = ledger.select(
         "sku",

@@ -1,4 +1,4 @@
-"""OpenSSL `enc -aes-256-cbc` compatible decryption (and encryption) of suppliers' CDN files (DESIGN §8).
+"""OpenSSL `enc -aes-256-cbc` compatible decryption (and encryption) of CDN price files (docs/cdn_feed.md).
 
 File layout: `Salted__` + 8-byte salt + AES-256-CBC ciphertext with PKCS#7 padding, optionally base64
 (`-a`: 64-character lines; `-a -A`: one line). Neither the KDF nor its digest is in the file, the

@@ -144,7 +144,7 @@ class RetryConfig(_Strict):
 
 
 class CdnFileConfig(_Strict):
-    """Where an encrypted price file lives and how OpenSSL encrypted it (DESIGN §8)."""
+    """Where an encrypted price file lives and how OpenSSL encrypted it (docs/architecture.md §8)."""
 
     path: str
     passphrase_env: str

@@ -1,4 +1,4 @@
-"""The storefront's orders database (DESIGN §5): allow-listed reads of one time window into polars."""
+"""The storefront's orders database (docs/architecture.md §5): allow-listed reads of a window into polars."""
 
 from __future__ import annotations
 

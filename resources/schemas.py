@@ -10,7 +10,7 @@ MONEY = pl.Decimal(20, 4)
 RATE = pl.Decimal(20, 8)
 UTC_TS = pl.Datetime("us", "UTC")
 
-# supplier_offers/<supplier>: one row per SKU a supplier offers (DESIGN §3, docs/warehouse.md).
+# supplier_offers/<supplier>: one row per SKU a supplier offers (docs/architecture.md §3, docs/warehouse.md).
 OFFERS_SCHEMA: dict[str, pl.DataType] = {
     "sku": pl.String(),
     "supplier": pl.String(),

@@ -1,4 +1,4 @@
-"""The storefront: its catalog endpoint and the signed, idempotent price webhook (DESIGN §7)."""
+"""The storefront: its catalog endpoint and the signed, idempotent price webhook (docs/architecture.md §7)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ ACKNOWLEDGED = "acknowledged"  # per-SKU view of applied / already_applied / par
 _ACKNOWLEDGED_STATUSES = frozenset({APPLIED, ALREADY_APPLIED, PARTIAL})
 
 
-# One price in a push (DESIGN §7); price is the exact decimal string, never a float.
+# One price in a push (docs/architecture.md §7); price is the exact decimal string, never a float.
 ENTRY_SCHEMA: dict[str, pl.DataType] = {
     "sku": pl.String(),
     "price": pl.String(),
@@ -220,7 +220,7 @@ def retry_after_seconds(value: str | None, default: float) -> float:
 
 
 class WebhookPusher:
-    """The signed webhook of DESIGN §7 over one open HTTP connection pool."""
+    """The signed webhook of docs/architecture.md §7 over one open HTTP connection pool."""
 
     adapter = "webhook"
 
@@ -230,7 +230,7 @@ class WebhookPusher:
         self._sleep = sleep
 
     def push_prices(self, chunk: PushChunk, *, stats: PushStats) -> PushOutcome:
-        """POST one chunk, signed, with its content-derived Idempotency-Key, retrying per DESIGN §7."""
+        """POST one chunk, signed, with its content-derived Idempotency-Key; retries: docs/storefront.md."""
         outcome = self._push(chunk, stats)
         stats.outcomes.append(outcome)
         return outcome

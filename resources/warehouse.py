@@ -1,4 +1,4 @@
-"""The Parquet warehouse: path contract, atomic writes, and the polars IO manager (DESIGN §6)."""
+"""The Parquet warehouse: path contract, atomic writes and the polars IO manager (docs/architecture.md §6)."""
 
 from __future__ import annotations
 
@@ -311,7 +311,7 @@ _RECENT_OUTPUTS = _RecentOutputs(capacity=2)
 
 
 class WarehouseIOManager(ConfigurableIOManager):
-    """polars frames <-> Parquet at the DESIGN §6 paths; partitioned tables carry their partition column."""
+    """polars frames <-> Parquet at the docs/warehouse.md paths; partitioned tables carry their partition."""
 
     base_dir: str | None = None
     _root: UPath | None = PrivateAttr(default=None)

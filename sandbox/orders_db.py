@@ -1,7 +1,8 @@
 """A generated orders database: the storefront's order service tables with realistic volume and dirt.
 
-The tables follow DESIGN §5 exactly, including the payment and address columns the pipeline must never
-read: they hold fake but realistic values (Luhn-valid card numbers, CVCs, street addresses) so that a
+The tables follow docs/architecture.md §5 exactly, including the payment and address columns the
+pipeline must never read: they hold fake but realistic values (Luhn-valid card numbers, CVCs, street
+addresses) so that a
 leak scan of the warehouse and the run logs has something real to look for.
 """
 
@@ -52,7 +53,7 @@ _DIRTY_SHARE = 0.002
 
 
 def orders_metadata(schema: str | None = None) -> tuple[sa.MetaData, sa.Table, sa.Table]:
-    """The source tables of DESIGN §5 (what the storefront's order service has), optionally in a schema."""
+    """The order service's source tables (docs/architecture.md §5), optionally in a schema."""
     metadata = sa.MetaData(schema=schema)
     orders = sa.Table(
         "orders",

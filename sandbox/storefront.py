@@ -1,4 +1,4 @@
-"""Sandbox storefront: paginated catalog, and a price webhook that verifies signatures (DESIGN §7).
+"""Sandbox storefront: paginated catalog and a price webhook that checks signatures (docs/architecture.md §7).
 
 Faults (world.faults["storefront"]): `outage` (503 with Retry-After), `status` (answer every push
 with this status), `fail_next` (the next N pushes get 503), `throttle_next` (the next N get 429),

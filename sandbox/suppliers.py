@@ -1,4 +1,4 @@
-"""Sandbox REST suppliers (DESIGN §9), mounted under /suppliers, with switchable fault modes.
+"""Sandbox REST suppliers (docs/architecture.md §9), mounted under /suppliers, with switchable fault modes.
 
 - `alpha`: batch endpoint `GET|POST /alpha/v1/offers` (`?skus=a,b` or `{"skus": [...]}`, at most
   MAX_BATCH), API key header `X-Api-Key`, decimal-string prices in EUR.

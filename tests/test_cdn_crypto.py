@@ -1,4 +1,4 @@
-"""OpenSSL-compatible decryption, the price-file parser, and the cache they feed (DESIGN §8).
+"""OpenSSL-compatible decryption, the price-file parser, and the cache they feed (docs/architecture.md §8).
 
 Files are made by the real `openssl enc` CLI in every mode the registry supports.
 """

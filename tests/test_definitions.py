@@ -1,4 +1,4 @@
-"""Both code locations load, validate, and expose the contract asset keys (DESIGN §3)."""
+"""Both code locations load, validate, and expose the contract asset keys (docs/architecture.md §3)."""
 
 from __future__ import annotations
 

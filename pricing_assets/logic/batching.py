@@ -1,4 +1,4 @@
-"""Stable assignment of SKUs to `catalog_batch` partitions (DESIGN §3, docs/pricing.md)."""
+"""Stable assignment of SKUs to `catalog_batch` partitions (docs/architecture.md §3, docs/pricing.md)."""
 
 from __future__ import annotations
 

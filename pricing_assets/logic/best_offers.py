@@ -1,4 +1,4 @@
-"""Cheapest available offer per active catalog SKU, with runner-up and spread (DESIGN §4)."""
+"""Cheapest available offer per active catalog SKU, with runner-up and spread (docs/architecture.md §4)."""
 
 from __future__ import annotations
 

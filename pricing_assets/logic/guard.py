@@ -1,4 +1,4 @@
-"""Price-change guard, approval release, and the blocking checks that gate a push (DESIGN §4)."""
+"""Price-change guard, approval release and the blocking checks that gate a push (docs/architecture.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Storefront price from cost: markup, rounding and the margin floor, in exact integer money (DESIGN §4)."""
+"""Storefront price from cost: markup, rounding and the margin floor, in exact money (docs/pricing.md)."""
 
 from __future__ import annotations
 

@@ -213,7 +213,7 @@ def test_allocations_match_orders_detects_stray_missing_and_duplicate_rows() -> 
 def reference_allocation(
     lines: list[dict[str, Any]], snaps: list[dict[str, Any]], prior: dict[tuple[Any, ...], int]
 ) -> dict[tuple[int, str], str | None]:
-    """The rules of DESIGN §4 written as the obvious loop, one line at a time."""
+    """The rules of docs/architecture.md §4 written as the obvious loop, one line at a time."""
     remaining: dict[tuple[Any, ...], int | None] = {}
     result: dict[tuple[int, str], str | None] = {}
     for line in sorted(lines, key=lambda r: (r["created_at"], r["order_id"], r["sku"])):

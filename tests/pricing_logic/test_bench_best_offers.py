@@ -1,4 +1,4 @@
-"""The best_offers benchmark runs end to end at a tiny scale and prints the DESIGN §10 line."""
+"""The best_offers benchmark runs end to end at a tiny scale and prints the docs/architecture.md §10 line."""
 
 from __future__ import annotations
 

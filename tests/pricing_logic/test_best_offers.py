@@ -1,4 +1,4 @@
-"""Best-offer selection (DESIGN §4): property tests against a plain-Python reference, plus rule tables."""
+"""Best-offer selection (docs/architecture.md §4): property tests against a plain reference, rule tables."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def reference(
     now: datetime,
     ttl: timedelta,
 ) -> list[dict[str, Any]]:
-    """DESIGN §4 written as plainly as possible, one SKU at a time."""
+    """The best-offer rule of docs/architecture.md §4 written as plainly as possible, one SKU at a time."""
     ranked = [s for s in dict.fromkeys(order) if s in enabled] + sorted(set(enabled) - set(order))
     rank = {supplier: i for i, supplier in enumerate(ranked)}
     out = []

@@ -1,4 +1,4 @@
-"""The webhook adapter against the sandbox storefront: every status-code path of DESIGN §7."""
+"""The webhook adapter against the sandbox storefront: every status-code path of docs/architecture.md §7."""
 
 import time
 

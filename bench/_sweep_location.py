@@ -19,7 +19,6 @@ from dagster import (
 
 from pricing_assets.checks import build_storefront_price_checks
 from pricing_assets.definitions import build_defs
-from pricing_assets.partitions import catalog_batch_partitions
 from resources.config import load_registry
 
 DEPLOYED_JOB = "price_sweep_job"
@@ -34,14 +33,12 @@ _selection = AssetSelection.assets(
 _in_process = define_asset_job(
     IN_PROCESS_JOB,
     selection=_selection,
-    partitions_def=catalog_batch_partitions(_registry.catalog_batches),
     executor_def=in_process_executor,
 )
 # Step processes forked from a server that imported the location once, instead of spawned fresh.
 _forkserver = define_asset_job(
     FORKSERVER_JOB,
     selection=_selection,
-    partitions_def=catalog_batch_partitions(_registry.catalog_batches),
     executor_def=multiprocess_executor.configured(
         {"start_method": {"forkserver": {"preload_modules": ["bench._sweep_location"]}}}
     ),

@@ -149,7 +149,7 @@ def write_data(warehouse: Warehouse, n: int) -> None:
 
 def sensor_plan(partitions: StaticPartitionsDefinition, sweep_minutes: int) -> list[RunRequest]:
     """The run requests of one full cycle of the real price_sweep sensor, from a fresh cursor."""
-    job = build_sweep_job(AssetSelection.assets("best_offers"), partitions)
+    job = build_sweep_job(AssetSelection.assets("best_offers"))
     ticks = iter(range(0, 10**9, 3600))  # each evaluation an hour later: every tick is due
     sensor = build_price_sweep_sensor(job, partitions, clock=lambda: float(next(ticks)))
     config = RuntimeConfig(override_json=json.dumps({"sweep_minutes": sweep_minutes}))

@@ -11,7 +11,7 @@ from dagster import (
     schedule,
 )
 
-from orders_assets.partitions import ORDERS_START_DATE, daily_partitions
+from orders_assets.partitions import ORDERS_START_DATE
 
 # Dagster's documented run tags for a single run over a range of partitions.
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -20,7 +20,6 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 orders_job = define_asset_job(
     "orders_job",
     selection=AssetSelection.groups("orders"),
-    partitions_def=daily_partitions,
     description="orders -> order_rejects -> order_allocations -> sales_report -> sales_summary.",
 )
 

@@ -89,10 +89,10 @@ def build_definitions_without_resources(registry: Registry) -> Definitions:
     sweep_selection = AssetSelection.assets(
         *offer_keys, AssetKey("best_offers"), AssetKey("storefront_prices")
     )
-    sweep_job = build_sweep_job(sweep_selection, batches)
-    cycle_job = build_cycle_job(sweep_selection | AssetSelection.assets(AssetKey("storefront_sync")), batches)
-    sync_job = build_storefront_sync_job(batches)
-    reconcile_job = build_reconcile_job(batches)
+    sweep_job = build_sweep_job(sweep_selection)
+    cycle_job = build_cycle_job(sweep_selection | AssetSelection.assets(AssetKey("storefront_sync")))
+    sync_job = build_storefront_sync_job()
+    reconcile_job = build_reconcile_job()
     history_job = build_price_history_job()
     held_job = build_held_job()
     schedules = [build_held_schedule(held_job), build_price_history_schedule(history_job)]

@@ -153,7 +153,6 @@ def build_price_history_job() -> Any:
     return define_asset_job(
         HISTORY_JOB_NAME,
         selection=AssetSelection.assets(PRICE_HISTORY_KEY),
-        partitions_def=daily_partitions,
         description="Record changes of supplier offers into today's price_history partition.",
     )
 

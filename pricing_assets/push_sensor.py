@@ -79,12 +79,11 @@ class Producer:
 PUSH_MAX_RUNTIME_SECONDS = 600
 
 
-def build_storefront_sync_job(partitions_def: PartitionsDefinition) -> AssetJob:
+def build_storefront_sync_job() -> AssetJob:
     """The job the sensor launches: `storefront_sync` alone, partitioned by catalog batch."""
     return define_asset_job(
         name=SYNC_JOB_NAME,
         selection=AssetSelection.assets(STOREFRONT_SYNC),
-        partitions_def=partitions_def,
         description="Push what changed in storefront_prices to the storefront (storefront_sync).",
         # Run monitoring ends a run over this, freeing the `storefront` pool slot a dead run worker
         # would hold for ever; the push journal makes the next sync finish what it left.

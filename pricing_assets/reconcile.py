@@ -216,12 +216,11 @@ RECONCILED_METADATA = "skus_checked"
 RECONCILE_RUN_CONFIG = {"ops": {"storefront_sync": {"config": {"reconcile": True}}}}
 
 
-def build_reconcile_job(partitions_def: StaticPartitionsDefinition) -> AssetJob:
+def build_reconcile_job() -> AssetJob:
     """`storefront_reconcile_job`: storefront_sync in reconcile mode (read the storefront, repair drift)."""
     return define_asset_job(
         RECONCILE_JOB_NAME,
         selection=AssetSelection.assets(AssetKey("storefront_sync")),
-        partitions_def=partitions_def,
         config=RECONCILE_RUN_CONFIG,
         description="Compare what the storefront shows with the ledger and push the drifted SKUs again.",
     )

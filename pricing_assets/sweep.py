@@ -103,22 +103,20 @@ def run_key(cursor: SweepCursor, chosen: list[str]) -> str:
     return f"sweep-{cursor.cycle}-{chosen[0]}-{chosen[-1]}"
 
 
-def build_sweep_job(selection: AssetSelection, partitions_def: StaticPartitionsDefinition) -> AssetJob:
+def build_sweep_job(selection: AssetSelection) -> AssetJob:
     """`price_sweep_job`: supplier offers, best offers and storefront prices for a range, no push."""
     return _range_job(
         SWEEP_JOB_NAME,
         selection,
-        partitions_def,
         "Fetch offers and price a range of catalog batches (the storefront_push sensor pushes them).",
     )
 
 
-def build_cycle_job(selection: AssetSelection, partitions_def: StaticPartitionsDefinition) -> AssetJob:
+def build_cycle_job(selection: AssetSelection) -> AssetJob:
     """`price_cycle_job`: the sweep and the push of what changed, in one run (launched by price_sweep)."""
     return _range_job(
         CYCLE_JOB_NAME,
         selection,
-        partitions_def,
         "Fetch offers, price and push a range of catalog batches (launched by price_sweep).",
         # Measured (bench soak): a push in its own run waited for the push sensor's tick, the queue
         # and a run process start-up, 25 s at p95 after the sweep's end on a 2-core machine.
@@ -129,15 +127,13 @@ def build_cycle_job(selection: AssetSelection, partitions_def: StaticPartitionsD
 def _range_job(
     name: str,
     selection: AssetSelection,
-    partitions_def: StaticPartitionsDefinition,
     description: str,
     tags: dict[str, str] | None = None,
 ) -> AssetJob:
-    """An in-process asset job over a range of catalog batches, with the sweep's max runtime."""
+    """An in-process job over a range of catalog batches (partitioned like its assets), with a max runtime."""
     return define_asset_job(
         name,
         selection=selection,
-        partitions_def=partitions_def,
         # Measured (bench/sweep.py): each step process of the multiprocess executor costs ~2.5 s of
         # spawn and imports on a 2-core machine, far more than the steps' work; suppliers are still
         # fetched concurrently inside their steps, and pools serialize them across runs anyway.

@@ -63,3 +63,17 @@ def test_dagster_definitions_validate_workspace(tmp_path):
         env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_both_code_locations_load_without_a_deprecation_warning():
+    """Dagster's deprecated API (e.g. `define_asset_job(partitions_def=...)`) fails this load."""
+    code = "import pricing_assets.definitions, orders_assets.definitions"
+    result = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

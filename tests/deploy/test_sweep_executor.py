@@ -10,7 +10,6 @@ from dagster import AssetKey, AssetSelection, Definitions, define_asset_job, val
 from dagster_k8s import k8s_job_executor
 
 from pricing_assets.definitions import build_definitions_without_resources, default_resources
-from pricing_assets.partitions import catalog_batch_partitions
 from resources.config import load_registry
 from tests.deploy.conftest import K8S, load_yaml
 
@@ -27,7 +26,6 @@ def sweep_jobs():
     on_k8s = define_asset_job(
         "price_sweep_job",
         selection=selection,
-        partitions_def=catalog_batch_partitions(registry.catalog_batches),
         executor_def=k8s_job_executor,
     )
     defs = Definitions(

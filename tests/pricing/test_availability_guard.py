@@ -13,7 +13,6 @@ import pytest
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
 from pricing_assets.held import read_approvals
-from pricing_assets.partitions import catalog_batch_partitions
 from resources.config import load_registry
 from resources.runtime import RuntimeConfig
 from resources.warehouse import Warehouse
@@ -46,7 +45,6 @@ class Shop:
         job = define_asset_job(
             "price_and_push",
             selection=AssetSelection.assets("best_offers", "storefront_prices", "storefront_sync"),
-            partitions_def=catalog_batch_partitions(registry.catalog_batches),
         )
         bound = resources(warehouse_dir, storefront_url=f"{sandbox.url}/storefront")
         bound["service_config"] = RuntimeConfig()  # SERVICE_CONFIG from the environment, as deployed

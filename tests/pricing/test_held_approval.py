@@ -7,7 +7,6 @@ import pytest
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
 from pricing_assets.held import HELD_SCHEMA, read_approvals
-from pricing_assets.partitions import catalog_batch_partitions
 from resources.config import load_registry
 from resources.warehouse import Warehouse
 from tests.pricing.wiring import (
@@ -39,7 +38,6 @@ class Shop:
         price_and_push = define_asset_job(
             "price_and_push",
             selection=AssetSelection.assets("best_offers", "storefront_prices", "storefront_sync"),
-            partitions_def=catalog_batch_partitions(registry.catalog_batches),
         )
         self.defs = bind(
             Definitions.merge(pricing_definitions(registry), Definitions(jobs=[price_and_push])),

@@ -68,9 +68,7 @@ def run_with(frame: pl.DataFrame, warehouse_dir, storefront_url: str, tags: dict
         return frame.filter(pl.col("batch").is_in(list(context.partition_keys)))
 
     sync = build_storefront_sync_asset(BATCHES)
-    job = define_asset_job(
-        "push", selection=AssetSelection.assets(storefront_prices, sync), partitions_def=BATCHES
-    )
+    job = define_asset_job("push", selection=AssetSelection.assets(storefront_prices, sync))
     defs = Definitions(
         assets=[storefront_prices, sync],
         asset_checks=build_storefront_price_checks(),

@@ -45,7 +45,7 @@ class Clock:
 
 
 clock = Clock()
-job = build_sweep_job(AssetSelection.assets(priced), batches)
+job = build_sweep_job(AssetSelection.assets(priced))
 sensor = build_price_sweep_sensor(job, batches, clock=clock)
 
 

@@ -41,7 +41,7 @@ from resources.storefront import Storefront
 from resources.warehouse import Warehouse, WarehouseIOManager
 from tests.storefront.conftest import BATCHES, PRICES_SPEC, SYNC_ASSET
 
-JOB = build_storefront_sync_job(BATCHES)
+JOB = build_storefront_sync_job()
 SENSOR = build_storefront_push_sensor(JOB, BATCHES)
 SWEEP = StaticPartitionsDefinition([f"batch-{i:03d}" for i in range(16)])
 SWEEP_KEYS = SWEEP.get_partition_keys()
@@ -87,7 +87,7 @@ def prices_asset(partitions: StaticPartitionsDefinition):
 
 def test_a_sweep_of_16_batches_leads_to_one_push_run_for_its_range(instance):
     """A ranged run over 16 batches emits 16 materializations: one sync request covers them all."""
-    sensor = build_storefront_push_sensor(build_storefront_sync_job(SWEEP), SWEEP)
+    sensor = build_storefront_push_sensor(build_storefront_sync_job(), SWEEP)
     tags = {RANGE_START_TAG: "batch-000", RANGE_END_TAG: "batch-015"}
     run = materialize([prices_asset(SWEEP)], instance=instance, resources={"io_manager": null_io}, tags=tags)
     records = instance.fetch_materializations(AssetKey("storefront_prices"), limit=100).records
@@ -204,7 +204,7 @@ def test_sensor_targets_the_sync_job_and_definitions_validate():
 
 def test_a_run_that_pushes_itself_gets_no_push_run_and_the_cursor_moves_past_it(instance):
     """The sweep's price_cycle_job pushes in the same run: the sensor requests nothing for its range."""
-    sensor = build_storefront_push_sensor(build_storefront_sync_job(SWEEP), SWEEP)
+    sensor = build_storefront_push_sensor(build_storefront_sync_job(), SWEEP)
     tags = {RANGE_START_TAG: "batch-000", RANGE_END_TAG: "batch-015", PUSHES_IN_RUN_TAG: PUSHES_IN_RUN}
 
     @asset(name="storefront_sync", partitions_def=SWEEP, deps=["storefront_prices"])

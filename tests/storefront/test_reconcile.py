@@ -255,7 +255,7 @@ def test_wiped_shopify_is_repaired_once(sandbox, warehouse_dir, shopify_token):
 
 def test_reconcile_sensor_runs_once_per_sweep_period_after_the_first_push():
     now = [1_000_000.0]
-    sensor = build_reconcile_sensor(build_reconcile_job(BATCHES), BATCHES, clock=lambda: now[0])
+    sensor = build_reconcile_sensor(build_reconcile_job(), BATCHES, clock=lambda: now[0])
     resources = {"service_config": RuntimeConfig(override_json=json.dumps({"sweep_minutes": 2}))}
     with instance_for_test() as instance:
 

@@ -27,12 +27,33 @@ from dagster import (
 from pydantic import PrivateAttr
 from upath import UPath
 
+from resources.config import ConfigError
+
 DEFAULT_WAREHOUSE_DIR = "warehouse"
+LOCAL_PROTOCOLS = ("", "file", "local")
+# fsspec keeps one filesystem object per set of options for the life of the process, and s3fs caches
+# every listing in it forever: a long-lived process (code server, sensors, the sweep) would then miss
+# files other processes wrote after its first glob. Off, every exists/glob asks the store itself.
+OBJECT_STORE_OPTIONS: dict[str, Any] = {"use_listings_cache": False}
 
 
 def warehouse_root(base_dir: str | None = None) -> UPath:
-    """The warehouse root: explicit value, else $WAREHOUSE_DIR, else ./warehouse."""
-    return UPath(base_dir or os.environ.get("WAREHOUSE_DIR") or DEFAULT_WAREHOUSE_DIR)
+    """The warehouse root: explicit value, else $WAREHOUSE_DIR, else ./warehouse (or s3://bucket/prefix)."""
+    location = base_dir or os.environ.get("WAREHOUSE_DIR") or DEFAULT_WAREHOUSE_DIR
+    try:
+        root = UPath(location)
+        if getattr(root, "protocol", "") in LOCAL_PROTOCOLS:
+            return root
+        root = UPath(location, **OBJECT_STORE_OPTIONS)
+        root.fs  # noqa: B018 -- resolves the fsspec backend now, so a missing one fails here, named
+    except (ImportError, ValueError) as exc:
+        # Only the scheme is named: an fsspec URL may carry credentials (user:secret@host).
+        scheme = location.partition("://")[0]
+        raise ConfigError(
+            f"warehouse on {scheme}://: no fsspec backend for it ({type(exc).__name__}); s3:// needs "
+            "s3fs (uv sync --group k8s)"
+        ) from None
+    return root
 
 
 def table_path(root: UPath, key_path: Sequence[str], partition: str | None = None) -> UPath:
@@ -48,7 +69,7 @@ def table_path(root: UPath, key_path: Sequence[str], partition: str | None = Non
 
 def _local_target(path: UPath) -> Path | None:
     """The local filesystem path behind a UPath, or None for object storage."""
-    if getattr(path, "protocol", "") in ("", "file", "local"):
+    if getattr(path, "protocol", "") in LOCAL_PROTOCOLS:
         return Path(str(path.path if hasattr(path, "path") else path))
     return None
 
@@ -138,15 +159,36 @@ def _publish_atomic(target: Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, target)
 
 
+def _put_object(data: bytes, path: UPath) -> None:
+    """Publish a whole object in one request: a PUT (a multipart upload above 100 MiB).
+
+    Either becomes visible all at once when it completes, and a failed or killed one leaves the
+    previous object. Never `path.open("wb")`: its file object uploads parts as the buffer fills and
+    its `__exit__` completes the upload even when the block raised, publishing half an object.
+    """
+    path.fs.pipe_file(path.path, data)
+
+
+def _get_object(path: UPath) -> bytes:
+    """The whole object in one GET, so it is one version of it whatever writers do meanwhile.
+
+    max_concurrency=1: above its block size s3fs otherwise reads ranged parts in parallel, and parts
+    of two versions could be stitched together if a writer replaced the object between them.
+    """
+    try:
+        return path.fs.cat_file(path.path, max_concurrency=1)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"warehouse file not found: {path}") from None
+
+
 def write_bytes_atomic(data: bytes, path: UPath) -> None:
     """Write bytes so that readers see the old file or the new one, never half of either."""
     target = _local_target(path)
     if target is not None:
         _publish_atomic(target, lambda handle: handle.write(data))
     else:
-        # Object stores make a single PUT visible all at once, which is the atomicity we need.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        # Object stores have no folders to create, and make a whole PUT visible at once.
+        _put_object(data, path)
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: UPath) -> None:
@@ -157,13 +199,16 @@ def write_parquet_atomic(frame: pl.DataFrame, path: UPath) -> None:
             target, lambda handle: frame.write_parquet(handle, compression="zstd", statistics=True)
         )
         return
+    # Object storage: the whole file in memory first, so a failing write never reaches the store.
     buffer = io.BytesIO()
     frame.write_parquet(buffer, compression="zstd", statistics=True)
-    write_bytes_atomic(buffer.getvalue(), path)
+    _put_object(buffer.getvalue(), path)
 
 
 def read_parquet(path: UPath) -> pl.DataFrame:
     """Read one Parquet file; a missing file raises FileNotFoundError naming it."""
+    if _local_target(path) is None:
+        return pl.read_parquet(io.BytesIO(_get_object(path)))
     if not path.exists():
         raise FileNotFoundError(f"warehouse file not found: {path}")
     with path.open("rb") as handle:
@@ -225,8 +270,13 @@ class Warehouse(ConfigurableResource):
             files = sorted(folder.glob("*.parquet")) if folder.exists() else []
         else:
             files = [table_path(self.root(), key_path, p) for p in partitions]
-            files = [f for f in files if f.exists()]
-        frames = [read_parquet(f) for f in files]
+        frames = []
+        for path in files:
+            # Read, not exists-then-read: on object storage that is one request, not two.
+            try:
+                frames.append(read_parquet(path))
+            except FileNotFoundError:
+                continue  # a partition not written yet
         return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
     def write_json(self, payload: Any, key_path: Sequence[str], name: str) -> None:
@@ -248,6 +298,11 @@ class Warehouse(ConfigurableResource):
     def read_json(self, key_path: Sequence[str], name: str) -> Any | None:
         """Read a JSON sidecar, or None if it was never written."""
         path = self.root().joinpath(*key_path[:-1], f"{key_path[-1]}.{name}.json")
+        if _local_target(path) is None:
+            try:
+                return json.loads(_get_object(path))
+            except FileNotFoundError:
+                return None
         return json.loads(path.read_text()) if path.exists() else None
 
 

@@ -1,0 +1,381 @@
+"""The warehouse on object storage (WAREHOUSE_DIR=s3://bucket/prefix) against a real S3 server.
+
+moto's server mode runs on a free 127.0.0.1 port for the session; botocore (under s3fs) finds it
+through AWS_ENDPOINT_URL, as any S3-compatible store would be configured (docs/warehouse.md).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import boto3
+import polars as pl
+import pytest
+from dagster import AssetIn, DagsterInstance, StaticPartitionsDefinition, asset, materialize
+
+from resources import warehouse as wh
+from resources.config import ConfigError, load_registry
+from resources.push_lock import batch_lock_for
+from resources.warehouse import Warehouse, WarehouseIOManager
+
+pytestmark = pytest.mark.s3
+
+ROOT = Path(__file__).resolve().parent.parent
+BUCKET = "bucket"
+batches = StaticPartitionsDefinition(["batch-000", "batch-001"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 for the session, with the test bucket created."""
+    moto_server = pytest.importorskip("moto.server")
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=BUCKET)
+    yield url
+    server.stop()
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """What a process needs to reach the moto server: fake credentials and the endpoint."""
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        # No machine's ~/.aws config or credentials take part.
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+
+@pytest.fixture
+def s3_root(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh s3://bucket/<prefix> warehouse, exported as WAREHOUSE_DIR with the S3 env."""
+    for name, value in s3_env(s3_endpoint).items():
+        monkeypatch.setenv(name, value)
+    root = f"s3://{BUCKET}/wh-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("WAREHOUSE_DIR", root)
+    return root
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str):
+    """A boto3 client on the moto server (independent of the code under test)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+
+def keys_under(client, root: str) -> set[str]:
+    """Every object key under the warehouse root, relative to it."""
+    prefix = root.removeprefix(f"s3://{BUCKET}/") + "/"
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {item["Key"].removeprefix(prefix) for page in pages for item in page.get("Contents", [])}
+
+
+def money_frame(n: int = 3, factor: int = 1) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "sku": [f"S{i}" for i in range(n)],
+            "price": [Decimal("1.10") * (i + 1) * factor for i in range(n)],
+        },
+        schema={"sku": pl.String, "price": pl.Decimal(20, 4)},
+    )
+
+
+# ---------------------------------------------------------------- round trip
+
+
+def test_warehouse_resource_round_trip(s3_root, bucket):
+    warehouse = Warehouse()
+    assert warehouse.local_root() is None
+    path = warehouse.write(money_frame(), ["catalog"])
+    assert str(path) == f"{s3_root}/catalog.parquet"
+    assert warehouse.exists(["catalog"])
+    assert warehouse.read(["catalog"]).equals(money_frame())
+
+    for batch in batches.get_partition_keys():
+        warehouse.write(money_frame(factor=2).with_columns(batch=pl.lit(batch)), ["offers", "alpha"], batch)
+    both = warehouse.read_partitions(["offers", "alpha"])
+    assert both is not None and both.height == 6
+    assert both.get_column("batch").to_list() == ["batch-000"] * 3 + ["batch-001"] * 3
+    one = warehouse.read_partitions(["offers", "alpha"], ["batch-001", "batch-009"])  # one never written
+    assert one is not None and set(one.get_column("batch")) == {"batch-001"}
+    assert warehouse.read_partitions(["offers", "nobody"]) is None
+    assert not warehouse.exists(["offers", "alpha"], "batch-009")
+    with pytest.raises(FileNotFoundError, match="batch-009"):
+        warehouse.read(["offers", "alpha"], "batch-009")
+
+    assert warehouse.read_json(["catalog"], "state") is None
+    warehouse.write_json({"etag": "abc"}, ["catalog"], "state")
+    assert warehouse.read_json(["catalog"], "state") == {"etag": "abc"}
+    assert warehouse.remove_orphan_temp_files() == []
+
+    assert keys_under(bucket, s3_root) == {
+        "catalog.parquet",
+        "catalog.state.json",
+        "offers/alpha/batch-000.parquet",
+        "offers/alpha/batch-001.parquet",
+    }
+
+
+def test_a_listing_sees_what_another_process_wrote(s3_root, bucket):
+    """No listing cache: a long-lived process's glob sees objects written elsewhere after its first one."""
+    warehouse = Warehouse()
+    warehouse.write(money_frame(), ["t"], "batch-000")
+    assert warehouse.read_partitions(["t"]).height == 3
+    prefix = s3_root.removeprefix(f"s3://{BUCKET}/")
+    other = pl.DataFrame({"sku": ["X"], "price": [Decimal("9")]}, schema=money_frame().schema)
+    buffer = io.BytesIO()
+    other.write_parquet(buffer)
+    bucket.put_object(Bucket=BUCKET, Key=f"{prefix}/t/batch-001.parquet", Body=buffer.getvalue())
+    assert warehouse.read_partitions(["t"]).height == 4
+    assert warehouse.exists(["t"], "batch-001")
+
+
+def test_io_manager_round_trip_partitioned_and_not(s3_root, bucket):
+    @asset
+    def catalog() -> pl.DataFrame:
+        return money_frame()
+
+    @asset(key=["supplier_offers", "alpha"], partitions_def=batches)
+    def offers(catalog: pl.DataFrame) -> pl.DataFrame:
+        return catalog.with_columns(pl.col("price") * 2)
+
+    @asset(partitions_def=batches, ins={"offers": AssetIn(key=["supplier_offers", "alpha"])})
+    def best(offers: pl.DataFrame) -> pl.DataFrame:
+        return offers.filter(pl.col("sku") != "S0")
+
+    resources = {"io_manager": WarehouseIOManager()}
+    assert materialize([catalog], resources=resources).success
+    for batch in batches.get_partition_keys():
+        selection = [offers.key, best.key]
+        result = materialize(
+            [catalog, offers, best], selection=selection, partition_key=batch, resources=resources
+        )
+        assert result.success
+        metadata = result.asset_materializations_for_node("best")[0].metadata
+        assert metadata["path"].value == f"{s3_root}/best/{batch}.parquet"
+
+    warehouse = Warehouse()
+    assert warehouse.read(["catalog"]).equals(money_frame())
+    stored = warehouse.read(["supplier_offers", "alpha"], "batch-001")
+    assert stored.drop("batch").equals(money_frame().with_columns(pl.col("price") * 2))
+    assert set(stored.get_column("batch")) == {"batch-001"}
+    assert warehouse.read_partitions(["best"]).height == 4
+    assert keys_under(bucket, s3_root) == {
+        "catalog.parquet",
+        "supplier_offers/alpha/batch-000.parquet",
+        "supplier_offers/alpha/batch-001.parquet",
+        "best/batch-000.parquet",
+        "best/batch-001.parquet",
+    }
+
+
+def test_a_lazy_input_reads_from_object_storage(s3_root):
+    @asset
+    def catalog() -> pl.DataFrame:
+        return money_frame()
+
+    @asset
+    def count(catalog: pl.LazyFrame) -> pl.DataFrame:
+        return catalog.select(pl.len()).collect()
+
+    assert materialize([catalog, count], resources={"io_manager": WarehouseIOManager()}).success
+    assert Warehouse().read(["count"]).item() == 3
+
+
+# ---------------------------------------------------------------- atomicity
+
+
+def test_a_write_failing_midway_leaves_the_previous_object(s3_root):
+    warehouse = Warehouse()
+    warehouse.write(money_frame(), ["catalog"])
+
+    def half_then_fail(self, file, **kwargs):
+        file.write(b"PAR1" + b"\0" * 1000)  # some bytes of the new file, then the writer dies
+        raise RuntimeError("disk full")
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(RuntimeError, match="disk full"):
+        patch.setattr(pl.DataFrame, "write_parquet", half_then_fail)
+        warehouse.write(money_frame(n=50, factor=3), ["catalog"])
+    assert warehouse.read(["catalog"]).equals(money_frame())
+
+
+def test_a_failing_upload_leaves_the_previous_object(s3_root):
+    """The PUT itself fails (connection dropped): the store keeps the previous object."""
+    warehouse = Warehouse()
+    warehouse.write(money_frame(), ["catalog"])
+    fs = warehouse.root().fs
+
+    def broken(path, data, **kwargs):
+        raise ConnectionResetError("connection reset by peer")
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(ConnectionResetError):
+        patch.setattr(fs, "pipe_file", broken)
+        warehouse.write(money_frame(factor=7), ["catalog"])
+    assert warehouse.read(["catalog"]).equals(money_frame())
+
+
+WRITER = """
+import sys, polars as pl
+from resources.warehouse import Warehouse
+rows = int(sys.argv[1])
+warehouse = Warehouse()
+version = 0
+print("ready", flush=True)
+while True:
+    version += 1
+    frame = pl.DataFrame({"version": [version] * rows, "n": list(range(rows))})
+    warehouse.write(frame, ["big"])
+"""
+
+
+def test_readers_never_see_half_an_object_and_a_killed_writer_leaves_a_whole_one(s3_root, s3_endpoint):
+    """A subprocess rewrites a multi-MB table in a loop and is SIGKILLed at some point mid-write;
+    readers meanwhile always get a whole, consistent version, and so does a reader afterwards."""
+    rows = 400_000  # a few MB of Parquet per version: each PUT takes a while on the wire
+    env = {**os.environ, **s3_env(s3_endpoint), "WAREHOUSE_DIR": s3_root, "PYTHONPATH": str(ROOT)}
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(rows)], env=env, cwd=ROOT, stdout=subprocess.PIPE
+    )
+    seen: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+    warehouse = Warehouse(base_dir=s3_root)
+
+    def check(frame: pl.DataFrame) -> int:
+        versions = frame.get_column("version").unique().to_list()
+        if (
+            frame.height != rows
+            or len(versions) != 1
+            or frame.get_column("n").sum() != rows * (rows - 1) // 2
+        ):
+            failures.append(f"torn: {frame.height} rows, versions {versions[:5]}")
+        return versions[0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(check(warehouse.read(["big"])))
+            except FileNotFoundError:
+                time.sleep(0.05)  # not written yet
+            except Exception as exc:  # a half object would fail to parse: that is the failure
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == b"ready"
+        deadline = time.monotonic() + 60
+        while not warehouse.exists(["big"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        threads = [threading.Thread(target=reader) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        while len(set(seen)) < 3 and time.monotonic() < deadline:  # a few versions replaced under readers
+            time.sleep(0.05)
+        time.sleep(0.137)  # an arbitrary point of the next write
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=10)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    assert not failures, failures[:3]
+    assert len(set(seen)) >= 3, seen
+    last = check(warehouse.read(["big"]))
+    assert not failures, failures
+    assert last >= max(seen)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_a_file_lock_on_object_storage_is_a_configuration_error(s3_root):
+    with pytest.raises(ConfigError, match="PUSH_LOCK_URL"):
+        batch_lock_for(Warehouse().local_root(), environ={})
+    lock = batch_lock_for(Warehouse().local_root(), environ={"PUSH_LOCK_URL": "postgresql://x@127.0.0.1/db"})
+    assert callable(lock)
+
+
+@pytest.mark.parametrize("location", ["gs://bucket/prefix", "nosuchstore://bucket/prefix"])
+def test_a_store_without_its_backend_is_a_configuration_error(location):
+    """gcsfs is not installed (as s3fs would not be without the k8s group): a clear error, not a crash
+    deep inside the first write."""
+    with pytest.raises(ConfigError, match="no fsspec backend"):
+        wh.warehouse_root(location)
+
+
+# ---------------------------------------------------------------- the pricing assets on S3
+
+
+def test_pricing_assets_materialize_into_the_bucket(s3_root, bucket, sandbox):
+    """catalog, then one batch of alpha's offers, best_offers and storefront_prices, all on S3."""
+    from tests.pricing.wiring import bind, pricing_definitions, resources
+
+    registry = load_registry().model_copy(update={"catalog_batches": 4})
+    config = {"suppliers": {"beta": {"enabled": False}, "gamma": {"enabled": False}}}
+    defs = bind(
+        pricing_definitions(registry),
+        resources(s3_root, config=config, storefront_url=f"{sandbox.url}/storefront"),
+    )
+    instance = DagsterInstance.ephemeral()
+    catalog = defs.resolve_assets_def("catalog").key
+    assert (
+        defs.resolve_implicit_global_asset_job_def()
+        .execute_in_process(instance=instance, asset_selection=[catalog])
+        .success
+    )
+    result = defs.resolve_job_def("price_sweep_job").execute_in_process(
+        instance=instance, partition_key="batch-000"
+    )
+    assert result.success
+
+    stored = keys_under(bucket, s3_root)
+    for key in (
+        "catalog.parquet",
+        "supplier_offers/alpha/batch-000.parquet",
+        "best_offers/batch-000.parquet",
+        "storefront_prices/batch-000.parquet",
+    ):
+        assert key in stored, sorted(stored)
+    warehouse = Warehouse()
+    catalog_rows = warehouse.read(["catalog"]).filter(pl.col("active") & (pl.col("batch") == "batch-000"))
+    offers = warehouse.read(["supplier_offers", "alpha"], "batch-000")
+    prices = warehouse.read(["storefront_prices"], "batch-000")
+    assert offers.height > 0 and prices.height > 0
+    assert set(prices.get_column("sku")) <= set(catalog_rows.get_column("sku"))

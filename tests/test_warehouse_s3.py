@@ -20,10 +20,26 @@ from decimal import Decimal
 from pathlib import Path
 
 import boto3
+import httpx
 import polars as pl
 import pytest
-from dagster import AssetIn, DagsterInstance, StaticPartitionsDefinition, asset, materialize
+from dagster import (
+    AssetIn,
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    StaticPartitionsDefinition,
+    asset,
+    materialize,
+)
 
+from pricing_assets.reconcile import (
+    MARK_SCHEMA,
+    RECONCILE_JOB_NAME,
+    RECONCILE_RUN_CONFIG,
+    MarkStore,
+    empty_marks,
+)
 from resources import warehouse as wh
 from resources.config import ConfigError, load_registry
 from resources.push_lock import batch_lock_for
@@ -343,12 +359,11 @@ def test_a_store_without_its_backend_is_a_configuration_error(location):
 # ---------------------------------------------------------------- the pricing assets on S3
 
 
-def test_pricing_assets_materialize_into_the_bucket(s3_root, bucket, sandbox):
-    """catalog, then one batch of alpha's offers, best_offers and storefront_prices, all on S3."""
+def pricing_on_s3(s3_root: str, sandbox, config: dict) -> tuple[Definitions, DagsterInstance]:
+    """The pricing definitions over 4 batches on the S3 warehouse and the sandbox, catalog loaded."""
     from tests.pricing.wiring import bind, pricing_definitions, resources
 
     registry = load_registry().model_copy(update={"catalog_batches": 4})
-    config = {"suppliers": {"beta": {"enabled": False}, "gamma": {"enabled": False}}}
     defs = bind(
         pricing_definitions(registry),
         resources(s3_root, config=config, storefront_url=f"{sandbox.url}/storefront"),
@@ -360,6 +375,19 @@ def test_pricing_assets_materialize_into_the_bucket(s3_root, bucket, sandbox):
         .execute_in_process(instance=instance, asset_selection=[catalog])
         .success
     )
+    return defs, instance
+
+
+def test_pricing_assets_materialize_into_the_bucket(s3_root, bucket, sandbox):
+    """catalog, the CDN file supplier's cache, then one batch of offers (alpha and delta's cached
+    file), best_offers and storefront_prices: all on S3."""
+    defs, instance = pricing_on_s3(
+        s3_root, sandbox, {"suppliers": {"beta": {"enabled": False}, "gamma": {"enabled": False}}}
+    )
+    files = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=[AssetKey(["supplier_files", "delta"])]
+    )
+    assert files.success
     result = defs.resolve_job_def("price_sweep_job").execute_in_process(
         instance=instance, partition_key="batch-000"
     )
@@ -368,14 +396,62 @@ def test_pricing_assets_materialize_into_the_bucket(s3_root, bucket, sandbox):
     stored = keys_under(bucket, s3_root)
     for key in (
         "catalog.parquet",
+        "supplier_files/delta.parquet",
+        "supplier_files/delta.state.json",
         "supplier_offers/alpha/batch-000.parquet",
+        "supplier_offers/delta/batch-000.parquet",
         "best_offers/batch-000.parquet",
         "storefront_prices/batch-000.parquet",
     ):
         assert key in stored, sorted(stored)
     warehouse = Warehouse()
     catalog_rows = warehouse.read(["catalog"]).filter(pl.col("active") & (pl.col("batch") == "batch-000"))
-    offers = warehouse.read(["supplier_offers", "alpha"], "batch-000")
+    assert warehouse.read(["supplier_offers", "alpha"], "batch-000").height > 0
+    assert warehouse.read(["supplier_offers", "delta"], "batch-000").height > 0
     prices = warehouse.read(["storefront_prices"], "batch-000")
-    assert offers.height > 0 and prices.height > 0
+    assert prices.height > 0
     assert set(prices.get_column("sku")) <= set(catalog_rows.get_column("sku"))
+
+
+@pytest.mark.postgres
+def test_push_journal_ledger_and_reconcile_marks_on_s3(s3_root, bucket, sandbox, pg_url, monkeypatch):
+    """The push needs a lock every pusher shares: without PUSH_LOCK_URL it fails naming it; with it,
+    the journal, the ledger and the reconcile marks all live in the bucket."""
+    for name in ("PUSH_LOCK_URL", "DAGSTER_PG_URL"):
+        monkeypatch.delenv(name, raising=False)
+    config = {
+        "suppliers": {"beta": {"enabled": False}, "gamma": {"enabled": False}, "delta": {"enabled": False}}
+    }
+    defs, instance = pricing_on_s3(s3_root, sandbox, config)
+    cycle = defs.resolve_job_def("price_cycle_job")
+    refused = cycle.execute_in_process(instance=instance, partition_key="batch-000", raise_on_error=False)
+    assert not refused.success
+    failures = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failures and "PUSH_LOCK_URL" in str(failures[0].step_failure_data.error)
+    assert sandbox.pushes()["pushes"] == []
+
+    monkeypatch.setenv("PUSH_LOCK_URL", pg_url)
+    assert cycle.execute_in_process(instance=instance, partition_key="batch-000").success
+    stored = keys_under(bucket, s3_root)
+    for key in ("storefront_sync/batch-000.parquet", "_journal/storefront_sync/batch-000.parquet"):
+        assert key in stored, sorted(stored)
+    ledger = Warehouse().read(["storefront_sync"], "batch-000")
+    pushed = sandbox.pushes()["pushes"]
+    assert ledger.height == sum(len(p["prices"]) for p in pushed if p["batch"] == "batch-000") > 0
+
+    # Reconcile reads the ledger from S3, finds the wiped storefront's drift and repairs it.
+    httpx.post(f"{sandbox.url}/_control/storefront_wipe", timeout=10).raise_for_status()
+    reconcile = defs.resolve_job_def(RECONCILE_JOB_NAME).execute_in_process(
+        instance=instance, partition_key="batch-000", run_config=RECONCILE_RUN_CONFIG
+    )
+    assert reconcile.success
+    live = httpx.get(f"{sandbox.url}/storefront/_pushes", timeout=10).json()["prices"]
+    assert set(live) == set(ledger.get_column("sku"))
+    # Marks are only written while a repair is pending (here it succeeded at once): their store, directly.
+    marks = MarkStore(Warehouse())
+    open_marks = empty_marks().vstack(
+        pl.DataFrame([dict.fromkeys(MARK_SCHEMA)], schema=MARK_SCHEMA).with_columns(sku=pl.lit("SKU-1"))
+    )
+    marks.save("batch-001", open_marks)
+    assert marks.load("batch-001").equals(open_marks)
+    assert "_reconcile/storefront_sync/batch-001.parquet" in keys_under(bucket, s3_root)

@@ -1,7 +1,7 @@
 """The warehouse on object storage (WAREHOUSE_DIR=s3://bucket/prefix) against a real S3 server.
 
 moto's server mode runs on a free 127.0.0.1 port for the session; botocore (under s3fs) finds it
-through AWS_ENDPOINT_URL, as any S3-compatible store would be configured (docs/warehouse.md).
+through AWS_ENDPOINT_URL_S3, as any S3-compatible store would be configured (docs/warehouse.md).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def s3_env(endpoint: str) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL_S3": endpoint,  # botocore's own setting, as docs/warehouse.md configures it
         # No machine's ~/.aws config or credentials take part.
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
@@ -178,6 +179,24 @@ def test_a_listing_sees_what_another_process_wrote(s3_root, bucket):
     bucket.put_object(Bucket=BUCKET, Key=f"{prefix}/t/batch-001.parquet", Body=buffer.getvalue())
     assert warehouse.read_partitions(["t"]).height == 4
     assert warehouse.exists(["t"], "batch-001")
+
+
+def test_the_listing_helpers_of_the_assets_work_on_s3(s3_root):
+    """The code that globs the warehouse itself (freshness, history days) sees the objects."""
+    from pricing_assets.history_assets import PRICE_HISTORY_KEY, written_days
+    from pricing_assets.offers_freshness import newest_fetch_by_batch
+    from tests.pricing.wiring import write_offers
+
+    warehouse = Warehouse()
+    when = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    write_offers(warehouse, "alpha", "batch-000", {"SKU-1": "1.00"}, fetched_at=when)
+    write_offers(warehouse, "alpha", "batch-001", {"SKU-2": "2.00"}, fetched_at=when)
+    assert set(newest_fetch_by_batch(warehouse, "alpha", skip=["batch-001"])) == {"batch-000"}
+    assert newest_fetch_by_batch(warehouse, "nobody") == {}
+    assert written_days(warehouse) == []
+    for day in ("2026-11-29", "2026-11-30"):
+        warehouse.write(pl.DataFrame({"day": [day]}), PRICE_HISTORY_KEY.path, day)
+    assert written_days(warehouse) == ["2026-11-29", "2026-11-30"]
 
 
 def test_io_manager_round_trip_partitioned_and_not(s3_root, bucket):
@@ -336,6 +355,86 @@ def test_readers_never_see_half_an_object_and_a_killed_writer_leaves_a_whole_one
     last = check(warehouse.read(["big"]))
     assert not failures, failures
     assert last >= max(seen)
+
+
+class StallingProxy:
+    """A TCP proxy to the S3 server that forwards a PUT only up to `after` body bytes, then stalls it."""
+
+    def __init__(self, upstream: str, after: int) -> None:
+        self.upstream = ("127.0.0.1", int(upstream.rsplit(":", 1)[1]))
+        self.after = after
+        self.stalled = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(self.upstream)
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, from_client: bool) -> None:
+        forwarded, in_put = 0, False
+        try:
+            while data := source.recv(65536):
+                if from_client and data.startswith(b"PUT "):
+                    in_put, forwarded = True, 0
+                if in_put:
+                    forwarded += len(data)
+                    if forwarded > self.after:
+                        self.stalled.set()
+                        return  # the rest of the body never leaves: the upload hangs half sent
+                target.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+ONE_WRITE = """
+import os, sys, polars as pl
+from resources.warehouse import Warehouse
+rows = int(sys.argv[1])
+noise = [os.urandom(8).hex() for _ in range(rows)]  # incompressible: the PUT body is megabytes
+Warehouse().write(pl.DataFrame({"version": [2] * rows, "noise": noise}), ["big"])
+"""
+
+
+def test_a_writer_killed_in_the_middle_of_its_put_leaves_the_previous_object(s3_root, s3_endpoint, bucket):
+    """Deterministic: the writer is SIGKILLed once half its PUT body has reached the server."""
+    warehouse = Warehouse()
+    previous = pl.DataFrame({"version": [1] * 10, "noise": ["x"] * 10})
+    warehouse.write(previous, ["big"])
+    proxy = StallingProxy(s3_endpoint, after=2_000_000)
+    env = {
+        **os.environ,
+        **s3_env(proxy.url),
+        "WAREHOUSE_DIR": s3_root,
+        "PYTHONPATH": str(ROOT),
+    }
+    writer = subprocess.Popen([sys.executable, "-c", ONE_WRITE, "300000"], env=env, cwd=ROOT)
+    try:
+        assert proxy.stalled.wait(timeout=120), "the writer's PUT never reached the proxy"
+        assert warehouse.read(["big"]).equals(previous)  # a reader meanwhile: the previous object
+        writer.send_signal(signal.SIGKILL)
+        assert writer.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+        proxy.close()  # the server sees the half request end
+    time.sleep(0.2)
+    assert warehouse.read(["big"]).equals(previous)
+    assert not bucket.list_multipart_uploads(Bucket=BUCKET).get("Uploads")  # one PUT, not a multipart
 
 
 # ---------------------------------------------------------------- configuration

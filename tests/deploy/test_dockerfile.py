@@ -95,10 +95,11 @@ def test_uv_is_the_makefiles_and_installs_the_same_way():
     assert "--no-install-project" in commands[0] and "--no-editable" in commands[1]
 
 
-def test_the_k8s_group_brings_the_launcher_and_compute_log_libraries():
+def test_the_k8s_group_brings_the_launcher_compute_log_and_warehouse_libraries():
     groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]
     names = {re.split(r"[=<>~ ]", requirement)[0] for requirement in groups["k8s"]}
-    assert names == {"dagster-k8s", "dagster-aws"}
+    # s3fs: the manifests' WAREHOUSE_DIR is s3://, which UPath reads and writes through it.
+    assert names == {"dagster-k8s", "dagster-aws", "s3fs"}
     assert {"include-group": "k8s"} in groups["dev"]
 
 

@@ -46,6 +46,9 @@ CHROMIUM_FLAGS = [
 ]
 TRY_IT = 'key:"supplier_offers/*" or key:"best_offers" or key:"storefront_prices" or key:"storefront_sync"'
 RUN_SECONDS = 300
+# The UI's pages fetch their data over GraphQL after the page loads: on a busy 2-core machine the
+# asset list took just over Playwright's default 5 s to render (it was there a moment later).
+expect.set_options(timeout=30_000)
 
 
 @pytest.fixture(scope="module")

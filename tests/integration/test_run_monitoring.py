@@ -12,6 +12,7 @@ The code location is tests/integration/outage_defs.py (a slow asset in the `stor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -101,6 +102,9 @@ def daemon_runner(tmp_path: Path) -> Iterator:
                 cwd=ROOT,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
+                # Its own process group: the code servers it spawns go with it at the end (one killed
+                # daemon left its code server running for an hour).
+                start_new_session=True,
             )
         started.append(process)
         return log
@@ -113,6 +117,8 @@ def daemon_runner(tmp_path: Path) -> Iterator:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever it started and left behind
 
 
 def descendants(root: int) -> list[int]:

@@ -14,8 +14,8 @@ decryption are benchmarked elsewhere (supplier_fetch, cdn_feed).
   dagster.yaml). Runs go one after another (sensor ticks are 30 s apart, so they do not overlap in
   production). Queue and daemon tick latency are not counted.
 - baseline: the same functions and Parquet writes called directly in this process, range by range as the
-  sensor groups them: read_cached_offers per supplier, select_best_offers, apply_markup, apply_guard,
-  approvals, both checks, writing supplier_offers, best_offers and storefront_prices per batch.
+  sensor groups them: read_cached_offers per supplier, select_best_offers, price_offers (markup, guard,
+  approvals), both checks, writing supplier_offers, best_offers and storefront_prices per batch.
 
 The detail says where Dagster's extra time goes, from the runs' event logs: process start-up (interpreter,
 imports, code location load, instance) until RUN_START, time inside steps, and the rest (step process
@@ -58,11 +58,11 @@ from bench._harness import line, scaled
 from bench._sweep_location import DEPLOYED_JOB, FORKSERVER_JOB, IN_PROCESS_JOB
 from bench.best_offers import CURRENCIES, FX, NOW, SUPPLIERS, make_data
 from pricing_assets.checks import split_pushable
-from pricing_assets.held import read_approvals, release_approved
+from pricing_assets.held import read_approvals
 from pricing_assets.logic.batching import assign_batches
 from pricing_assets.logic.best_offers import select_best_offers
-from pricing_assets.logic.guard import apply_guard, check_no_nonpositive_price, check_not_below_floor
-from pricing_assets.logic.markup import apply_markup
+from pricing_assets.logic.guard import check_no_nonpositive_price, check_not_below_floor
+from pricing_assets.logic.pricing import price_offers
 from pricing_assets.offers import read_last_pushed, read_supplier_offers
 from pricing_assets.partitions import catalog_batch_partitions
 from pricing_assets.supplier_files import cache_key, read_cached_offers
@@ -208,11 +208,14 @@ def direct_sweep(
             now=datetime.now(UTC),
             staleness_ttl=config.staleness_ttl,
         ).join(in_range.select("sku", "batch"), on="sku", how="left")
-        priced = apply_markup(best, config.markup).with_columns(
-            pl.lit(registry.store_currency).alias("currency")
-        )
-        guarded = apply_guard(priced, read_last_pushed(warehouse, batches), config.guard)
-        guarded, _ = release_approved(guarded, approvals)
+        guarded = price_offers(
+            best,
+            markup=config.markup,
+            guard=config.guard,
+            store_currency=registry.store_currency,
+            last_pushed=read_last_pushed(warehouse, batches),
+            approvals=approvals,
+        ).prices
         margin = config.markup.min_margin
         passed = check_no_nonpositive_price(guarded)[0] and check_not_below_floor(guarded, margin)[0]
         if not passed or split_pushable(guarded, margin)[1].height:

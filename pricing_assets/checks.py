@@ -21,9 +21,9 @@ from dagster import (
     asset_check,
 )
 
-from pricing_assets.logic.guard import check_no_nonpositive_price, check_not_below_floor
+from pricing_assets.logic.guard import check_no_nonpositive_price, check_not_below_floor, nonpositive_price
+from pricing_assets.logic.markup import below_floor
 from resources.runtime import RuntimeConfig
-from resources.schemas import MONEY
 
 NONPOSITIVE_CHECK = "no_nonpositive_price"
 FLOOR_CHECK = "not_below_floor"
@@ -131,11 +131,7 @@ def build_storefront_price_checks() -> list[AssetChecksDefinition]:
 
 def violates_invariants(min_margin: Decimal) -> pl.Expr:
     """True for rows the blocking checks reject: a price <= 0, or below cost x (1 + min_margin)."""
-    price = pl.col("price")
-    floor = pl.col("cost").cast(MONEY) * pl.lit(1 + min_margin)
-    nonpositive = price.is_not_null() & (price <= 0)
-    below = price.is_not_null() & pl.col("cost").is_not_null() & (price < floor)
-    return (nonpositive | below).fill_null(False)
+    return (nonpositive_price() | below_floor(min_margin)).fill_null(False)
 
 
 def split_pushable(prices: pl.DataFrame, min_margin: Decimal) -> tuple[pl.DataFrame, pl.DataFrame]:

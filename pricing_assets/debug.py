@@ -28,11 +28,18 @@ from dagster import (
 )
 from pydantic import Field
 
-from pricing_assets.held import read_approvals, release_approved
+from pricing_assets.held import read_approvals
 from pricing_assets.logic.batching import batch_index, batch_key
-from pricing_assets.logic.best_offers import convert_to_store_currency, select_best_offers
-from pricing_assets.logic.guard import apply_guard
-from pricing_assets.logic.markup import apply_markup, markup_percent
+from pricing_assets.logic.best_offers import (
+    NO_RATE,
+    candidate_rules,
+    convert_to_store_currency,
+    select_best_offers,
+    supplier_rank,
+    tie_break_order,
+)
+from pricing_assets.logic.markup import margin_floor, markup_percent
+from pricing_assets.logic.pricing import price_offers
 from pricing_assets.offers import read_last_pushed
 from pricing_assets.supplier_files import read_cached_offers
 from resources.config import Registry, ServiceConfig
@@ -78,21 +85,20 @@ def explain_candidates(
     staleness_ttl: timedelta,
 ) -> pl.DataFrame:
     """Each offer with its store-currency cost and why it is not a candidate (null `excluded`: it is)."""
-    in_stock = (pl.col("stock") > 0) | (pl.col("stock").is_null() & pl.col("in_stock").fill_null(False))
+    rank = supplier_rank(tie_break_order([], enabled), pl.Int64())
+    cost = convert_to_store_currency(pl.col("price"), pl.col("currency"), fx)
     reasons = [
-        (~pl.col("supplier").is_in(list(enabled)), "supplier disabled"),
-        (pl.col("fetched_at") < now - staleness_ttl, f"stale (older than {staleness_ttl})"),
-        (~in_stock, "out of stock"),
-        (~(pl.col("price") > 0), "price <= 0"),
-        (~pl.col("currency").is_in(list(fx)), "currency not in the FX table"),
+        *candidate_rules(rank=rank, now=now, staleness_ttl=staleness_ttl),
+        # The conversion's null cost, named by its cause (a null price already fails `price <= 0`).
+        (NO_RATE, pl.col("currency").is_in(list(fx))),
     ]
     excluded = pl.concat_str(
-        [pl.when(cond.fill_null(True)).then(pl.lit(text)) for cond, text in reasons],
+        [pl.when(~condition.fill_null(False)).then(pl.lit(text)) for text, condition in reasons],
         separator="; ",
         ignore_nulls=True,
     )
     return offers.with_columns(
-        cost=convert_to_store_currency(pl.col("price"), pl.col("currency"), fx),
+        cost=cost,
         excluded=pl.when(excluded != "").then(excluded),
     )
 
@@ -208,18 +214,21 @@ def price_stage(
         + (f" step {rules.rounding.step}" if rules.rounding.mode == "step" else "")
     )
     if row["cost"] is not None:
-        floor = (Decimal(row["cost"]) * (1 + rules.min_margin)).quantize(Decimal("0.0001"))
+        floor = best.select(margin_floor(pl.col("cost"), rules.min_margin)).item()
         context.log.info(f"floor: cost {row['cost']} x (1 + {rules.min_margin}) = {floor}")
-    priced = apply_markup(best, rules).with_columns(pl.lit(registry.store_currency).alias("currency"))
-    context.log.info(f"price after markup, rounding and floor: {priced.get_column('price').item(0)}")
-    last = read_last_pushed(warehouse, [row["batch"]]).filter(pl.col("sku") == row["sku"])
-    if last.is_empty():
-        context.log.info("last pushed: never pushed")
-    else:
-        context.log.info(f"last pushed: {_fmt(last.row(0, named=True))}")
-    # The batch share rule needs the whole batch; for one SKU only the per-SKU rule is meaningful.
-    guarded = apply_guard(priced, last, settings.guard)
-    guarded, released = release_approved(guarded, read_approvals(warehouse))
+    # The batch share rules need the whole batch; for one SKU only the per-SKU rule is meaningful.
+    priced = price_offers(
+        best,
+        markup=rules,
+        guard=settings.guard,
+        store_currency=registry.store_currency,
+        last_pushed=read_last_pushed(warehouse, [row["batch"]]).filter(pl.col("sku") == row["sku"]),
+        approvals=read_approvals(warehouse),
+    )
+    guarded, released = priced.prices, bool(priced.released.any())
+    context.log.info(f"price after markup, rounding and floor: {guarded.get_column('price').item(0)}")
+    last_pushed = guarded.get_column("last_pushed_price").item(0)
+    context.log.info("last pushed: never pushed" if last_pushed is None else f"last pushed: {last_pushed}")
     result = guarded.row(0, named=True)
     context.log.info(
         f"guard: change_pct={result['change_pct']}, held={result['held']}, reason={result['hold_reason']}"

@@ -32,7 +32,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from pricing_assets.logic.guard import release_held
+from pricing_assets.logic.guard import CHANGE_KEY, approved_changes, release_held
 from pricing_assets.partitions import LEDGER_KEY
 from resources.schemas import MONEY, UTC_TS
 from resources.warehouse import Warehouse
@@ -43,9 +43,6 @@ STOREFRONT_PRICES_KEY = AssetKey("storefront_prices")
 APPROVE_JOB_NAME = "approve_held_prices"
 HELD_JOB_NAME = "held_price_changes_job"
 HELD_SCHEDULE_CRON = "*/5 * * * *"
-# An approval is for one exact change: this SKU, moving away from that pushed price, to that price.
-# A held flip to unavailable has no new price: its key has a null price, and nulls match in the joins.
-CHANGE_KEY = ["sku", "price", "last_pushed_price"]
 PREVIEW_ROWS = 20
 
 # held_price_changes: every change the guard holds now, across batches, not yet approved.
@@ -97,32 +94,12 @@ def current_holds(warehouse: Warehouse) -> pl.DataFrame:
     )
 
 
-def _approved_changes(approvals: pl.DataFrame) -> pl.DataFrame:
-    """The distinct approved changes (sku, price, last_pushed_price) of the log."""
-    return approvals.select([pl.col(name).cast(APPROVALS_SCHEMA[name]) for name in CHANGE_KEY]).unique()
-
-
-def release_approved(guarded: pl.DataFrame, approvals: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """`storefront_prices` rows with approved holds released (held=False), and how many were released."""
-    if approvals.is_empty() or guarded.is_empty():
-        return guarded, 0
-    indexed = guarded.with_row_index("_row")
-    held = indexed.filter(pl.col("held"))
-    matched = held.join(_approved_changes(approvals), on=CHANGE_KEY, how="semi", nulls_equal=True)
-    if matched.is_empty():
-        return guarded, 0
-    released, still_held = release_held(held, matched.get_column("sku").to_list())
-    untouched = indexed.filter(~pl.col("held"))
-    result = pl.concat([untouched, released, still_held], how="vertical_relaxed").sort("_row")
-    return result.drop("_row"), released.height
-
-
 def outstanding_holds(holds: pl.DataFrame, approvals: pl.DataFrame) -> pl.DataFrame:
     """Holds minus the changes already approved (those are released by the next storefront_prices)."""
     if approvals.is_empty() or holds.is_empty():
         return holds
     return holds.join(
-        _approved_changes(approvals), on=CHANGE_KEY, how="anti", maintain_order="left", nulls_equal=True
+        approved_changes(approvals), on=CHANGE_KEY, how="anti", maintain_order="left", nulls_equal=True
     )
 
 

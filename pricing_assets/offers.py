@@ -13,10 +13,9 @@ from dagster import (
     asset,
 )
 
-from pricing_assets.held import read_approvals, release_approved
+from pricing_assets.held import read_approvals
 from pricing_assets.logic.best_offers import select_best_offers
-from pricing_assets.logic.guard import apply_guard
-from pricing_assets.logic.markup import apply_markup
+from pricing_assets.logic.pricing import price_offers
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, LEDGER_KEY, offers_key
 from resources.config import Registry
 from resources.partition_metadata import add_partition_metadata, table_metadata
@@ -227,15 +226,16 @@ def build_storefront_prices_asset(
         """The price each SKU should show, in the store currency, with held changes flagged."""
         config = service_config.load()
         batches = list(context.partition_keys)
-        priced = apply_markup(best_offers, config.markup).with_columns(
-            pl.lit(registry.store_currency).alias("currency")
+        priced = price_offers(
+            best_offers,
+            markup=config.markup,
+            guard=config.guard,
+            store_currency=registry.store_currency,
+            last_pushed=read_last_pushed(warehouse, batches),
+            approvals=read_approvals(warehouse),
         )
-        guarded = apply_guard(priced, read_last_pushed(warehouse, batches), config.guard)
-        was_held = guarded.get_column("held")
-        # Approved changes (approve_held_prices) are released here, exactly the approved (sku, price).
-        guarded, _ = release_approved(guarded, read_approvals(warehouse))
-        released = was_held & ~guarded.get_column("held")
-        per_batch = storefront_prices_metadata(guarded, released, batches)
+        guarded = priced.prices
+        per_batch = storefront_prices_metadata(guarded, priced.released, batches)
         for batch, metadata in per_batch.items():
             metadata.update(table_metadata(warehouse, ["storefront_prices"], batch, metadata["skus"].value))
         add_partition_metadata(context, per_batch)

@@ -22,6 +22,32 @@ def tie_break_order(supplier_order: list[str], enabled: Collection[str]) -> list
     return ranked + sorted(enabled_set - set(ranked))
 
 
+# Why an offer whose currency has no FX rate is not a candidate: its cost is null (never guessed).
+NO_RATE = "currency not in the FX table"
+
+
+def candidate_rules(*, rank: pl.Expr, now: datetime, staleness_ttl: timedelta) -> list[tuple[str, pl.Expr]]:
+    """The rules an offer must meet to be a candidate, as (why an offer fails it, the condition).
+
+    `rank` is the offer's tie-break rank, null when its supplier is not enabled. The one other rule is
+    that the offer has a cost in the store currency (`NO_RATE`).
+    """
+    # The one statement of the candidate rule: select_best_offers filters by it, and debug_sku explains
+    # every offer with it, so the two cannot drift apart.
+    in_stock = (pl.col("stock") > 0) | (pl.col("stock").is_null() & pl.col("in_stock").fill_null(False))
+    return [
+        ("supplier disabled", rank.is_not_null()),
+        (f"stale (older than {staleness_ttl})", pl.col("fetched_at") >= now - staleness_ttl),
+        ("out of stock", in_stock),
+        ("price <= 0", pl.col("price") > 0),
+    ]
+
+
+def supplier_rank(ranked: list[str], dtype: pl.DataType) -> pl.Expr:
+    """Each offer's position in the tie-break order `ranked`; null for a supplier not in it."""
+    return _lookup("supplier", {s: i for i, s in enumerate(ranked)}, dtype)
+
+
 def _rate_decimals(fx: Mapping[str, Decimal]) -> int:
     """Decimals needed to hold every FX rate exactly; rejects rates that are not usable."""
     decimals = 0
@@ -203,8 +229,7 @@ def select_best_offers(
     fits_int64 = max_units * max_rate < 2**62 and (max_cost_units + 1) << low_bits < 2**63
     key_dtype = pl.Int64() if fits_int64 else pl.Int128()
 
-    rank = _lookup("supplier", {s: i for i, s in enumerate(ranked)}, key_dtype)
-    in_stock = (pl.col("stock") > 0) | (pl.col("stock").is_null() & pl.col("in_stock").fill_null(False))
+    rules = candidate_rules(rank=pl.col("rank"), now=now, staleness_ttl=staleness_ttl)
     key = (
         pl.col("cost").cast(key_dtype) * (1 << low_bits)
         + pl.col("rank") * (1 << row_bits)
@@ -214,18 +239,13 @@ def select_best_offers(
     fresh = (
         offers.lazy()
         .with_row_index("row")
-        .with_columns(rank=rank)
-        .filter(
-            pl.col("rank").is_not_null(),
-            pl.col("fetched_at") >= now - staleness_ttl,
-            pl.col("price") > 0,
-            in_stock,
-        )
+        .with_columns(rank=supplier_rank(ranked, key_dtype))
+        .filter(*[condition for _, condition in rules])
     )
     candidates = (
         _with_cost_units(fresh, fx, key_dtype)
         .select("sku", "rank", key=key)
-        .filter(pl.col("key").is_not_null())  # null: currency not in the FX table, never guessed
+        .filter(pl.col("key").is_not_null())  # NO_RATE: no cost in the store currency
         # One column per supplier, then plain min() per SKU: polars' fast aggregation path, and it
         # collapses a supplier's duplicate listings so the runner-up is always another supplier.
         .select(

@@ -7,10 +7,15 @@ from typing import Any
 
 import polars as pl
 
+from pricing_assets.logic.markup import below_floor
 from resources.config import GuardConfig
 from resources.schemas import MONEY
 
 GUARD_COLUMNS = ("last_pushed_price", "change_pct", "held", "hold_reason")
+# An approval is for one exact change: this SKU, moving away from that pushed price, to that price.
+# A held flip to unavailable has no new price: its key has a null price, and nulls match in the joins.
+CHANGE_KEY = ["sku", "price", "last_pushed_price"]
+CHANGE_KEY_SCHEMA: dict[str, pl.DataType] = {"sku": pl.String(), "price": MONEY, "last_pushed_price": MONEY}
 EXAMPLES = 10  # SKUs listed in a failing check's metadata
 
 
@@ -130,9 +135,34 @@ def release_held(held: pl.DataFrame, skus: list[str] | None) -> tuple[pl.DataFra
     return released, held.filter(~chosen)
 
 
+def nonpositive_price() -> pl.Expr:
+    """True for a row priced at zero or less (an unavailable SKU has no price, and is not one)."""
+    return pl.col("price").is_not_null() & (pl.col("price") <= 0)
+
+
+def approved_changes(approvals: pl.DataFrame) -> pl.DataFrame:
+    """The distinct approved changes (sku, price, last_pushed_price) of an approval log."""
+    return approvals.select([pl.col(name).cast(CHANGE_KEY_SCHEMA[name]) for name in CHANGE_KEY]).unique()
+
+
+def release_approved(guarded: pl.DataFrame, approvals: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Guarded rows with approved holds released (held=False), and how many were released."""
+    if approvals.is_empty() or guarded.is_empty():
+        return guarded, 0
+    indexed = guarded.with_row_index("_row")
+    held = indexed.filter(pl.col("held"))
+    matched = held.join(approved_changes(approvals), on=CHANGE_KEY, how="semi", nulls_equal=True)
+    if matched.is_empty():
+        return guarded, 0
+    released, still_held = release_held(held, matched.get_column("sku").to_list())
+    untouched = indexed.filter(~pl.col("held"))
+    result = pl.concat([untouched, released, still_held], how="vertical_relaxed").sort("_row")
+    return result.drop("_row"), released.height
+
+
 def check_no_nonpositive_price(frame: pl.DataFrame) -> tuple[bool, dict[str, Any]]:
     """Blocking check: no SKU gets a price of zero or less (unavailable SKUs have no price)."""
-    bad = frame.filter(pl.col("price").is_not_null() & (pl.col("price") <= 0))
+    bad = frame.filter(nonpositive_price())
     return bad.height == 0, {
         "nonpositive_prices": bad.height,
         "checked": int(frame.get_column("price").is_not_null().sum()),
@@ -142,9 +172,8 @@ def check_no_nonpositive_price(frame: pl.DataFrame) -> tuple[bool, dict[str, Any
 
 def check_not_below_floor(frame: pl.DataFrame, min_margin: Decimal) -> tuple[bool, dict[str, Any]]:
     """Blocking check: no price is below cost x (1 + min_margin), compared exactly."""
-    floor = pl.col("cost").cast(MONEY) * pl.lit(1 + min_margin)
     priced = pl.col("price").is_not_null() & pl.col("cost").is_not_null()
-    bad = frame.filter(priced & (pl.col("price") < floor))
+    bad = frame.filter(below_floor(min_margin))
     return bad.height == 0, {
         "below_floor": bad.height,
         "checked": int(frame.select(priced.sum()).item()),

@@ -46,6 +46,17 @@ def markup_percent(sku: str, category: str | None, rules: MarkupConfig) -> Decim
     return rules.percent
 
 
+def margin_floor(cost: pl.Expr, min_margin: Decimal) -> pl.Expr:
+    """The lowest price allowed for a cost: cost x (1 + min_margin), exact (the margin floor)."""
+    return cost.cast(MONEY) * pl.lit(1 + min_margin)
+
+
+def below_floor(min_margin: Decimal) -> pl.Expr:
+    """True for a priced row with a cost whose price is below its margin floor."""
+    price, cost = pl.col("price"), pl.col("cost")
+    return price.is_not_null() & cost.is_not_null() & (price < margin_floor(cost, min_margin))
+
+
 def apply_markup(best: pl.DataFrame, rules: MarkupConfig) -> pl.DataFrame:
     """`best` plus `price` (MONEY, store currency): marked up, rounded, never below the floor."""
     percents = [rules.percent, *rules.categories.values(), *rules.skus.values()]

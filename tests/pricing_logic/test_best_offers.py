@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pricing_assets.logic.best_offers as best_offers_module
+from pricing_assets.debug import explain_candidates
 from pricing_assets.logic.best_offers import convert_to_store_currency, select_best_offers, tie_break_order
 from resources.schemas import BEST_OFFERS_SCHEMA, CATALOG_SCHEMA, OFFERS_SCHEMA
 
@@ -442,3 +443,38 @@ def test_real_hash_takes_the_fast_path(grouping_keys: list[str]) -> None:
     rows = run(catalog, offers)
     assert sum(r["available"] for r in rows) == 1000
     assert grouping_keys == ["h"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    catalog=catalog_rows,
+    offers=st.lists(offer_rows, max_size=25),
+    enabled=st.sets(st.sampled_from(SUPPLIERS)),
+    fx=fx_tables,
+)
+def test_debug_explanation_agrees_with_the_selection(
+    catalog: list[dict[str, Any]],
+    offers: list[dict[str, Any]],
+    enabled: set[str],
+    fx: dict[str, Decimal],
+) -> None:
+    # debug_sku says "candidate" for exactly the offers select_best_offers chooses among: per active SKU,
+    # the best cost is the cheapest explained candidate, and the offer count their distinct suppliers.
+    explained = explain_candidates(offers_frame(offers), enabled=enabled, fx=fx, now=NOW, staleness_ttl=TTL)
+    candidates = explained.filter(pl.col("excluded").is_null())
+    got = select_best_offers(
+        catalog_frame(catalog),
+        offers_frame(offers),
+        supplier_order=SUPPLIERS,
+        enabled=enabled,
+        fx=fx,
+        now=NOW,
+        staleness_ttl=TTL,
+    )
+    for row in got.iter_rows(named=True):
+        own = candidates.filter(pl.col("sku") == row["sku"])
+        assert row["available"] == (own.height > 0)
+        assert row["cost"] == own.get_column("cost").min()
+        assert row["offer_count"] == own.get_column("supplier").n_unique()
+    # Every exclusion names its reason; nothing is excluded without one.
+    assert explained.filter(pl.col("excluded") == "").is_empty()

@@ -8,12 +8,14 @@ from typing import Any
 import polars as pl
 import pytest
 
+from pricing_assets.checks import split_pushable
 from pricing_assets.logic.guard import (
     apply_guard,
     check_no_nonpositive_price,
     check_not_below_floor,
     release_held,
 )
+from pricing_assets.logic.markup import margin_floor
 from resources.config import GuardConfig
 from resources.schemas import MONEY
 
@@ -212,3 +214,23 @@ def test_unavailable_share_zero_holds_any_flip_and_one_holds_none() -> None:
     loose = apply_guard(frame, pushed, GuardConfig(max_batch_unavailable_share=D(1)))
     assert strict.get_column("held").to_list() == [True, False, False, False, False]
     assert loose.get_column("held").sum() == 0
+
+
+def test_the_blocking_checks_and_the_push_filter_apply_the_same_floor() -> None:
+    # One statement of the margin floor: the check, the row filter of a push and the markup agree on
+    # which rows are below it, including the exact boundary cost x (1 + min_margin).
+    margin = Decimal("0.05")
+    frame = pl.DataFrame(
+        {
+            "sku": ["at", "under", "over", "free", "no-cost"],
+            "cost": [Decimal("10"), Decimal("10"), Decimal("10"), Decimal("10"), None],
+            "price": [Decimal("10.5"), Decimal("10.4999"), Decimal("11"), Decimal("0"), Decimal("1")],
+        },
+        schema={"sku": pl.String(), "cost": MONEY, "price": MONEY},
+    )
+    passed, details = check_not_below_floor(frame, margin)
+    assert not passed and details["below_floor"] == 2  # "under" and "free"
+    pushable, rejected = split_pushable(frame, margin)
+    assert sorted(rejected.get_column("sku")) == ["free", "under"]
+    assert sorted(pushable.get_column("sku")) == ["at", "no-cost", "over"]
+    assert frame.select(margin_floor(pl.col("cost"), margin)).to_series().to_list()[0] == Decimal("10.5")

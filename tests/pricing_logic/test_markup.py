@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pricing_assets.logic.markup import apply_markup, markup_percent
+from pricing_assets.logic.markup import apply_markup, below_floor, markup_percent
 from resources.config import MarkupConfig, RoundingConfig
 from resources.schemas import MONEY
 
@@ -173,4 +173,7 @@ def test_matches_decimal_reference(
     config = rules(mode, str(step), percent=percent, min_margin=margin)
     got = price_of(str(cost), config)
     assert got == reference(cost, percent, mode, step, margin)
+    # The markup's integer floor and the checks' `below_floor` are the same rule: never below.
+    row = pl.DataFrame({"cost": [cost], "price": [got]}, schema={"cost": MONEY, "price": MONEY})
+    assert not row.select(below_floor(margin)).item()
     assert got >= cost * (1 + margin)

@@ -20,11 +20,9 @@ order. Without a URL the sensor only keeps its cursor at the newest run (docs/pr
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -43,8 +41,9 @@ from dagster import (
     sensor,
 )
 
+from resources.secrets import read_secret
+
 ALERT_URL_ENV = "ALERT_WEBHOOK_URL"
-ALERT_URL_FILE_ENV = "ALERT_WEBHOOK_URL_FILE"
 SENSOR_NAME = "alerts"
 # Finished-run events read per tick and type; the rest are read by the next ticks.
 EVENTS_PER_TICK = 200
@@ -64,16 +63,13 @@ class AlertWebhook(ConfigurableResource):
     """A Slack-compatible incoming webhook; its URL is a secret read from the environment when posting."""
 
     url_env: str = ALERT_URL_ENV
-    url_file_env: str = ALERT_URL_FILE_ENV
     timeout_seconds: float = 10.0
     # Failed checks of this severity and above alert; WARN checks flag data a person reviews in the UI
     # (e.g. orders without lines), which is not worth waking anyone for.
     check_severity: Literal["ERROR", "WARN"] = "ERROR"
 
     def _url(self) -> str | None:
-        url = os.environ.get(self.url_env, "").strip()
-        if not url and os.environ.get(self.url_file_env):
-            url = Path(os.environ[self.url_file_env]).read_text().strip()
+        url = (read_secret(self.url_env) or "").strip()
         return url or None
 
     def configured(self) -> bool:

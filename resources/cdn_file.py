@@ -48,6 +48,7 @@ from resources.config import CdnFileConfig, ConfigError, RetryConfig, SupplierEn
 from resources.http_retry import parse_retry_after
 from resources.offer_validation import validate_offers
 from resources.schemas import MONEY, OFFERS_SCHEMA, QUARANTINE_SCHEMA, UTC_TS, conform
+from resources.secrets import read_secret
 from resources.warehouse import remove_orphan_temp_files
 
 # Limits shared by the fast screen and validate_offers, so both paths accept exactly the same rows.
@@ -305,7 +306,7 @@ class CdnFile(ConfigurableResource):
         """The file's passphrase from the environment variable the registry names."""
         if entry.cdn is None:
             raise ConfigError(f"supplier {entry.id!r} has no 'cdn' section")
-        value = os.environ.get(entry.cdn.passphrase_env)
+        value = read_secret(entry.cdn.passphrase_env)
         if not value:
             raise ConfigError(
                 f"supplier {entry.id!r}: environment variable {entry.cdn.passphrase_env} "
@@ -397,7 +398,7 @@ def check_sku_shrink(
 
 
 def _secret(entry: SupplierEntry, name: str) -> str:
-    value = os.environ.get(name)
+    value = read_secret(name)
     if not value:
         raise ConfigError(f"supplier {entry.id!r}: environment variable {name} is not set")
     return value

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from resources.secrets import read_secret
+
 DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "pricing_assets" / "suppliers.yaml"
 _ENV_REF = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?::-(?P<default>[^}]*))?\}")
 
@@ -255,7 +257,7 @@ class Registry(_Strict):
             names = entry.auth.secret_env_names()
             if entry.cdn is not None:
                 names.append(entry.cdn.passphrase_env)
-            missing += [f"{name} (supplier {entry.id!r})" for name in names if not env.get(name)]
+            missing += [f"{name} (supplier {entry.id!r})" for name in names if not read_secret(name, env)]
         if missing:
             raise ConfigError(f"{self.source}: missing secret environment variables: {', '.join(missing)}")
 

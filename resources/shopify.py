@@ -19,6 +19,7 @@ from pydantic import Field
 
 from resources.config import ConfigError
 from resources.http_retry import full_jitter
+from resources.secrets import read_secret
 from resources.storefront import (
     APPLIED,
     DEFERRED,
@@ -475,7 +476,7 @@ class ShopifyStorefront(ConfigurableResource):
         return url.rstrip("/")
 
     def _token(self) -> str:
-        token = os.environ.get(self.access_token_env)
+        token = read_secret(self.access_token_env)
         if not token:
             raise ConfigError(f"shopify: environment variable {self.access_token_env} is not set")
         return token

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
@@ -12,13 +11,13 @@ from dataclasses import dataclass
 import httpx
 
 from resources.config import AuthConfig
+from resources.secrets import read_secret
 from resources.suppliers.errors import RetryableError, SupplierError
 
 
-def read_secret(name: str, *, supplier: str, environ: Mapping[str, str] | None = None) -> str:
+def supplier_secret(name: str, *, supplier: str, environ: Mapping[str, str] | None = None) -> str:
     """The value of a secret env var; a missing one is an error naming the variable (never a value)."""
-    env = os.environ if environ is None else environ
-    value = env.get(name)
+    value = read_secret(name, environ)
     if not value:
         raise SupplierError(
             f"supplier {supplier!r}: environment variable {name} is not set", supplier=supplier
@@ -178,12 +177,12 @@ def build_auth(
         return None
     if auth.kind == "api_key":
         assert auth.key_env is not None
-        return ApiKeyAuth(auth.header, read_secret(auth.key_env, supplier=supplier, environ=environ))
+        return ApiKeyAuth(auth.header, supplier_secret(auth.key_env, supplier=supplier, environ=environ))
     if auth.kind == "basic":
         assert auth.username_env is not None and auth.password_env is not None
         return httpx.BasicAuth(
-            read_secret(auth.username_env, supplier=supplier, environ=environ),
-            read_secret(auth.password_env, supplier=supplier, environ=environ),
+            supplier_secret(auth.username_env, supplier=supplier, environ=environ),
+            supplier_secret(auth.password_env, supplier=supplier, environ=environ),
         )
     assert (
         auth.token_url is not None and auth.client_id_env is not None and auth.client_secret_env is not None
@@ -194,8 +193,8 @@ def build_auth(
     return OAuth2ClientCredentials(
         supplier=supplier,
         token_url=token_url,
-        client_id=read_secret(auth.client_id_env, supplier=supplier, environ=environ),
-        client_secret=read_secret(auth.client_secret_env, supplier=supplier, environ=environ),
+        client_id=supplier_secret(auth.client_id_env, supplier=supplier, environ=environ),
+        client_secret=supplier_secret(auth.client_secret_env, supplier=supplier, environ=environ),
         scope=auth.scope,
         client=client,
         on_token_request=on_token_request,

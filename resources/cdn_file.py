@@ -15,9 +15,9 @@ import fcntl
 import hashlib
 import json
 import os
-import random
 import re
 import tempfile
+import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 from dagster import ConfigurableResource
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import Retrying
 
 from resources.cdn_crypto import (
     DEFAULT_CHUNK,
@@ -45,7 +45,7 @@ from resources.cdn_crypto import (
     UnexpectedHeaderError,
 )
 from resources.config import CdnFileConfig, ConfigError, RetryConfig, SupplierEntry
-from resources.http_retry import parse_retry_after
+from resources.http_retry import RetryableError, parse_retry_after, retrying
 from resources.offer_validation import validate_offers
 from resources.schemas import MONEY, OFFERS_SCHEMA, QUARANTINE_SCHEMA, UTC_TS, conform
 from resources.secrets import read_secret
@@ -84,16 +84,7 @@ class Download:
     lock_fd: int | None = None
 
 
-class _Retryable(Exception):
-    """A transient failure worth another attempt (5xx, 429, timeouts, broken connections)."""
-
-    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None):
-        super().__init__(message)
-        self.status_code = status_code
-        self.retry_after = retry_after
-
-
-class _IncompleteBody(_Retryable):
+class _IncompleteBody(RetryableError):
     """The connection closed before the whole body arrived."""
 
 
@@ -128,14 +119,6 @@ class CdnFileClient:
         self._transport = transport
         self._sleep = sleep
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Retryable) and exc.retry_after is not None:
-            return min(exc.retry_after, self._retry.max_retry_after_seconds)
-        backoff = self._retry.backoff_initial_seconds * 2 ** (state.attempt_number - 1)
-        # Full jitter keeps many runs that failed together from retrying together.
-        return random.uniform(0, min(backoff, self._retry.backoff_max_seconds))
-
     @contextlib.contextmanager
     def download(
         self, url: str, *, etag: str | None = None, last_modified: str | None = None
@@ -146,12 +129,12 @@ class CdnFileClient:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
-        retrying = Retrying(
-            stop=stop_after_attempt(self._retry.max_attempts),
-            wait=self._wait,
-            retry=retry_if_exception(lambda exc: isinstance(exc, _Retryable)),
-            reraise=True,
-            **({"sleep": self._sleep} if self._sleep else {}),
+        retrier = retrying(
+            max_attempts=self._retry.max_attempts,
+            initial=self._retry.backoff_initial_seconds,
+            maximum=self._retry.backoff_max_seconds,
+            max_retry_after=self._retry.max_retry_after_seconds,
+            sleep=self._sleep or time.sleep,
         )
         result: Download | None = None
         shown = _safe_url(url)
@@ -161,13 +144,13 @@ class CdnFileClient:
         )
         try:
             with httpx.Client(timeout=self._timeout, transport=self._transport, auth=self._auth) as client:
-                result = retrying(self._attempt, client, url, headers, retrying)
+                result = retrier(self._attempt, client, url, headers, retrier)
             yield result
         except _IncompleteBody as exc:
             raise TruncatedError(f"download of {shown} ended early after retries ({exc})") from None
-        except _Retryable as exc:
+        except RetryableError as exc:
             raise CdnHttpError(
-                f"{exc} from {shown} after {self._retry.max_attempts} attempts", status_code=exc.status_code
+                f"{exc} from {shown} after {self._retry.max_attempts} attempts", status_code=exc.status
             ) from None
         finally:
             if result is not None and result.path is not None:
@@ -176,9 +159,9 @@ class CdnFileClient:
                 os.close(result.lock_fd)
 
     def _attempt(
-        self, client: httpx.Client, url: str, headers: dict[str, str], retrying: Retrying
+        self, client: httpx.Client, url: str, headers: dict[str, str], retrier: Retrying
     ) -> Download:
-        attempts = retrying.statistics.get("attempt_number", 1)
+        attempts = retrier.statistics.get("attempt_number", 1)
         try:
             with client.stream("GET", url, headers=headers) as response:
                 status = response.status_code
@@ -192,9 +175,9 @@ class CdnFileClient:
                         attempts=attempts,
                     )
                 if status == 429 or status >= 500:
-                    raise _Retryable(
+                    raise RetryableError(
                         f"HTTP {status}",
-                        status_code=status,
+                        status=status,
                         retry_after=parse_retry_after(response.headers.get("Retry-After"))
                         if status in (429, 503)
                         else None,
@@ -203,9 +186,9 @@ class CdnFileClient:
                     raise CdnHttpError(f"HTTP {status} from {_safe_url(url)}", status_code=status)
                 return self._save(response, url, attempts)
         except httpx.TimeoutException as exc:
-            raise _Retryable(f"timeout ({type(exc).__name__})") from None
+            raise RetryableError(f"timeout ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
-            raise _Retryable(f"connection failed ({type(exc).__name__})") from None
+            raise RetryableError(f"connection failed ({type(exc).__name__})") from None
 
     def _save(self, response: httpx.Response, url: str, attempts: int) -> Download:
         declared = response.headers.get("Content-Length")

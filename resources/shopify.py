@@ -16,9 +16,10 @@ import httpx
 import polars as pl
 from dagster import ConfigurableResource
 from pydantic import Field
+from tenacity import RetryCallState, Retrying
 
 from resources.config import ConfigError
-from resources.http_retry import full_jitter
+from resources.http_retry import RetryableError, parse_retry_after, retrying
 from resources.secrets import read_secret
 from resources.storefront import (
     APPLIED,
@@ -30,7 +31,6 @@ from resources.storefront import (
     PushChunk,
     PushOutcome,
     PushStats,
-    retry_after_seconds,
 )
 
 DEFAULT_API_VERSION = "2025-07"
@@ -193,7 +193,7 @@ class ShopifyPusher:
     def _send(
         self, group: list[tuple[str, list[Mapping[str, Any]]]], stats: PushStats
     ) -> tuple[dict[str, tuple[str, str]], int, int | None] | None:
-        """One GraphQL request for a group of products: per-SKU failures, attempts, last HTTP status.
+        """One GraphQL request for a group of products: per-SKU failures, requests sent, last HTTP status.
 
         None when the request costs more than the whole bucket (MAX_COST_EXCEEDED) and can be split.
         """
@@ -204,73 +204,28 @@ class ShopifyPusher:
             variables[f"p{i}"] = product_id
             variables[f"v{i}"] = [variant_input(e, self._variants[e["sku"]].variant_id) for e in items]
         payload = {"query": bulk_update_document(len(group)), "variables": variables}
-        cost = MUTATION_COST * len(group)
-        maybe_applied = False
-        last_error = "no attempt made"
-        last_status: int | None = None
-        attempts = 0
-        throttled = 0
-        # Bounded: at most max_attempts failures plus max_throttle_waits THROTTLED answers.
-        for _ in range(shop.max_attempts + shop.max_throttle_waits):
-            pause = self.bucket.wait_for(cost, time.monotonic())
-            if pause > 0:
-                stats.throttle_wait_seconds += pause
-                self._sleep(pause)
-            attempts += 1
-            stats.requests += 1
-            if attempts > 1:
-                stats.retries += 1
-            self.bucket.spend(cost, time.monotonic())
-            wait = shop.backoff(attempts - throttled)
-            try:
-                response = self._client.post(shop.graphql_path(), json=payload)
-            except httpx.ConnectError as exc:
-                last_status, last_error = None, f"{type(exc).__name__}: Shopify not reachable"
-            except httpx.TransportError as exc:
-                maybe_applied = True
-                last_status, last_error = None, f"{type(exc).__name__} talking to Shopify"
-            else:
-                last_status = response.status_code
-                if response.status_code == 200:
-                    body = response.json()
-                    cost_info = (body.get("extensions") or {}).get("cost") or {}
-                    self.bucket.update(cost_info.get("throttleStatus"), time.monotonic())
-                    codes = _error_codes(body)
-                    if "THROTTLED" in codes:
-                        # Not a failure: the bucket is empty, so wait until it holds this request's cost.
-                        throttled += 1
-                        stats.throttled += 1
-                        requested = float(cost_info.get("requestedQueryCost") or cost)
-                        pause = max(self.bucket.wait_for(requested, time.monotonic()), 0.05)
-                        stats.throttle_wait_seconds += pause
-                        self._sleep(pause)
-                        continue
-                    if "MAX_COST_EXCEEDED" in codes and len(group) > 1:
-                        return None
-                    if body.get("data"):
-                        return _confirmations(group, body), attempts, last_status
-                    message = _error_messages(body)
-                    if "INTERNAL_SERVER_ERROR" in codes:
-                        maybe_applied = True
-                        last_error = f"Shopify internal error: {message}"
-                    else:
-                        return dict.fromkeys(skus, (REFUSED, f"Shopify refused: {message}")), attempts, 200
-                elif response.status_code in (429, 503):
-                    stats.throttled += 1
-                    last_error = f"Shopify answered {response.status_code}"
-                    retry_after = retry_after_seconds(response.headers.get("Retry-After"), wait)
-                    wait = min(retry_after, shop.max_retry_after_seconds)
-                elif 400 <= response.status_code < 500:
-                    error = f"Shopify refused the request: HTTP {response.status_code} {response.text[:200]}"
-                    return dict.fromkeys(skus, (REFUSED, error)), attempts, last_status
-                else:
-                    maybe_applied = True
-                    last_error = f"Shopify answered {response.status_code}"
-            if attempts - throttled >= shop.max_attempts:
-                break
-            self._sleep(wait)
-        status = IN_DOUBT if maybe_applied else DEFERRED
-        return dict.fromkeys(skus, (status, f"{last_error} after {attempts} attempts")), attempts, last_status
+        paced = _PacedRequests(shop, self._client, self.bucket, self._sleep, stats)
+
+        def count_retry(_: RetryCallState) -> None:
+            stats.retries += 1
+
+        try:
+            for attempt in shop.retrier(sleep=self._sleep, before_sleep=count_retry):
+                with attempt:
+                    body = paced.send(payload, MUTATION_COST * len(group))
+        except RetryableError as exc:
+            status = IN_DOUBT if paced.maybe_applied else DEFERRED
+            error = f"{exc} after {paced.requests} attempts"
+            return dict.fromkeys(skus, (status, error)), paced.requests, paced.last_status
+        except _Refused as exc:
+            return dict.fromkeys(skus, (REFUSED, str(exc))), paced.requests, paced.last_status
+        codes = _error_codes(body)
+        if "MAX_COST_EXCEEDED" in codes and len(group) > 1:
+            return None
+        if body.get("data"):
+            return _confirmations(group, body), paced.requests, paced.last_status
+        message = f"Shopify refused: {_error_messages(body)}"
+        return dict.fromkeys(skus, (REFUSED, message)), paced.requests, paced.last_status
 
 
 def _error_codes(body: Mapping[str, Any]) -> set[str]:
@@ -382,6 +337,95 @@ def _summarize(
     return PushOutcome(key, worst, http_status, attempts, first_error, per_sku)
 
 
+class _Refused(Exception):
+    """Shopify refused a request for good (a 4xx other than 429): not worth another attempt."""
+
+
+class _PacedRequests:
+    """One GraphQL request's attempts: paced on the cost bucket, THROTTLED answers waited out (bounded).
+
+    `send` is one attempt for the shared retrier: it returns the 200 body (which may still carry GraphQL
+    errors for the caller to judge), raises RetryableError for what another attempt may fix (transport
+    errors, 429, 5xx, INTERNAL_SERVER_ERROR) and _Refused for a 4xx. THROTTLED is not a failure: the
+    bucket is empty, so it waits until the bucket holds the request's cost and sends again, at most
+    `max_throttle_waits` times over all attempts.
+    """
+
+    def __init__(
+        self,
+        shop: ShopifyStorefront,
+        client: httpx.Client,
+        bucket: CostBucket,
+        sleep: Callable[[float], None],
+        stats: PushStats | None,
+    ) -> None:
+        self._shop = shop
+        self._client = client
+        self._bucket = bucket
+        self._sleep = sleep
+        self._stats = stats
+        self.requests = 0
+        self.throttled = 0
+        self.last_status: int | None = None
+        # Once a request may have reached Shopify, giving up leaves the update in doubt.
+        self.maybe_applied = False
+
+    def send(self, payload: Mapping[str, Any], cost: float) -> dict[str, Any]:
+        """Send until an answer that is not THROTTLED; its body (see the class docstring for errors)."""
+        stats = self._stats
+        while True:
+            pause = self._bucket.wait_for(cost, time.monotonic())
+            if pause > 0:
+                if stats is not None:
+                    stats.throttle_wait_seconds += pause
+                self._sleep(pause)
+            self.requests += 1
+            if stats is not None:
+                stats.requests += 1
+            self._bucket.spend(cost, time.monotonic())
+            try:
+                response = self._client.post(self._shop.graphql_path(), json=payload)
+            except httpx.ConnectError as exc:
+                self.last_status = None
+                raise RetryableError(f"{type(exc).__name__}: Shopify not reachable") from None
+            except httpx.TransportError as exc:
+                self.last_status = None
+                self.maybe_applied = True
+                raise RetryableError(f"{type(exc).__name__} talking to Shopify") from None
+            status = self.last_status = response.status_code
+            if status in (429, 503):
+                if stats is not None:
+                    stats.throttled += 1
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                raise RetryableError(f"Shopify answered {status}", status=status, retry_after=retry_after)
+            if 400 <= status < 500:
+                raise _Refused(f"Shopify refused the request: HTTP {status} {response.text[:200]}")
+            if status != 200:
+                self.maybe_applied = True
+                raise RetryableError(f"Shopify answered {status}", status=status)
+            body = response.json()
+            cost_info = (body.get("extensions") or {}).get("cost") or {}
+            self._bucket.update(cost_info.get("throttleStatus"), time.monotonic())
+            codes = _error_codes(body)
+            if "THROTTLED" in codes and self.throttled < self._shop.max_throttle_waits:
+                self.throttled += 1
+                if stats is not None:
+                    stats.throttled += 1
+                    stats.retries += 1
+                requested = float(cost_info.get("requestedQueryCost") or cost)
+                pause = max(self._bucket.wait_for(requested, time.monotonic()), 0.05)
+                if stats is not None:
+                    stats.throttle_wait_seconds += pause
+                self._sleep(pause)
+                continue
+            if "THROTTLED" in codes:
+                raise RetryableError(f"Shopify answered THROTTLED {self.throttled} times", status=status)
+            if "INTERNAL_SERVER_ERROR" in codes:
+                self.maybe_applied = True
+                raise RetryableError(f"Shopify internal error: {_error_messages(body)}", status=status)
+            return body
+
+
 class ShopifyReadError(RuntimeError):
     """A read of the shop's state that could not be completed (never a silent partial result)."""
 
@@ -398,48 +442,20 @@ class _GraphQLReader:
 
     def query(self, document: str, variables: Mapping[str, Any], cost: float) -> dict[str, Any]:
         """The `data` of one query; raises ShopifyReadError when it cannot be had."""
-        shop = self._shop
-        failures = 0
-        last_error = "no attempt made"
-        for _ in range(shop.max_attempts + shop.max_throttle_waits):
-            pause = self.bucket.wait_for(cost, time.monotonic())
-            if pause > 0:
-                self._sleep(pause)
-            self.requests += 1
-            self.bucket.spend(cost, time.monotonic())
-            wait = shop.backoff(failures + 1)
-            try:
-                response = self._client.post(
-                    shop.graphql_path(), json={"query": document, "variables": variables}
-                )
-            except httpx.TransportError as exc:
-                last_error = f"{type(exc).__name__} talking to Shopify"
-            else:
-                if response.status_code == 200:
-                    body = response.json()
-                    cost_info = (body.get("extensions") or {}).get("cost") or {}
-                    self.bucket.update(cost_info.get("throttleStatus"), time.monotonic())
-                    if "THROTTLED" in _error_codes(body):
-                        requested = float(cost_info.get("requestedQueryCost") or cost)
-                        self._sleep(max(self.bucket.wait_for(requested, time.monotonic()), 0.05))
-                        continue
-                    if body.get("errors") or not body.get("data"):
-                        raise ShopifyReadError(f"Shopify refused the read: {_error_messages(body)}")
-                    return body["data"]
-                if response.status_code in (429, 503) or response.status_code >= 500:
-                    last_error = f"Shopify answered {response.status_code}"
-                    if response.status_code in (429, 503):
-                        retry_after = retry_after_seconds(response.headers.get("Retry-After"), wait)
-                        wait = min(retry_after, shop.max_retry_after_seconds)
-                else:
-                    raise ShopifyReadError(
-                        f"Shopify refused the read: HTTP {response.status_code} {response.text[:200]}"
-                    )
-            failures += 1
-            if failures >= shop.max_attempts:
-                break
-            self._sleep(wait)
-        raise ShopifyReadError(f"{last_error} after {failures} attempts")
+        paced = _PacedRequests(self._shop, self._client, self.bucket, self._sleep, None)
+        try:
+            for attempt in self._shop.retrier(sleep=self._sleep):
+                with attempt:
+                    body = paced.send({"query": document, "variables": variables}, cost)
+        except RetryableError as exc:
+            raise ShopifyReadError(f"{exc} after {self._shop.max_attempts} attempts") from None
+        except _Refused as exc:
+            raise ShopifyReadError(f"Shopify refused the read: {exc}") from None
+        finally:
+            self.requests += paced.requests
+        if body.get("errors") or not body.get("data"):
+            raise ShopifyReadError(f"Shopify refused the read: {_error_messages(body)}")
+        return body["data"]
 
 
 class ShopifyStorefront(ConfigurableResource):
@@ -465,9 +481,21 @@ class ShopifyStorefront(ConfigurableResource):
         """The Admin GraphQL endpoint path for the configured API version."""
         return f"/admin/api/{self.api_version}/graphql.json"
 
-    def backoff(self, attempt: int) -> float:
-        """Jittered wait before retrying after failed attempt number `attempt`."""
-        return full_jitter(attempt, self.backoff_initial_seconds, self.backoff_max_seconds)
+    def retrier(
+        self,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        before_sleep: Callable[[RetryCallState], None] | None = None,
+    ) -> Retrying:
+        """The retry policy of every Shopify request (http_retry: Retry-After, else jittered backoff)."""
+        return retrying(
+            max_attempts=self.max_attempts,
+            initial=self.backoff_initial_seconds,
+            maximum=self.backoff_max_seconds,
+            max_retry_after=self.max_retry_after_seconds,
+            sleep=sleep,
+            before_sleep=before_sleep,
+        )
 
     def _base_url(self) -> str:
         url = self.shop_url or os.environ.get("SHOPIFY_SHOP_URL")

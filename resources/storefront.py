@@ -16,9 +16,10 @@ import httpx
 import polars as pl
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
+from tenacity import RetryCallState, Retrying
 
 from resources.config import ConfigError
-from resources.http_retry import full_jitter, parse_retry_after
+from resources.http_retry import RetryableError, parse_retry_after, retrying
 from resources.schemas import CATALOG_SCHEMA, MONEY, conform_filling
 
 ADAPTERS = ("webhook", "shopify")
@@ -213,12 +214,6 @@ def conflict_error(chunk: PushChunk, response: httpx.Response) -> str:
     return f"storefront answered 409 for batch {chunk.batch} but {why}: {body}"
 
 
-def retry_after_seconds(value: str | None, default: float) -> float:
-    """Retry-After as seconds (delta or HTTP date), or `default` when absent or unreadable."""
-    parsed = parse_retry_after(value)
-    return default if parsed is None else parsed
-
-
 class WebhookPusher:
     """The signed webhook of docs/architecture.md §7 over one open HTTP connection pool."""
 
@@ -237,60 +232,69 @@ class WebhookPusher:
 
     def _push(self, chunk: PushChunk, stats: PushStats) -> PushOutcome:
         config = self._storefront
-        body, key = chunk.body, chunk.key
         # Once an attempt may have reached the storefront, giving up leaves the chunk in doubt.
-        maybe_applied = False
-        last_error = "no attempt made"
-        last_status: int | None = None
-        for attempt in range(1, config.max_attempts + 1):
-            if attempt > 1:
-                stats.retries += 1
-            headers = {
-                "Content-Type": "application/json",
-                "Idempotency-Key": key,
-                # Signed at each attempt: the timestamp must be fresh for the receiver's tolerance.
-                "X-Signature": sign(config.webhook_secret, body, int(time.time())),
-            }
-            stats.requests += 1
-            wait = config.backoff(attempt)
-            try:
-                response = self._client.post("/prices", content=body, headers=headers)
-            except httpx.ConnectError as exc:
-                last_status, last_error = None, f"{type(exc).__name__}: storefront not reachable"
-            except httpx.TransportError as exc:
-                maybe_applied = True
-                last_status, last_error = None, f"{type(exc).__name__} talking to the storefront"
-            else:
-                status = last_status = response.status_code
-                if 200 <= status < 300:
-                    return PushOutcome(key, APPLIED, status, attempt)
-                if status == 409:
-                    # Already applied only if the body names this exact key, and the storefront can
-                    # know it: the journal sent it in an earlier sync, or an earlier attempt of this
-                    # request may have got through. Any other 409 (a conflict, a proxy) is a refusal.
-                    may_be_known = chunk.sent_before or maybe_applied
-                    if may_be_known and confirmed_key(response) == key:
-                        stats.duplicates_avoided += 1
-                        return PushOutcome(key, ALREADY_APPLIED, status, attempt)
-                    error = conflict_error(chunk, response)
-                    return PushOutcome(key, REFUSED, status, attempt, error)
-                if status in (429, 503):
-                    stats.throttled += 1
-                    last_error = f"storefront answered {status}"
-                    retry_after = retry_after_seconds(response.headers.get("Retry-After"), wait)
-                    wait = min(retry_after, config.max_retry_after_seconds)
-                elif 400 <= status < 500:
-                    detail = response.text[:200]
-                    error = f"storefront refused batch {chunk.batch}: HTTP {status} {detail}"
-                    return PushOutcome(key, REFUSED, status, attempt, error)
-                else:
-                    maybe_applied = True
-                    last_error = f"storefront answered {status}"
-            if attempt < config.max_attempts:
-                self._sleep(wait)
-        status = IN_DOUBT if maybe_applied else DEFERRED
-        error = f"{last_error} after {config.max_attempts} attempts"
-        return PushOutcome(key, status, last_status, config.max_attempts, error)
+        sent = _Attempts()
+
+        def count_retry(_: RetryCallState) -> None:
+            stats.retries += 1
+
+        retrier = config.retrier(sleep=self._sleep, before_sleep=count_retry)
+        try:
+            for attempt in retrier:
+                with attempt:
+                    return self._attempt(chunk, stats, attempt.retry_state.attempt_number, sent)
+        except RetryableError as exc:
+            status = IN_DOUBT if sent.maybe_applied else DEFERRED
+            error = f"{exc} after {config.max_attempts} attempts"
+            return PushOutcome(chunk.key, status, exc.status, config.max_attempts, error)
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def _attempt(self, chunk: PushChunk, stats: PushStats, attempt: int, sent: _Attempts) -> PushOutcome:
+        """One signed POST: its outcome, or RetryableError for an answer worth another attempt."""
+        config = self._storefront
+        body, key = chunk.body, chunk.key
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": key,
+            # Signed at each attempt: the timestamp must be fresh for the receiver's tolerance.
+            "X-Signature": sign(config.webhook_secret, body, int(time.time())),
+        }
+        stats.requests += 1
+        try:
+            response = self._client.post("/prices", content=body, headers=headers)
+        except httpx.ConnectError as exc:
+            raise RetryableError(f"{type(exc).__name__}: storefront not reachable") from None
+        except httpx.TransportError as exc:
+            sent.maybe_applied = True
+            raise RetryableError(f"{type(exc).__name__} talking to the storefront") from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return PushOutcome(key, APPLIED, status, attempt)
+        if status == 409:
+            # Already applied only if the body names this exact key, and the storefront can know it:
+            # the journal sent it in an earlier sync, or an earlier attempt of this request may have
+            # got through. Any other 409 (a conflict, a proxy) is a refusal.
+            may_be_known = chunk.sent_before or sent.maybe_applied
+            if may_be_known and confirmed_key(response) == key:
+                stats.duplicates_avoided += 1
+                return PushOutcome(key, ALREADY_APPLIED, status, attempt)
+            return PushOutcome(key, REFUSED, status, attempt, conflict_error(chunk, response))
+        if status in (429, 503):
+            stats.throttled += 1
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise RetryableError(f"storefront answered {status}", status=status, retry_after=retry_after)
+        if 400 <= status < 500:
+            error = f"storefront refused batch {chunk.batch}: HTTP {status} {response.text[:200]}"
+            return PushOutcome(key, REFUSED, status, attempt, error)
+        sent.maybe_applied = True
+        raise RetryableError(f"storefront answered {status}", status=status)
+
+
+@dataclass
+class _Attempts:
+    """What the attempts of one push have learnt: whether one may have reached the storefront."""
+
+    maybe_applied: bool = False
 
 
 class Storefront(ConfigurableResource):
@@ -318,9 +322,21 @@ class Storefront(ConfigurableResource):
         """How prices reach the storefront in this run: "webhook" or "shopify"."""
         return resolve_adapter(self.push_adapter)
 
-    def backoff(self, attempt: int) -> float:
-        """Jittered wait before retrying after failed attempt number `attempt`."""
-        return full_jitter(attempt, self.backoff_initial_seconds, self.backoff_max_seconds)
+    def retrier(
+        self,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        before_sleep: Callable[[RetryCallState], None] | None = None,
+    ) -> Retrying:
+        """The retry policy of this storefront's pushes (http_retry: Retry-After, else jittered backoff)."""
+        return retrying(
+            max_attempts=self.max_attempts,
+            initial=self.backoff_initial_seconds,
+            maximum=self.backoff_max_seconds,
+            max_retry_after=self.max_retry_after_seconds,
+            sleep=sleep,
+            before_sleep=before_sleep,
+        )
 
     def _client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url.rstrip("/"), timeout=self.timeout_seconds)

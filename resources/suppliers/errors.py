@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# The one retryable-attempt error of every HTTP client, raised by the supplier clients too.
+from resources.http_retry import RetryableError
+
+__all__ = ["RetryableError", "SupplierError"]
+
 
 class SupplierError(RuntimeError):
     """A supplier could not deliver offers (after retries, or at once for a non-retryable answer)."""
@@ -23,12 +28,3 @@ class SupplierError(RuntimeError):
         self.status = status
         self.attempts = attempts
         self.stats: Any = None  # the FetchStats up to the failure, set by fetch_supplier_offers
-
-
-class RetryableError(Exception):
-    """One attempt failed in a way worth retrying (429, 5xx, timeout, connection, malformed body)."""
-
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after

@@ -14,17 +14,10 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
-from tenacity.wait import wait_base
+from tenacity import RetryCallState
 
 from resources.config import SupplierEntry
-from resources.http_retry import parse_retry_after
+from resources.http_retry import async_retrying, parse_retry_after
 from resources.suppliers.auth import build_auth
 from resources.suppliers.errors import RetryableError, SupplierError
 
@@ -74,20 +67,6 @@ class FetchStats:
             "latency_p95_ms": round(self.latency_ms(0.95), 2),
             "duration_s": round(self.duration_s, 3),
         }
-
-
-class _RetryAfterOrBackoff(wait_base):
-    """Wait what the server asked for (Retry-After), else exponential backoff with full jitter."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self._backoff = wait_random_exponential(multiplier=initial, max=maximum)
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None else None
-        if isinstance(error, RetryableError) and error.retry_after is not None:
-            return error.retry_after
-        return self._backoff(retry_state)
 
 
 class RequestPacer:
@@ -258,12 +237,12 @@ class SupplierHttp:
         assert self._client is not None, "use SupplierHttp as an async context manager"
         retry = self.entry.retry
         endpoint = f"{method} {self._client.base_url.path.rstrip('/')}/{path.lstrip('/')}"
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(retry.max_attempts),
-            wait=_RetryAfterOrBackoff(retry.backoff_initial_seconds, retry.backoff_max_seconds),
-            retry=retry_if_exception_type(RetryableError),
+        # The server's Retry-After is honoured uncapped here: the pacer also follows it (docs/suppliers.md).
+        retrying = async_retrying(
+            max_attempts=retry.max_attempts,
+            initial=retry.backoff_initial_seconds,
+            maximum=retry.backoff_max_seconds,
             before_sleep=self._count_retry,
-            reraise=True,
         )
         try:
             async for attempt in retrying:

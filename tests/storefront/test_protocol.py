@@ -18,6 +18,7 @@ from pricing_assets.storefront_sync import (
     to_entries,
 )
 from resources.config import ConfigError
+from resources.http_retry import RetryableError, parse_retry_after, retrying
 from resources.storefront import (
     APPLIED,
     IN_DOUBT,
@@ -26,7 +27,6 @@ from resources.storefront import (
     PushOutcome,
     idempotency_key,
     resolve_adapter,
-    retry_after_seconds,
     sign,
 )
 from sandbox.storefront import verify_signature
@@ -65,10 +65,30 @@ def test_signature_round_trip_and_tampering():
 
 
 def test_retry_after_accepts_seconds_and_http_dates():
-    assert retry_after_seconds("7", default=1.0) == 7.0
-    assert retry_after_seconds(None, default=1.5) == 1.5
-    assert retry_after_seconds("garbage", default=2.0) == 2.0
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", default=3.0) == 0.0  # in the past
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("garbage") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+
+
+def test_every_client_waits_retry_after_capped_else_a_jittered_backoff():
+    # The one wait of every HTTP client's retries (http_retry): the server's Retry-After, at most the
+    # cap; without one, full jitter in [0, min(max, initial x 2^(attempt-1))].
+    sleeps: list[float] = []
+
+    def fail(errors: list[RetryableError]) -> None:
+        for attempt in retrying(
+            max_attempts=len(errors) + 1, initial=1.0, maximum=4.0, max_retry_after=10.0, sleep=sleeps.append
+        ):
+            with attempt:
+                if errors:
+                    raise errors.pop(0)
+
+    fail([RetryableError("429", retry_after=7.0), RetryableError("503", retry_after=99.0)])
+    assert sleeps == [7.0, 10.0]
+    sleeps.clear()
+    fail([RetryableError("502")] * 4)
+    assert len(sleeps) == 4 and all(0 <= s <= bound for s, bound in zip(sleeps, [1, 2, 4, 4], strict=True))
 
 
 def test_adapter_resolution(monkeypatch):

@@ -37,7 +37,8 @@ from dagster import (
 from pydantic import Field
 
 from resources.cdn_crypto import BadRowsError, CdnFeedError, CdnHttpError, ShrunkFileError
-from resources.cdn_file import CdnFile, PriceFile, check_sku_shrink, decrypt_price_file
+from resources.cdn_file import CdnFile, check_sku_shrink
+from resources.cdn_parse import PriceFile, decrypt_price_file
 from resources.config import ConfigError, Registry, SupplierEntry
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, UTC_TS, empty_frame

@@ -31,7 +31,7 @@ from resources.cdn_crypto import (
     derive_key_iv,
     encrypt_openssl,
 )
-from resources.cdn_file import STOCK_NOT_INTEGER, decrypt_price_file, parse_price_file
+from resources.cdn_parse import STOCK_NOT_INTEGER, decrypt_price_file, parse_price_file
 from resources.config import CdnFileConfig, SupplierEntry
 from resources.offer_validation import validate_offers
 from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA

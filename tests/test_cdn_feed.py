@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pricing_assets import supplier_files as sf
 from resources.cdn_crypto import CdnHttpError, IntegrityError, TooLargeError, TruncatedError
-from resources.cdn_file import CdnFile, CdnFileClient, verify_checksum, verify_signature
+from resources.cdn_download import CdnFileClient
+from resources.cdn_file import CdnFile, verify_checksum, verify_signature
 from resources.config import Registry, RetryConfig
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA

@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from bench._harness import alternate, line, scaled
-from orders_assets import checks, logic
+from orders_assets import allocation, checks, sales, validation
 from resources.orders_db import OrdersDatabase
 from resources.schemas import MONEY, PRICE_HISTORY_SCHEMA
 from resources.warehouse import Warehouse
@@ -94,7 +94,7 @@ def project(data: BenchData, out: Warehouse) -> int:
     db = OrdersDatabase(url=data.url)
     start = datetime.combine(DAY, datetime.min.time(), tzinfo=UTC)
     raw = db.read_window(start, start + timedelta(days=1))
-    validated = logic.validate_orders(
+    validated = validation.validate_orders(
         raw.orders,
         raw.lines,
         known_skus=warehouse.read(["catalog"]).get_column("sku"),
@@ -104,12 +104,12 @@ def project(data: BenchData, out: Warehouse) -> int:
     checks.ingested_balance(validated.ingested, validated.accepted, validated.rejects)
     out.write(validated.accepted, ["orders"], DAY.isoformat())
     out.write(validated.rejects, ["order_rejects"], DAY.isoformat())
-    snapshots = logic.normalize_snapshots(warehouse.read_partitions(["price_history"]))
-    allocations = logic.allocate(validated.accepted, snapshots, logic.consumed_units(None))
+    snapshots = allocation.normalize_snapshots(warehouse.read_partitions(["price_history"]))
+    allocations = allocation.allocate(validated.accepted, snapshots, allocation.consumed_units(None))
     assert checks.no_oversell(allocations, snapshots).passed
     assert checks.allocations_match_orders(allocations, validated.accepted).passed
     out.write(allocations, ["order_allocations"], DAY.isoformat())
-    report = logic.sales_report(allocations)
+    report = sales.sales_report(allocations)
     out.write(report, ["sales_report"], DAY.isoformat())
     db.dispose()
     return report.height

@@ -22,7 +22,7 @@ import polars as pl
 from dagster import AssetSpec, DagsterInstance, materialize
 
 from bench._harness import alternate, line, scaled
-from orders_assets import logic
+from orders_assets import allocation
 from orders_assets.assets import order_allocations
 from orders_assets.partitions import daily_partitions
 from pricing_assets.logic.history import day_slice
@@ -114,7 +114,7 @@ def allocate_day(warehouse: Warehouse, instance: DagsterInstance) -> int:
 def unbounded_read(warehouse: Warehouse) -> float:
     """Seconds to read and normalize every history partition (what the asset did before)."""
     started = time.perf_counter()
-    logic.normalize_snapshots(warehouse.read_partitions(["price_history"]))
+    allocation.normalize_snapshots(warehouse.read_partitions(["price_history"]))
     return time.perf_counter() - started
 
 

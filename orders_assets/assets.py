@@ -1,4 +1,4 @@
-"""The orders location's assets (docs/architecture.md §3): logic.py wired to the database and warehouse."""
+"""The orders location's assets (docs/architecture.md §3): validation, allocation and sales on storage."""
 
 from collections.abc import Iterator
 from datetime import date
@@ -22,7 +22,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from orders_assets import checks, logic
+from orders_assets import allocation, checks, sales, schemas, validation
 from orders_assets.partitions import ORDERS_START_DATE, daily_partitions
 from resources.config import load_registry
 from resources.orders_db import OrdersDatabase
@@ -132,7 +132,7 @@ def ingest_orders(
     window = context.partition_time_window
     store_currency = _store_currency(config)
     raw = orders_db.read_window(window.start, window.end)
-    validated = logic.validate_orders(
+    validated = validation.validate_orders(
         raw.orders,
         raw.lines,
         known_skus=_known_skus(warehouse),
@@ -146,7 +146,7 @@ def ingest_orders(
         f"{validated.accepted.height} accepted, {validated.rejects.height} rejected"
     )
     # Each day gets its own numbers (one run may cover many days).
-    raw_days = _by_day(raw.orders.with_columns(logic.day_expr().alias("day")), days)
+    raw_days = _by_day(raw.orders.with_columns(schemas.day_expr().alias("day")), days)
     accepted_days = _by_day(validated.accepted, days)
     reject_days = _by_day(validated.rejects, days)
     orders_meta: dict[str, dict[str, Any]] = {}
@@ -164,7 +164,7 @@ def ingest_orders(
         rejects_meta[day] = {
             **table_metadata(warehouse, ["order_rejects"], day, rejected.height),
             "rejected": MetadataValue.int(rejected.height),
-            **{f"reason_{k}": MetadataValue.int(v) for k, v in logic.reject_counts(rejected).items()},
+            **{f"reason_{k}": MetadataValue.int(v) for k, v in validation.reject_counts(rejected).items()},
         }
     add_partition_metadata(context, orders_meta, asset_key=AssetKey("orders"))
     add_partition_metadata(context, rejects_meta, asset_key=AssetKey("order_rejects"))
@@ -206,11 +206,11 @@ def order_allocations(
     if fallbacks:
         context.log.warning(f"price_history not written for some days, reading earlier ones: {fallbacks}")
     history = warehouse.read_partitions(PRICE_HISTORY.path, partitions) if partitions else None
-    snapshots = logic.normalize_snapshots(history)
+    snapshots = allocation.normalize_snapshots(history)
     if snapshots.height == 0:
         context.log.warning("price_history is empty: every line will be backordered")
-    starts = logic.snapshots_start(snapshots, orders.get_column("sku"), window.start, window.end)
-    lookback, truncated = logic.lookback_days(
+    starts = allocation.snapshots_start(snapshots, orders.get_column("sku"), window.start, window.end)
+    lookback, truncated = allocation.lookback_days(
         starts,
         window.start,
         max_days=config.max_lookback_days,
@@ -221,8 +221,8 @@ def order_allocations(
     missing = [day for day in lookback if not warehouse.exists(key, day)]
     if missing:
         context.log.warning(f"allocations of earlier days not materialized yet: {missing[:5]}")
-    consumed = logic.consumed_units(warehouse.read_partitions(key, lookback))
-    allocations = logic.allocate(orders, snapshots, consumed)
+    consumed = allocation.consumed_units(warehouse.read_partitions(key, lookback))
+    allocations = allocation.allocate(orders, snapshots, consumed)
     per_day: dict[str, dict[str, Any]] = {}
     for day, part in _by_day(allocations, days).items():
         states = dict(part.group_by("allocation").len().iter_rows()) if part.height else {}
@@ -232,7 +232,7 @@ def order_allocations(
             "lines": MetadataValue.int(part.height),
             **{
                 f"lines_{state}": MetadataValue.int(int(states.get(state, 0)))
-                for state in logic.ALLOCATION_STATES
+                for state in schemas.ALLOCATION_STATES
             },
             "units_allocated": MetadataValue.int(int(allocated.get_column("quantity").sum() or 0)),
             "price_history_read": MetadataValue.text(read[day] or "none"),
@@ -257,7 +257,7 @@ def sales_report(
 ) -> pl.DataFrame:
     """Per day x SKU x supplier: orders, units, revenue, cost at order time and margin (placed and paid
     orders only; cancelled and refunded orders leave it)."""
-    report = logic.sales_report(order_allocations)
+    report = sales.sales_report(order_allocations)
     per_day: dict[str, dict[str, Any]] = {}
     for day, part in _by_day(report, list(context.partition_keys)).items():
         totals = part.select(pl.col("units").sum(), pl.col("revenue").sum(), pl.col("margin").sum()).row(0)
@@ -274,7 +274,7 @@ def sales_report(
 @asset(deps=[AssetDep("sales_report", partition_mapping=AllPartitionMapping())], group_name=GROUP)
 def sales_summary(config: SummaryConfig, warehouse: Warehouse) -> Output[pl.DataFrame]:
     """Rolling per-day totals of the latest report days, as a table, a markdown view and plot numbers."""
-    summary = logic.sales_summary(warehouse.read_partitions(["sales_report"]), window_days=config.window_days)
+    summary = sales.sales_summary(warehouse.read_partitions(["sales_report"]), window_days=config.window_days)
     return Output(summary.frame, metadata={"summary": MetadataValue.md(summary.markdown), **summary.metrics})
 
 

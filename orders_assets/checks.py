@@ -9,7 +9,7 @@ from __future__ import annotations
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
 
-from orders_assets.logic import stock_balance
+from orders_assets.allocation import stock_balance
 
 ORDERS = AssetKey("orders")
 ORDER_ALLOCATIONS = AssetKey("order_allocations")

@@ -12,7 +12,7 @@ from dagster import AssetCheckSeverity
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orders_assets import checks, logic
+from orders_assets import allocation, checks, sales, schemas, validation
 from resources.orders_db import RAW_LINES_SCHEMA, RAW_ORDERS_SCHEMA
 from tests.orders.conftest import price_history_frame, snapshot, ts
 
@@ -37,7 +37,7 @@ def lines_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
         }
         for row in rows
     ]
-    return pl.DataFrame(full, schema=logic.ORDERS_SCHEMA)
+    return pl.DataFrame(full, schema=schemas.ORDERS_SCHEMA)
 
 
 def golden_inputs() -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -63,12 +63,12 @@ def golden_inputs() -> tuple[pl.DataFrame, pl.DataFrame]:
             {"order_id": 6, "created_at": ts(f"{D} 14:00"), "sku": "A"},
         ]
     )
-    return lines, logic.normalize_snapshots(snaps)
+    return lines, allocation.normalize_snapshots(snaps)
 
 
 def test_golden_day_allocation_computed_by_hand() -> None:
     lines, snaps = golden_inputs()
-    out = logic.allocate(lines, snaps)
+    out = allocation.allocate(lines, snaps)
     got = out.select("fcfs_rank", "order_id", "sku", "allocation", "supplier", "unit_cost").rows()
     d = Decimal
     assert got == [
@@ -81,13 +81,13 @@ def test_golden_day_allocation_computed_by_hand() -> None:
         (7, 6, "A", "allocated", "s2", d("6.0000")),  # ... which order 5 took
         (8, 7, "C", "backordered", None, None),  # no supplier lists C
     ]
-    assert out.schema == pl.Schema(logic.ORDER_ALLOCATIONS_SCHEMA)
+    assert out.schema == pl.Schema(schemas.ORDER_ALLOCATIONS_SCHEMA)
     assert out.filter(pl.col("order_id") == 5).get_column("snapshot_valid_from").item() == ts(f"{D} 12:00")
 
 
 def test_golden_day_sales_report_computed_by_hand() -> None:
     lines, snaps = golden_inputs()
-    report = logic.sales_report(logic.allocate(lines, snaps))
+    report = sales.sales_report(allocation.allocate(lines, snaps))
     d = Decimal
     # A/s1: orders 1 and 5 (order 4 was refunded): 2 x 9.99 = 19.98 revenue, 2 x 5.00 cost.
     # A/s2: order 2 (2 units) and 6 (1 unit): 3 x 9.99 = 29.97 revenue, 3 x 6.00 cost.
@@ -97,14 +97,14 @@ def test_golden_day_sales_report_computed_by_hand() -> None:
         (D, "A", "s2", 2, 3, d("29.9700"), d("18.0000"), d("11.9700")),
         (D, "B", "s1", 1, 1, d("15.0000"), d("10.0000"), d("5.0000")),
     ]
-    assert report.schema == pl.Schema(logic.SALES_REPORT_SCHEMA)
+    assert report.schema == pl.Schema(schemas.SALES_REPORT_SCHEMA)
 
 
 def test_scarce_sku_at_the_same_instant_is_served_by_order_id_and_never_oversold() -> None:
     instant = ts(f"{D} 12:00:00")
     ids = [17, 3, 29, 8, 1, 22, 14, 5, 30, 11, 2, 26, 9, 19, 6, 24, 13, 4, 28, 10]
     lines = lines_frame([{"order_id": i, "created_at": instant, "sku": "X"} for i in ids])
-    snaps = logic.normalize_snapshots(
+    snaps = allocation.normalize_snapshots(
         price_history_frame(
             [
                 snapshot("X", "cheap", "5.00", 4, ts(f"{D} 00:00")),
@@ -112,11 +112,11 @@ def test_scarce_sku_at_the_same_instant_is_served_by_order_id_and_never_oversold
             ]
         )
     )
-    out = logic.allocate(lines, snaps).sort("fcfs_rank")
+    out = allocation.allocate(lines, snaps).sort("fcfs_rank")
     assert out.get_column("order_id").to_list() == sorted(ids)
     assert out.get_column("supplier").to_list() == ["cheap"] * 4 + ["dear"] * 3 + [None] * 13
     assert out.get_column("allocation").to_list()[7:] == ["backordered"] * 13
-    assert logic.stock_balance(out, snaps).get_column("remaining").to_list() == [0, 0]
+    assert allocation.stock_balance(out, snaps).get_column("remaining").to_list() == [0, 0]
 
 
 def test_a_line_is_filled_whole_or_backordered_and_a_later_smaller_line_may_fit() -> None:
@@ -127,13 +127,15 @@ def test_a_line_is_filled_whole_or_backordered_and_a_later_smaller_line_may_fit(
             {"order_id": 3, "created_at": ts(f"{D} 10:02"), "sku": "X", "quantity": 1},
         ]
     )
-    snaps = logic.normalize_snapshots(price_history_frame([snapshot("X", "s1", "5.00", 3, ts(f"{D} 00:00"))]))
-    out = logic.allocate(lines, snaps)
+    snaps = allocation.normalize_snapshots(
+        price_history_frame([snapshot("X", "s1", "5.00", 3, ts(f"{D} 00:00"))])
+    )
+    out = allocation.allocate(lines, snaps)
     assert out.get_column("allocation").to_list() == ["allocated", "backordered", "allocated"]
 
 
 def test_when_prices_move_the_cheapest_supplier_at_each_order_time_wins() -> None:
-    snaps = logic.normalize_snapshots(
+    snaps = allocation.normalize_snapshots(
         price_history_frame(
             [
                 snapshot("A", "s1", "4.00", None, ts(f"{D} 00:00"), ts(f"{D} 12:00")),
@@ -148,7 +150,7 @@ def test_when_prices_move_the_cheapest_supplier_at_each_order_time_wins() -> Non
             {"order_id": 2, "created_at": ts(f"{D} 13:00"), "sku": "A"},
         ]
     )
-    out = logic.allocate(lines, snaps)
+    out = allocation.allocate(lines, snaps)
     assert out.select("supplier", "unit_cost").rows() == [
         ("s1", Decimal("4.0000")),
         ("s2", Decimal("5.0000")),
@@ -157,18 +159,18 @@ def test_when_prices_move_the_cheapest_supplier_at_each_order_time_wins() -> Non
 
 def test_units_taken_on_earlier_days_count_against_a_snapshot_still_valid() -> None:
     lines, snaps = golden_inputs()
-    prior = logic.allocate(
+    prior = allocation.allocate(
         lines_frame([{"order_id": 0, "created_at": ts("2026-03-09 11:00"), "sku": "B"}]), snaps
     )
     assert prior.get_column("supplier").to_list() == ["s1"]
-    out = logic.allocate(lines, snaps, logic.consumed_units(prior))
+    out = allocation.allocate(lines, snaps, allocation.consumed_units(prior))
     # B/s1 (stock 1, valid since yesterday) was used up yesterday: today's B line is backordered.
     assert out.filter(pl.col("sku") == "B").get_column("allocation").to_list() == ["backordered"]
-    balance = logic.stock_balance(out, snaps, logic.consumed_units(prior))
+    balance = allocation.stock_balance(out, snaps, allocation.consumed_units(prior))
     assert not balance.get_column("violation").any()
     # Had yesterday overdrawn the snapshot, today's balance would show it although today took nothing.
     overdrawn = pl.concat([prior, prior.with_columns(pl.lit(9, pl.Int64).alias("order_id"))])
-    balance = logic.stock_balance(out, snaps, logic.consumed_units(overdrawn))
+    balance = allocation.stock_balance(out, snaps, allocation.consumed_units(overdrawn))
     assert balance.filter(pl.col("violation")).select("sku", "prior", "allocated", "remaining").rows() == [
         ("B", 2, 0, -1)
     ]
@@ -176,12 +178,12 @@ def test_units_taken_on_earlier_days_count_against_a_snapshot_still_valid() -> N
 
 def test_stock_balance_flags_oversold_snapshots_and_allocations_without_stock() -> None:
     lines, snaps = golden_inputs()
-    out = logic.allocate(lines, snaps)
+    out = allocation.allocate(lines, snaps)
     # Pretend the allocator had given order 6 to s1 too: the noon snapshot (stock 1) would give 2.
     broken = out.with_columns(
         pl.when(pl.col("order_id") == 6).then(pl.lit("s1")).otherwise(pl.col("supplier")).alias("supplier")
     )
-    balance = logic.stock_balance(broken, snaps)
+    balance = allocation.stock_balance(broken, snaps)
     bad = balance.filter(pl.col("violation"))
     assert bad.select("sku", "supplier", "stock", "allocated", "remaining").rows() == [("A", "s1", 1, 2, -1)]
     result = checks.no_oversell(broken, snaps)
@@ -197,7 +199,7 @@ def test_stock_balance_flags_oversold_snapshots_and_allocations_without_stock() 
 
 def test_allocations_match_orders_detects_stray_missing_and_duplicate_rows() -> None:
     lines, snaps = golden_inputs()
-    out = logic.allocate(lines, snaps)
+    out = allocation.allocate(lines, snaps)
     assert checks.allocations_match_orders(out, lines).passed
     assert not checks.allocations_match_orders(out.head(7), lines).passed
     assert not checks.allocations_match_orders(pl.concat([out, out.head(1)]), lines).passed
@@ -304,18 +306,18 @@ def allocation_case(
 def test_allocation_equals_the_naive_greedy_loop_and_never_oversells(case: Any) -> None:
     lines, snaps, prior = case
     frame = lines_frame(lines)
-    snapshots = logic.normalize_snapshots(price_history_frame(snaps))
+    snapshots = allocation.normalize_snapshots(price_history_frame(snaps))
     consumed = pl.DataFrame(
         [{"sku": k[0], "supplier": k[1], "valid_from": k[2], "prior": v} for k, v in prior.items()],
-        schema={"sku": pl.String, "supplier": pl.String, "valid_from": logic.UTC_TS, "prior": pl.Int64},
+        schema={"sku": pl.String, "supplier": pl.String, "valid_from": schemas.UTC_TS, "prior": pl.Int64},
     )
-    out = logic.allocate(frame, snapshots, consumed)
+    out = allocation.allocate(frame, snapshots, consumed)
     got = {(r["order_id"], r["sku"]): r["supplier"] for r in out.iter_rows(named=True)}
     assert got == reference_allocation(lines, snaps, prior)
     # Served in order: fcfs_rank follows (created_at, order_id, sku).
     ordered = out.sort("fcfs_rank").select("created_at", "order_id", "sku").rows()
     assert ordered == sorted(ordered)
-    balance = logic.stock_balance(out, snapshots, consumed)
+    balance = allocation.stock_balance(out, snapshots, consumed)
     # Prior consumption alone may already exceed stock; what this run allocated never adds to that.
     newly_oversold = balance.filter(
         (pl.col("allocated") > 0) & pl.col("stock").is_not_null() & (pl.col("remaining") < 0)
@@ -370,7 +372,7 @@ def test_validation_gives_each_bad_row_exactly_one_reason() -> None:
             (15, "B", 1, "0.00"),  # free is fine
         ],
     )
-    result = logic.validate_orders(
+    result = validation.validate_orders(
         orders, lines, known_skus=["A", "B", "C"], store_currency="EUR", fallback_day="2026-03-01"
     )
     assert result.accepted.select("order_id", "sku", "quantity").rows() == [
@@ -378,7 +380,7 @@ def test_validation_gives_each_bad_row_exactly_one_reason() -> None:
         (15, "A", 1),
         (15, "B", 1),
     ]
-    assert result.accepted.schema == pl.Schema(logic.ORDERS_SCHEMA)
+    assert result.accepted.schema == pl.Schema(schemas.ORDERS_SCHEMA)
     got = sorted(result.rejects.select("day", "order_id", "sku", "reason").rows(), key=str)
     assert got == sorted(
         [
@@ -396,12 +398,12 @@ def test_validation_gives_each_bad_row_exactly_one_reason() -> None:
     )
     assert result.rejects.filter(pl.col("order_id") == 15).get_column("quantity").to_list() == [2]
     assert result.ingested == lines.height + 1 == result.accepted.height + result.rejects.height
-    assert logic.reject_counts(result.rejects)["duplicate_line"] == 2
+    assert validation.reject_counts(result.rejects)["duplicate_line"] == 2
 
 
 def test_pandera_contract_refuses_frames_that_break_it() -> None:
     lines, _ = golden_inputs()
-    schema = logic.orders_schema("EUR")
+    schema = validation.orders_schema("EUR")
     schema.validate(lines)
     with pytest.raises(Exception, match="quantity"):
         schema.validate(lines.with_columns(pl.lit(0, pl.Int64).alias("quantity")))
@@ -411,7 +413,7 @@ def test_pandera_contract_refuses_frames_that_break_it() -> None:
 
 def test_ingested_balance_check_fails_when_rows_go_missing() -> None:
     lines, _ = golden_inputs()
-    empty = pl.DataFrame(schema=logic.ORDER_REJECTS_SCHEMA)
+    empty = pl.DataFrame(schema=schemas.ORDER_REJECTS_SCHEMA)
     assert checks.ingested_balance(lines.height, lines, empty).passed
     failed = checks.ingested_balance(lines.height + 2, lines, empty)
     assert not failed.passed
@@ -423,20 +425,26 @@ def test_ingested_balance_check_fails_when_rows_go_missing() -> None:
 
 def test_lookback_days_cover_snapshots_started_earlier_with_a_cap() -> None:
     start = ts("2026-03-10 00:00")
-    assert logic.lookback_days(None, start, max_days=31, earliest_day=date(2026, 1, 1)) == ([], False)
-    assert logic.lookback_days(ts("2026-03-10 05:00"), start, max_days=31, earliest_day=date(2026, 1, 1)) == (
+    assert allocation.lookback_days(None, start, max_days=31, earliest_day=date(2026, 1, 1)) == ([], False)
+    assert allocation.lookback_days(
+        ts("2026-03-10 05:00"), start, max_days=31, earliest_day=date(2026, 1, 1)
+    ) == (
         [],
         False,
     )
-    assert logic.lookback_days(ts("2026-03-08 23:00"), start, max_days=31, earliest_day=date(2026, 1, 1)) == (
+    assert allocation.lookback_days(
+        ts("2026-03-08 23:00"), start, max_days=31, earliest_day=date(2026, 1, 1)
+    ) == (
         ["2026-03-08", "2026-03-09"],
         False,
     )
-    assert logic.lookback_days(ts("2026-01-02 00:00"), start, max_days=2, earliest_day=date(2026, 1, 1)) == (
+    assert allocation.lookback_days(
+        ts("2026-01-02 00:00"), start, max_days=2, earliest_day=date(2026, 1, 1)
+    ) == (
         ["2026-03-08", "2026-03-09"],
         True,
     )
-    assert logic.lookback_days(
+    assert allocation.lookback_days(
         ts("2025-12-30 00:00"), ts("2026-01-02 00:00"), max_days=31, earliest_day=date(2026, 1, 1)
     ) == (
         ["2026-01-01"],
@@ -453,10 +461,10 @@ def test_summary_is_exact_and_limited_to_the_window() -> None:
             ("2026-03-02", "B", "s2", 2, 2, d("0.20"), d("0.10"), d("0.10")),
             ("2026-03-03", "B", "s2", 1, 3, d("33.33"), d("11.11"), d("22.22")),
         ],
-        schema=logic.SALES_REPORT_SCHEMA,
+        schema=schemas.SALES_REPORT_SCHEMA,
         orient="row",
     )
-    summary = logic.sales_summary(report, window_days=2)
+    summary = sales.sales_summary(report, window_days=2)
     assert summary.frame.get_column("day").to_list() == ["2026-03-02", "2026-03-03"]
     assert summary.frame.row(0) == ("2026-03-02", 2, 3, d("0.3000"), d("0.1500"), d("0.1500"))
     assert summary.metrics["revenue_cents_latest_day"] == 3333
@@ -464,4 +472,4 @@ def test_summary_is_exact_and_limited_to_the_window() -> None:
     assert summary.metrics["days"] == 2
     assert "| 2026-03-03 | 3 | 33.33 | 11.11 | 22.22 | 66.7 |" in summary.markdown
     assert "2026-03-01" not in summary.markdown
-    assert logic.sales_summary(None).metrics == {"days": 0}
+    assert sales.sales_summary(None).metrics == {"days": 0}

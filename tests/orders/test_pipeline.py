@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance, build_sensor_context, materialize
 
-from orders_assets import defs, logic
+from orders_assets import allocation, defs, schemas, validation
 from orders_assets.assets import ORDERS_ASSETS
 from orders_assets.schedules import RANGE_END_TAG, RANGE_START_TAG, hourly_request, range_run_request
 from orders_assets.sensors import orders_late_changes
@@ -32,7 +32,7 @@ def test_a_run_over_two_days_accounts_for_every_row_and_passes_its_checks(orders
     for day in (DAY1, DAY2):
         injected = orders_env.injected["per_day"][day]
         rejects = orders_env.read("order_rejects", day)
-        counts = logic.reject_counts(rejects)
+        counts = validation.reject_counts(rejects)
         for kind in ("unknown_sku", "non_positive_quantity", "negative_price", "currency_mismatch"):
             assert counts[kind] == injected[kind] >= 1, kind
         for kind in ("line_without_order", "duplicate_line", "order_without_lines"):
@@ -185,14 +185,14 @@ def test_one_run_over_two_days_equals_two_runs_in_order_and_reruns_are_identical
         for name in TABLES:
             assert apart[day][name].equals(together[day][name]), (day, name)
     # Day 2 drew on alpha snapshots that began on day 1: those units were counted (not re-sold).
-    consumed = logic.consumed_units(together[DAY1]["order_allocations"])
+    consumed = allocation.consumed_units(together[DAY1]["order_allocations"])
     assert consumed.height > 0
 
 
 def test_an_overdrawn_snapshot_blocks_the_sales_report(orders_env: OrdersEnv) -> None:
     # An earlier day's stored allocations claim more units than the snapshot (valid since the day
     # before) ever had: the blocking no_oversell check must stop the report.
-    snapshots = logic.normalize_snapshots(
+    snapshots = allocation.normalize_snapshots(
         Warehouse(base_dir=str(orders_env.warehouse)).read_partitions(["price_history"])
     )
     alpha = snapshots.filter((pl.col("supplier") == "alpha") & pl.col("stock").is_not_null()).row(
@@ -217,7 +217,7 @@ def test_an_overdrawn_snapshot_blocks_the_sales_report(orders_env: OrdersEnv) ->
                 "snapshot_stock": alpha["stock"],
             }
         ],
-        schema=logic.ORDER_ALLOCATIONS_SCHEMA,
+        schema=schemas.ORDER_ALLOCATIONS_SCHEMA,
     )
     Warehouse(base_dir=str(orders_env.warehouse)).write(fake, ["order_allocations"], "2026-02-28")
     result = materialize(
@@ -309,5 +309,5 @@ def test_the_store_currency_comes_from_the_supplier_registry(
     # Only the orders the generator wrote in a foreign currency (USD here) are in the store currency now.
     assert set(accepted.get_column("currency")) == {"USD"}
     assert accepted.height == orders_env.injected["per_day"][DAY1]["currency_mismatch"]
-    counts = logic.reject_counts(orders_env.read("order_rejects", DAY1))
+    counts = validation.reject_counts(orders_env.read("order_rejects", DAY1))
     assert counts["currency_mismatch"] > orders_env.injected["per_day"][DAY1]["clean_lines"] // 2

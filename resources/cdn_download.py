@@ -26,7 +26,7 @@ from resources.cdn_crypto import (
     TruncatedError,
 )
 from resources.config import RetryConfig
-from resources.http_retry import RetryableError, parse_retry_after, retrying
+from resources.http_retry import RetryableError, parse_retry_after, retrying_for
 from resources.warehouse import remove_orphan_temp_files
 
 _DOWNLOAD_CHUNK = 1 << 20
@@ -95,13 +95,7 @@ class CdnFileClient:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
-        retrier = retrying(
-            max_attempts=self._retry.max_attempts,
-            initial=self._retry.backoff_initial_seconds,
-            maximum=self._retry.backoff_max_seconds,
-            max_retry_after=self._retry.max_retry_after_seconds,
-            sleep=self._sleep or time.sleep,
-        )
+        retrier = retrying_for(self._retry, sleep=self._sleep or time.sleep)
         result: Download | None = None
         shown = safe_url(url)
         # Downloads a killed run left behind (their lock died with it) go before this one starts.

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 from tenacity import (
     AsyncRetrying,
@@ -103,6 +104,32 @@ def retrying(
 ) -> Retrying:
     """A retrier for blocking clients: `for attempt in retrying(...): with attempt: ...`."""
     return Retrying(sleep=sleep, **_policy(max_attempts, initial, maximum, max_retry_after, before_sleep))
+
+
+class RetrySettings(Protocol):
+    """What a client's configuration says about its retries (RetryConfig and the storefront resources)."""
+
+    max_attempts: int
+    backoff_initial_seconds: float
+    backoff_max_seconds: float
+    max_retry_after_seconds: float
+
+
+def retrying_for(
+    settings: RetrySettings,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    before_sleep: Callable[[RetryCallState], None] | None = None,
+) -> Retrying:
+    """`retrying` with a client's configured attempts, backoff and Retry-After cap."""
+    return retrying(
+        max_attempts=settings.max_attempts,
+        initial=settings.backoff_initial_seconds,
+        maximum=settings.backoff_max_seconds,
+        max_retry_after=settings.max_retry_after_seconds,
+        sleep=sleep,
+        before_sleep=before_sleep,
+    )
 
 
 def async_retrying(

@@ -16,10 +16,10 @@ import httpx
 import polars as pl
 from dagster import ConfigurableResource
 from pydantic import Field
-from tenacity import RetryCallState, Retrying
+from tenacity import RetryCallState
 
 from resources.config import ConfigError
-from resources.http_retry import RetryableError, parse_retry_after, retrying
+from resources.http_retry import RetryableError, parse_retry_after, retrying_for
 from resources.secrets import read_secret
 from resources.storefront import (
     APPLIED,
@@ -210,7 +210,7 @@ class ShopifyPusher:
             stats.retries += 1
 
         try:
-            for attempt in shop.retrier(sleep=self._sleep, before_sleep=count_retry):
+            for attempt in retrying_for(shop, sleep=self._sleep, before_sleep=count_retry):
                 with attempt:
                     body = paced.send(payload, MUTATION_COST * len(group))
         except RetryableError as exc:
@@ -444,7 +444,7 @@ class _GraphQLReader:
         """The `data` of one query; raises ShopifyReadError when it cannot be had."""
         paced = _PacedRequests(self._shop, self._client, self.bucket, self._sleep, None)
         try:
-            for attempt in self._shop.retrier(sleep=self._sleep):
+            for attempt in retrying_for(self._shop, sleep=self._sleep):
                 with attempt:
                     body = paced.send({"query": document, "variables": variables}, cost)
         except RetryableError as exc:
@@ -480,22 +480,6 @@ class ShopifyStorefront(ConfigurableResource):
     def graphql_path(self) -> str:
         """The Admin GraphQL endpoint path for the configured API version."""
         return f"/admin/api/{self.api_version}/graphql.json"
-
-    def retrier(
-        self,
-        *,
-        sleep: Callable[[float], None] = time.sleep,
-        before_sleep: Callable[[RetryCallState], None] | None = None,
-    ) -> Retrying:
-        """The retry policy of every Shopify request (http_retry: Retry-After, else jittered backoff)."""
-        return retrying(
-            max_attempts=self.max_attempts,
-            initial=self.backoff_initial_seconds,
-            maximum=self.backoff_max_seconds,
-            max_retry_after=self.max_retry_after_seconds,
-            sleep=sleep,
-            before_sleep=before_sleep,
-        )
 
     def _base_url(self) -> str:
         url = self.shop_url or os.environ.get("SHOPIFY_SHOP_URL")

@@ -16,10 +16,10 @@ import httpx
 import polars as pl
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
-from tenacity import RetryCallState, Retrying
+from tenacity import RetryCallState
 
 from resources.config import ConfigError
-from resources.http_retry import RetryableError, parse_retry_after, retrying
+from resources.http_retry import RetryableError, parse_retry_after, retrying_for
 from resources.schemas import CATALOG_SCHEMA, MONEY, conform_filling
 
 ADAPTERS = ("webhook", "shopify")
@@ -238,7 +238,7 @@ class WebhookPusher:
         def count_retry(_: RetryCallState) -> None:
             stats.retries += 1
 
-        retrier = config.retrier(sleep=self._sleep, before_sleep=count_retry)
+        retrier = retrying_for(config, sleep=self._sleep, before_sleep=count_retry)
         try:
             for attempt in retrier:
                 with attempt:
@@ -321,22 +321,6 @@ class Storefront(ConfigurableResource):
     def resolved_adapter(self) -> str:
         """How prices reach the storefront in this run: "webhook" or "shopify"."""
         return resolve_adapter(self.push_adapter)
-
-    def retrier(
-        self,
-        *,
-        sleep: Callable[[float], None] = time.sleep,
-        before_sleep: Callable[[RetryCallState], None] | None = None,
-    ) -> Retrying:
-        """The retry policy of this storefront's pushes (http_retry: Retry-After, else jittered backoff)."""
-        return retrying(
-            max_attempts=self.max_attempts,
-            initial=self.backoff_initial_seconds,
-            maximum=self.backoff_max_seconds,
-            max_retry_after=self.max_retry_after_seconds,
-            sleep=sleep,
-            before_sleep=before_sleep,
-        )
 
     def _client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url.rstrip("/"), timeout=self.timeout_seconds)

@@ -10,5 +10,5 @@ def __getattr__(name: str) -> Any:
     if name == "defs":
         from pricing_assets.definitions import defs
 
-        return defs
+        return defs()
     raise AttributeError(name)

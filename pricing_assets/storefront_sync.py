@@ -31,13 +31,14 @@ from dagster import (
 )
 from pydantic import Field as PydanticField
 
+from pricing_assets import OWNERS
 from pricing_assets.checks import split_pushable
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, LEDGER_KEY
 from pricing_assets.reconcile import MarkStore, Repair, drift_counts, find_drift
 from resources.partition_metadata import add_partition_metadata, batch_range, table_metadata
 from resources.push_lock import BatchLock, batch_lock_for
 from resources.runtime import RuntimeConfig
-from resources.schemas import MONEY, UTC_TS
+from resources.schemas import MONEY, UTC_TS, column_schema
 from resources.shopify import ShopifyStorefront, variants_from_catalog
 from resources.storefront import (
     ACKNOWLEDGED,
@@ -534,7 +535,9 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         group_name="pricing",
         partitions_def=partitions_def,
         backfill_policy=BATCH_BACKFILL_POLICY,
-        kinds={"polars"},
+        owners=OWNERS,
+        kinds={"polars", "parquet", "http"},
+        metadata=column_schema(SYNC_SCHEMA, partition_column="batch"),
         pool="storefront",
         check_specs=[
             AssetCheckSpec(

@@ -1,0 +1,100 @@
+"""Every asset of both locations carries catalog metadata: description, owners, kinds, group, columns."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from dagster import AssetKey, AssetSpec, Definitions, TableSchema
+
+from orders_assets import logic as orders_logic
+from pricing_assets.held import APPROVALS_SCHEMA, HELD_SCHEMA
+from pricing_assets.storefront_sync import SYNC_SCHEMA
+from resources.schemas import (
+    BEST_OFFERS_SCHEMA,
+    CATALOG_SCHEMA,
+    COLUMN_SCHEMA_KEY,
+    OFFERS_SCHEMA,
+    PRICE_HISTORY_SCHEMA,
+    STOREFRONT_PRICES_SCHEMA,
+    table_schema,
+)
+
+# The table each asset writes, written out here independently of the definitions.
+BATCH_COLUMN: dict[str, pl.DataType] = {"batch": pl.String()}
+BATCHED_OFFERS = {**OFFERS_SCHEMA, **BATCH_COLUMN}
+PRICING_TABLES: dict[str, dict[str, pl.DataType]] = {
+    "catalog": {**CATALOG_SCHEMA, **BATCH_COLUMN},
+    "supplier_files/delta": OFFERS_SCHEMA,
+    **{f"supplier_offers/{s}": BATCHED_OFFERS for s in ("alpha", "beta", "gamma", "delta")},
+    "best_offers": {**BEST_OFFERS_SCHEMA, **BATCH_COLUMN},
+    # storefront_prices keeps best_offers' columns and adds the price ones.
+    "storefront_prices": {**BEST_OFFERS_SCHEMA, **BATCH_COLUMN, **STOREFRONT_PRICES_SCHEMA},
+    "storefront_sync": {**SYNC_SCHEMA, **BATCH_COLUMN},
+    "price_approvals": APPROVALS_SCHEMA,
+    "held_price_changes": HELD_SCHEMA,
+    "price_history": {**PRICE_HISTORY_SCHEMA, "day": pl.String()},
+}
+ORDERS_TABLES: dict[str, dict[str, pl.DataType]] = {
+    "orders": orders_logic.ORDERS_SCHEMA,
+    "order_rejects": orders_logic.ORDER_REJECTS_SCHEMA,
+    "order_allocations": orders_logic.ORDER_ALLOCATIONS_SCHEMA,
+    "sales_report": orders_logic.SALES_REPORT_SCHEMA,
+    "sales_summary": orders_logic.SALES_SUMMARY_SCHEMA,
+}
+OWNERS = {"pricing": ["team:pricing"], "orders": ["team:orders"]}
+
+
+def _location_defs(location: str) -> Definitions:
+    if location == "pricing":
+        from pricing_assets.definitions import build_defs
+
+        return build_defs()
+    from orders_assets.definitions import build_defs as build_orders_defs
+
+    return build_orders_defs()
+
+
+def _defined_specs(defs: Definitions) -> dict[str, AssetSpec]:
+    """The location's own assets; the stubs Dagster adds for another location's keys are not its own."""
+    return {
+        spec.key.to_user_string(): spec
+        for spec in defs.resolve_all_asset_specs()
+        if not spec.metadata.get("dagster/auto_created_stub_asset")
+    }
+
+
+@pytest.mark.parametrize(("location", "tables"), [("pricing", PRICING_TABLES), ("orders", ORDERS_TABLES)])
+def test_every_asset_has_catalog_metadata(location: str, tables: dict[str, dict[str, pl.DataType]]) -> None:
+    specs = _defined_specs(_location_defs(location))
+    # A new asset without an entry above fails here, so it cannot join the catalog without columns.
+    assert set(specs) == set(tables)
+    for name, spec in specs.items():
+        assert spec.description and spec.description.strip(), name
+        assert spec.owners == OWNERS[location], name
+        assert spec.kinds and {"polars", "parquet"} <= spec.kinds, name
+        assert spec.group_name and spec.group_name != "default", name
+        schema = spec.metadata.get(COLUMN_SCHEMA_KEY)
+        assert isinstance(schema, TableSchema), name
+        assert [(c.name, c.type) for c in schema.columns] == [
+            (column, str(dtype)) for column, dtype in tables[name].items()
+        ], name
+
+
+def test_orders_location_reads_pricing_assets_it_does_not_define() -> None:
+    """The orders location's stubs are the pricing location's assets, catalogued there."""
+    orders = _location_defs("orders")
+    stubs = {
+        spec.key
+        for spec in orders.resolve_all_asset_specs()
+        if spec.metadata.get("dagster/auto_created_stub_asset")
+    }
+    assert stubs == {AssetKey("catalog"), AssetKey("price_history")}
+    assert {k.to_user_string() for k in stubs} <= set(_defined_specs(_location_defs("pricing")))
+
+
+def test_table_schema_keeps_contract_order_and_types() -> None:
+    schema = table_schema({"sku": pl.String(), "price": pl.Decimal(20, 4)})
+    assert [(c.name, c.type) for c in schema.columns] == [
+        ("sku", "String"),
+        ("price", "Decimal(precision=20, scale=4)"),
+    ]

@@ -54,8 +54,6 @@ from resources.storefront import (
 )
 from resources.warehouse import Warehouse
 
-# Same policy as the upstream pricing assets: one run may sync many batches.
-
 # storefront_sync/<batch>: the storefront's acknowledged state per SKU (the push ledger).
 SYNC_SCHEMA: dict[str, pl.DataType] = {
     "sku": pl.String(),
@@ -71,7 +69,6 @@ SYNC_SCHEMA: dict[str, pl.DataType] = {
     "pending_price": MONEY,
     "pending_error": pl.String(),
 }
-PENDING_STATUSES = ("would_push", "held", REFUSED, DEFERRED, IN_DOUBT)
 _COMPARED = ("price", "available", "supplier")
 LOGGED_WOULD_PUSH = 50
 # Internal state, not an analyst table: <WAREHOUSE_DIR>/_journal/storefront_sync/<batch>.parquet.
@@ -435,9 +432,8 @@ class _LazyPusher:
     """Opens the real pusher on the first push, so a sync with nothing to send opens nothing."""
 
     def __init__(
-        self, adapter: str, opener: Callable[[], AbstractContextManager[StorefrontPusher]], stack: ExitStack
+        self, opener: Callable[[], AbstractContextManager[StorefrontPusher]], stack: ExitStack
     ) -> None:
-        self.adapter = adapter
         self._opener = opener
         self._stack = stack
         self._pusher: StorefrontPusher | None = None
@@ -587,7 +583,7 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         may_send = True
         with ExitStack() as stack:
             opener = partial(_open_pusher, adapter, storefront, shopify, warehouse)
-            pusher = _LazyPusher(adapter, opener, stack)
+            pusher = _LazyPusher(opener, stack)
             for batch in context.partition_keys:
                 batch_started = time.monotonic()
                 stats = PushStats()
@@ -710,7 +706,6 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
 
 __all__ = [
     "ACKNOWLEDGED_CHECK",
-    "PENDING_STATUSES",
     "SYNC_SCHEMA",
     "BatchSync",
     "PushJournal",

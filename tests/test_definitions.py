@@ -116,3 +116,17 @@ def test_the_loaders_build_once_and_the_package_attribute_is_the_built_location(
 
     assert pricing_loader() is pricing_loader() is pricing_assets.defs
     assert orders_loader() is orders_loader() is orders_assets.defs
+
+
+def test_loading_both_locations_shows_no_warning_at_all():
+    """What a user sees at start-up: no deprecation, supersession, beta or preview warning, nor any other."""
+    code = "import pricing_assets.definitions as p, orders_assets.definitions as o; p.defs(); o.defs()"
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -106,7 +106,7 @@ def test_future_day_is_refused():
 
 def test_schedule_requests_todays_partition_with_a_deterministic_key(warehouse_dir):
     defs = bind(pricing_definitions(load_registry()), resources(warehouse_dir))
-    schedule = defs.get_schedule_def("price_history_schedule")
+    schedule = defs.resolve_schedule_def("price_history_schedule")
     tick = datetime(2026, 3, 1, 23, 55, tzinfo=UTC)
     repository = defs.get_repository_def()
     requests = [

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
 import polars as pl
 import pytest
-from dagster import AssetKey, AssetSpec, Definitions, TableSchema
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    AssetSpec,
+    DagsterInstance,
+    Definitions,
+    TableSchema,
+    define_asset_job,
+)
 
 from orders_assets import logic as orders_logic
+from pricing_assets.definitions import build_definitions_without_resources
 from pricing_assets.held import APPROVALS_SCHEMA, HELD_SCHEMA
 from pricing_assets.storefront_sync import SYNC_SCHEMA
+from resources.config import load_registry
 from resources.schemas import (
     BEST_OFFERS_SCHEMA,
     CATALOG_SCHEMA,
@@ -18,6 +32,8 @@ from resources.schemas import (
     STOREFRONT_PRICES_SCHEMA,
     table_schema,
 )
+from resources.warehouse import Warehouse
+from tests.pricing.wiring import bind, resources, skus_in_batch, write_offers
 
 # The table each asset writes, written out here independently of the definitions.
 BATCH_COLUMN: dict[str, pl.DataType] = {"batch": pl.String()}
@@ -98,3 +114,62 @@ def test_table_schema_keeps_contract_order_and_types() -> None:
         ("sku", "String"),
         ("price", "Decimal(precision=20, scale=4)"),
     ]
+
+
+def test_the_tables_the_pricing_assets_write_have_the_catalogued_columns(
+    sandbox: Any, warehouse_dir: Path, tmp_path: Path
+) -> None:
+    """Materialize the pricing chain (a held change, its approval, today's history); read the files back."""
+    registry, batch = load_registry(), "batch-000"
+    skus = skus_in_batch(batch, registry.catalog_batches, 3)
+    catalog_file = tmp_path / "catalog.csv"
+    catalog_file.write_text(
+        "sku,title,category,active\n" + "".join(f"{s},Item {s},games,true\n" for s in skus)
+    )
+    chain = define_asset_job(
+        "chain", selection=AssetSelection.assets("best_offers", "storefront_prices", "storefront_sync")
+    )
+    config = {"markup": {"percent": "15", "rounding": {"mode": "none"}}, "guard": {"max_change_pct": "30"}}
+    defs = bind(
+        Definitions.merge(build_definitions_without_resources(registry), Definitions(jobs=[chain])),
+        resources(warehouse_dir, config=config, storefront_url=f"{sandbox.url}/storefront"),
+    )
+    instance = DagsterInstance.ephemeral()
+    warehouse = Warehouse(base_dir=str(warehouse_dir))
+
+    def run(job: str, **kwargs: object) -> None:
+        assert defs.resolve_job_def(job).execute_in_process(instance=instance, **kwargs).success, job
+
+    catalog_job = define_asset_job("catalog_only", selection=AssetSelection.assets("catalog"))
+    defs = Definitions.merge(defs, Definitions(jobs=[catalog_job]))
+    run("catalog_only", run_config={"ops": {"catalog": {"config": {"file": str(catalog_file)}}}})
+    write_offers(warehouse, "alpha", batch, dict.fromkeys(skus, "10"))
+    run("chain", partition_key=batch)
+    write_offers(warehouse, "alpha", batch, {**dict.fromkeys(skus, "10"), skus[0]: "20"})  # +100 %: held
+    run("chain", partition_key=batch)
+    run("held_price_changes_job")
+    run("approve_held_prices", run_config={"ops": {"price_approvals": {"config": {"all": True}}}})
+    run("price_history_job", partition_key=datetime.now(UTC).date().isoformat())
+
+    specs = _defined_specs(defs)
+    checked = []
+    for path in sorted(warehouse_dir.rglob("*.parquet")):
+        relative = path.relative_to(warehouse_dir).with_suffix("")
+        parts = relative.parts
+        # Partitioned tables are <key>/<partition>.parquet; the others <key>.parquet.
+        name = "/".join(parts[:-1]) if "/".join(parts[:-1]) in specs else "/".join(parts)
+        if name not in specs or name.startswith("supplier_offers/"):  # those files were written above
+            continue
+        declared = specs[name].metadata[COLUMN_SCHEMA_KEY]
+        stored = pl.read_parquet_schema(path)
+        assert [(c.name, c.type) for c in declared.columns] == [(n, str(t)) for n, t in stored.items()], name
+        checked.append(name)
+    assert set(checked) == {
+        "catalog",
+        "best_offers",
+        "storefront_prices",
+        "storefront_sync",
+        "held_price_changes",
+        "price_approvals",
+        "price_history",
+    }

@@ -27,9 +27,14 @@ from orders_assets.partitions import ORDERS_START_DATE, daily_partitions
 from resources.config import load_registry
 from resources.orders_db import OrdersDatabase
 from resources.partition_metadata import add_partition_metadata, split_by_partition, table_metadata
+from resources.schemas import column_schema
 from resources.warehouse import Warehouse
 
 GROUP = "orders"
+# Who answers for the location's assets (the catalog's owners field).
+OWNERS = ["team:orders"]
+# Read from PostgreSQL, computed with polars, stored as Parquet.
+KINDS = {"polars", "parquet"}
 # Assets of the pricing code location, read through the shared warehouse.
 CATALOG = AssetKey("catalog")
 PRICE_HISTORY = AssetKey("price_history")
@@ -110,10 +115,16 @@ def _by_day(frame: pl.DataFrame, days: list[str]) -> dict[str, pl.DataFrame]:
             description="Accepted order lines of the day (by created_at), allow-listed columns only: no "
             "card number, CVC or billing address ever leaves the database.",
             group_name=GROUP,
+            owners=OWNERS,
+            kinds={*KINDS, "postgres"},
+            metadata=column_schema(schemas.ORDERS_SCHEMA),
         ),
         "order_rejects": AssetOut(
             description="Rows that failed validation, one reason each (ingested = accepted + rejected).",
             group_name=GROUP,
+            owners=OWNERS,
+            kinds={*KINDS, "postgres"},
+            metadata=column_schema(schemas.ORDER_REJECTS_SCHEMA),
         ),
     },
     partitions_def=daily_partitions,
@@ -189,6 +200,9 @@ def ingest_orders(
     deps=[AssetDep(PRICE_HISTORY, partition_mapping=TimeWindowPartitionMapping())],
     check_specs=checks.ALLOCATION_CHECK_SPECS,
     group_name=GROUP,
+    owners=OWNERS,
+    kinds=KINDS,
+    metadata=column_schema(schemas.ORDER_ALLOCATIONS_SCHEMA),
 )
 def order_allocations(
     context: AssetExecutionContext,
@@ -251,7 +265,14 @@ def order_allocations(
     yield checks.allocations_match_orders(allocations, orders)
 
 
-@asset(partitions_def=daily_partitions, backfill_policy=SINGLE_RUN, group_name=GROUP)
+@asset(
+    partitions_def=daily_partitions,
+    backfill_policy=SINGLE_RUN,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds=KINDS,
+    metadata=column_schema(schemas.SALES_REPORT_SCHEMA),
+)
 def sales_report(
     context: AssetExecutionContext, order_allocations: pl.DataFrame, warehouse: Warehouse
 ) -> pl.DataFrame:
@@ -271,7 +292,13 @@ def sales_report(
     return report
 
 
-@asset(deps=[AssetDep("sales_report", partition_mapping=AllPartitionMapping())], group_name=GROUP)
+@asset(
+    deps=[AssetDep("sales_report", partition_mapping=AllPartitionMapping())],
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds=KINDS,
+    metadata=column_schema(schemas.SALES_SUMMARY_SCHEMA),
+)
 def sales_summary(config: SummaryConfig, warehouse: Warehouse) -> Output[pl.DataFrame]:
     """Rolling per-day totals of the latest report days, as a table, a markdown view and plot numbers."""
     summary = sales.sales_summary(warehouse.read_partitions(["sales_report"]), window_days=config.window_days)

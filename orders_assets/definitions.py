@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from functools import cache
 
-from dagster import BetaWarning, Definitions
+from dagster import BetaWarning, Definitions, definitions
 
 from orders_assets.schedules import orders_hourly, orders_job
 from orders_assets.sensors import orders_late_changes
@@ -17,15 +18,25 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Parameter `backfill_policy` of function `asset`", BetaWarning)
     from orders_assets.assets import ORDERS_ASSETS
 
-defs = Definitions(
-    assets=ORDERS_ASSETS,
-    jobs=[orders_job],
-    schedules=[orders_hourly],
-    sensors=[orders_late_changes],
-    resources={
-        # Everything resolves its location (WAREHOUSE_DIR, ORDERS_DB_URL) when a run starts.
-        "io_manager": WarehouseIOManager(),
-        "warehouse": Warehouse(),
-        "orders_db": OrdersDatabase(),
-    },
-)
+
+def build_defs() -> Definitions:
+    """Build the orders location: its assets, job, schedule, sensor and resources."""
+    return Definitions(
+        assets=ORDERS_ASSETS,
+        jobs=[orders_job],
+        schedules=[orders_hourly],
+        sensors=[orders_late_changes],
+        resources={
+            # Everything resolves its location (WAREHOUSE_DIR, ORDERS_DB_URL) when a run starts.
+            "io_manager": WarehouseIOManager(),
+            "warehouse": Warehouse(),
+            "orders_db": OrdersDatabase(),
+        },
+    )
+
+
+@definitions
+@cache
+def defs() -> Definitions:
+    """The deployed location, built once when Dagster loads it (workspace.yaml's `defs`)."""
+    return build_defs()

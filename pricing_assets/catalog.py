@@ -6,8 +6,9 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetsDefinition, Config, MetadataValue, asset
 from pydantic import Field
 
+from pricing_assets import OWNERS
 from pricing_assets.logic.batching import assign_batches
-from resources.schemas import CATALOG_SCHEMA, conform_filling
+from resources.schemas import CATALOG_SCHEMA, column_schema, conform_filling
 from resources.storefront import Storefront
 
 
@@ -31,7 +32,14 @@ def read_catalog_file(path: str) -> pl.DataFrame:
 def build_catalog_asset(batches: int) -> AssetsDefinition:
     """The catalog asset, assigning each SKU to one of `batches` partitions."""
 
-    @asset(name="catalog", group_name="pricing", kinds={"polars"})
+    @asset(
+        name="catalog",
+        group_name="pricing",
+        owners=OWNERS,
+        kinds={"polars", "parquet"},
+        # Not partitioned, but every SKU carries the batch it is assigned to.
+        metadata=column_schema(CATALOG_SCHEMA, partition_column="batch"),
+    )
     def catalog(
         context: AssetExecutionContext, config: CatalogConfig, storefront: Storefront
     ) -> pl.DataFrame:

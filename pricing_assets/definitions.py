@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import gc
 import warnings
+from functools import cache
 from pathlib import Path
 
-from dagster import AssetKey, AssetsDefinition, AssetSelection, BetaWarning, Definitions
+from dagster import AssetKey, AssetsDefinition, AssetSelection, BetaWarning, Definitions, definitions
 
 from pricing_assets.alerts import AlertWebhook, build_alert_sensor
 from pricing_assets.catalog import build_catalog_asset
@@ -120,12 +121,17 @@ def build_definitions_without_resources(registry: Registry) -> Definitions:
     )
 
 
-with warnings.catch_warnings():
-    # Only the `backfill_policy` parameter of `@asset` carries a beta marker; BackfillPolicy itself is
-    # public and stable, and the same parameter of `@multi_asset` is not marked (docs/decisions.md).
-    warnings.filterwarnings("ignore", "Parameter `backfill_policy` of function `asset`", BetaWarning)
-    defs = build_defs()
-# Everything imported and built so far lives as long as the process. Moving it out of the
-# collector's reach makes every full collection of a run, and the final one at exit, skip it
-# (bench/sweep: ~0.3 s of each run process's exit was that final collection).
-gc.freeze()
+@definitions
+@cache
+def defs() -> Definitions:
+    """The deployed location, built when Dagster loads it (importing this module reads nothing)."""
+    with warnings.catch_warnings():
+        # Only the `backfill_policy` parameter of `@asset` carries a beta marker; BackfillPolicy itself
+        # is public and stable, and the same parameter of `@multi_asset` is not marked (docs/decisions.md).
+        warnings.filterwarnings("ignore", "Parameter `backfill_policy` of function `asset`", BetaWarning)
+        built = build_defs()
+    # Everything imported and built so far lives as long as the process. Moving it out of the
+    # collector's reach makes every full collection of a run, and the final one at exit, skip it
+    # (bench/sweep: ~0.3 s of each run process's exit was that final collection).
+    gc.freeze()
+    return built

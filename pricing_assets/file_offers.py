@@ -18,6 +18,7 @@ from dagster import (
     asset,
 )
 
+from pricing_assets import OWNERS
 from pricing_assets.offers_freshness import (
     FRESH_CHECK,
     FRESH_CHECK_DESCRIPTION,
@@ -29,7 +30,7 @@ from pricing_assets.supplier_files import cache_key, read_cached_offers
 from resources.config import Registry, SupplierEntry
 from resources.partition_metadata import add_partition_metadata, split_by_partition, table_metadata
 from resources.runtime import RuntimeConfig
-from resources.schemas import OFFERS_SCHEMA
+from resources.schemas import OFFERS_SCHEMA, column_schema
 from resources.warehouse import Warehouse
 
 
@@ -47,8 +48,13 @@ def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> As
         check_specs=[
             AssetCheckSpec(FRESH_CHECK, asset=key, blocking=False, description=FRESH_CHECK_DESCRIPTION)
         ],
-        kinds={"polars"},
-        metadata={"supplier": entry.id, "adapter": entry.kind},
+        owners=OWNERS,
+        kinds={"polars", "parquet"},
+        metadata={
+            "supplier": entry.id,
+            "adapter": entry.kind,
+            **column_schema(OFFERS_SCHEMA, partition_column="batch"),
+        },
     )
     def file_offers(
         context: AssetExecutionContext,

@@ -32,9 +32,10 @@ from dagster import (
 )
 from pydantic import Field
 
+from pricing_assets import OWNERS
 from pricing_assets.logic.guard import CHANGE_KEY, approved_changes, release_held
 from pricing_assets.partitions import LEDGER_KEY
-from resources.schemas import MONEY, UTC_TS
+from resources.schemas import MONEY, UTC_TS, column_schema
 from resources.warehouse import Warehouse
 
 HELD_KEY = AssetKey("held_price_changes")
@@ -174,7 +175,9 @@ class ApprovalConfig(Config):
     key=APPROVALS_KEY,
     group_name="pricing",
     deps=[STOREFRONT_PRICES_KEY],
-    kinds={"polars"},
+    owners=OWNERS,
+    kinds={"polars", "parquet"},
+    metadata=column_schema(APPROVALS_SCHEMA),
     description="Approved price changes (sku, price, approved-from price, approved_at): the approval log.",
 )
 def price_approvals(
@@ -216,7 +219,9 @@ def price_approvals(
     key=HELD_KEY,
     group_name="pricing",
     deps=[STOREFRONT_PRICES_KEY, APPROVALS_KEY],
-    kinds={"polars"},
+    owners=OWNERS,
+    kinds={"polars", "parquet"},
+    metadata=column_schema(HELD_SCHEMA),
     description="Price changes the guard holds back, across all batches, waiting for approval.",
 )
 def held_price_changes(context: AssetExecutionContext, warehouse: Warehouse) -> pl.DataFrame:

@@ -32,10 +32,11 @@ from dagster import (
     schedule,
 )
 
+from pricing_assets import OWNERS
 from pricing_assets.logic.history import combine_partitions, day_slice, update_price_history
 from pricing_assets.partitions import daily_partitions
 from resources.config import Registry
-from resources.schemas import OFFERS_SCHEMA, PRICE_HISTORY_SCHEMA, empty_frame
+from resources.schemas import OFFERS_SCHEMA, PRICE_HISTORY_SCHEMA, column_schema, empty_frame
 from resources.warehouse import Warehouse
 
 PRICE_HISTORY_KEY = AssetKey("price_history")
@@ -116,7 +117,9 @@ def build_price_history_asset(registry: Registry) -> AssetsDefinition:
         # A past day reads its file and every later one: one day per run keeps those reads small.
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
         deps=offer_deps,
-        kinds={"polars"},
+        owners=OWNERS,
+        kinds={"polars", "parquet"},
+        metadata=column_schema(PRICE_HISTORY_SCHEMA, partition_column="day"),
         # Runs read the log and rewrite a day: two at once could each miss the other's changes.
         pool="price_history",
     )

@@ -13,6 +13,7 @@ from dagster import (
     asset,
 )
 
+from pricing_assets import OWNERS
 from pricing_assets.held import read_approvals
 from pricing_assets.logic.best_offers import select_best_offers
 from pricing_assets.logic.pricing import price_offers
@@ -20,7 +21,13 @@ from pricing_assets.partitions import BATCH_BACKFILL_POLICY, LEDGER_KEY, offers_
 from resources.config import Registry
 from resources.partition_metadata import add_partition_metadata, table_metadata
 from resources.runtime import RuntimeConfig
-from resources.schemas import OFFERS_SCHEMA, empty_frame
+from resources.schemas import (
+    BEST_OFFERS_SCHEMA,
+    OFFERS_SCHEMA,
+    STOREFRONT_PRICES_SCHEMA,
+    column_schema,
+    empty_frame,
+)
 from resources.warehouse import Warehouse, scan_parquet
 
 
@@ -108,7 +115,9 @@ def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefini
         backfill_policy=BATCH_BACKFILL_POLICY,
         ins={"catalog": AssetIn("catalog")},
         deps=[offers_key(entry.id) for entry in registry.suppliers],
-        kinds={"polars"},
+        owners=OWNERS,
+        kinds={"polars", "parquet"},
+        metadata=column_schema(BEST_OFFERS_SCHEMA, partition_column="batch"),
     )
     def best_offers(
         context: AssetExecutionContext,
@@ -215,7 +224,10 @@ def build_storefront_prices_asset(
         group_name="pricing",
         partitions_def=partitions_def,
         backfill_policy=BATCH_BACKFILL_POLICY,
-        kinds={"polars"},
+        owners=OWNERS,
+        kinds={"polars", "parquet"},
+        # The stored table keeps every best_offers column (and its batch) before the price columns.
+        metadata=column_schema({**BEST_OFFERS_SCHEMA, "batch": pl.String(), **STOREFRONT_PRICES_SCHEMA}),
     )
     def storefront_prices(
         context: AssetExecutionContext,

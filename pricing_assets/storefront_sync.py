@@ -31,13 +31,14 @@ from dagster import (
 )
 from pydantic import Field as PydanticField
 
+from pricing_assets import OWNERS
 from pricing_assets.checks import split_pushable
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, LEDGER_KEY
 from pricing_assets.reconcile import MarkStore, Repair, drift_counts, find_drift
 from resources.partition_metadata import add_partition_metadata, batch_range, table_metadata
 from resources.push_lock import BatchLock, batch_lock_for
 from resources.runtime import RuntimeConfig
-from resources.schemas import MONEY, UTC_TS
+from resources.schemas import MONEY, UTC_TS, column_schema
 from resources.shopify import ShopifyStorefront, variants_from_catalog
 from resources.storefront import (
     ACKNOWLEDGED,
@@ -52,8 +53,6 @@ from resources.storefront import (
     StorefrontPusher,
 )
 from resources.warehouse import Warehouse
-
-# Same policy as the upstream pricing assets: one run may sync many batches.
 
 # storefront_sync/<batch>: the storefront's acknowledged state per SKU (the push ledger).
 SYNC_SCHEMA: dict[str, pl.DataType] = {
@@ -70,7 +69,6 @@ SYNC_SCHEMA: dict[str, pl.DataType] = {
     "pending_price": MONEY,
     "pending_error": pl.String(),
 }
-PENDING_STATUSES = ("would_push", "held", REFUSED, DEFERRED, IN_DOUBT)
 _COMPARED = ("price", "available", "supplier")
 LOGGED_WOULD_PUSH = 50
 # Internal state, not an analyst table: <WAREHOUSE_DIR>/_journal/storefront_sync/<batch>.parquet.
@@ -434,9 +432,8 @@ class _LazyPusher:
     """Opens the real pusher on the first push, so a sync with nothing to send opens nothing."""
 
     def __init__(
-        self, adapter: str, opener: Callable[[], AbstractContextManager[StorefrontPusher]], stack: ExitStack
+        self, opener: Callable[[], AbstractContextManager[StorefrontPusher]], stack: ExitStack
     ) -> None:
-        self.adapter = adapter
         self._opener = opener
         self._stack = stack
         self._pusher: StorefrontPusher | None = None
@@ -534,7 +531,9 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         group_name="pricing",
         partitions_def=partitions_def,
         backfill_policy=BATCH_BACKFILL_POLICY,
-        kinds={"polars"},
+        owners=OWNERS,
+        kinds={"polars", "parquet", "http"},
+        metadata=column_schema(SYNC_SCHEMA, partition_column="batch"),
         pool="storefront",
         check_specs=[
             AssetCheckSpec(
@@ -584,7 +583,7 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         may_send = True
         with ExitStack() as stack:
             opener = partial(_open_pusher, adapter, storefront, shopify, warehouse)
-            pusher = _LazyPusher(adapter, opener, stack)
+            pusher = _LazyPusher(opener, stack)
             for batch in context.partition_keys:
                 batch_started = time.monotonic()
                 stats = PushStats()
@@ -707,7 +706,6 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
 
 __all__ = [
     "ACKNOWLEDGED_CHECK",
-    "PENDING_STATUSES",
     "SYNC_SCHEMA",
     "BatchSync",
     "PushJournal",

@@ -36,12 +36,13 @@ from dagster import (
 )
 from pydantic import Field
 
+from pricing_assets import OWNERS
 from resources.cdn_crypto import BadRowsError, CdnFeedError, CdnHttpError, ShrunkFileError
 from resources.cdn_file import CdnFile, check_sku_shrink
 from resources.cdn_parse import PriceFile, decrypt_price_file
 from resources.config import ConfigError, Registry, SupplierEntry
 from resources.runtime import RuntimeConfig
-from resources.schemas import OFFERS_SCHEMA, UTC_TS, empty_frame
+from resources.schemas import OFFERS_SCHEMA, UTC_TS, column_schema, empty_frame
 from resources.warehouse import Warehouse
 
 KEY_PREFIX = "supplier_files"
@@ -327,12 +328,14 @@ def _build_one(entry: SupplierEntry, known_currencies: Collection[str]) -> Asset
         key=AssetKey(cache_key(entry.id)),
         pool=entry.pool,
         group_name="supplier_feeds",
-        kinds={"parquet"},
+        owners=OWNERS,
+        kinds={"polars", "parquet", "http"},
         description=(
             f"Supplier {entry.id}'s encrypted CDN price file ({entry.cdn.kdf}/{entry.cdn.digest}), "
             "decrypted, validated and cached as Parquet."
         ),
-        metadata={"supplier": entry.id, "cdn_path": entry.cdn.path},
+        # The cache holds the whole file's offers in the offers contract (batches are sliced later).
+        metadata={"supplier": entry.id, "cdn_path": entry.cdn.path, **column_schema(OFFERS_SCHEMA)},
         check_specs=[
             AssetCheckSpec(
                 INTEGRITY_CHECK,

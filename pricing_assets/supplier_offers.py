@@ -20,6 +20,7 @@ from dagster import (
     asset,
 )
 
+from pricing_assets import OWNERS
 from pricing_assets.offers_freshness import (
     FRESH_CHECK,
     FRESH_CHECK_DESCRIPTION,
@@ -35,7 +36,7 @@ from resources.partition_metadata import (
     table_metadata,
 )
 from resources.runtime import RuntimeConfig
-from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA
+from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA, column_schema
 from resources.suppliers import REST_KINDS, FetchResult, SupplierClients, SupplierError
 from resources.warehouse import Warehouse
 
@@ -168,8 +169,14 @@ def build_supplier_offers_asset(
             AssetCheckSpec(FRESH_CHECK, asset=key, blocking=False, description=FRESH_CHECK_DESCRIPTION),
         ],
         output_required=False,
-        kinds={"polars"},
-        metadata={"supplier": entry.id, "adapter": entry.kind, "pool": entry.pool},
+        owners=OWNERS,
+        kinds={"polars", "parquet", "http"},
+        metadata={
+            "supplier": entry.id,
+            "adapter": entry.kind,
+            "pool": entry.pool,
+            **column_schema(OFFERS_SCHEMA, partition_column="batch"),
+        },
         op_tags={PRIORITY_TAG: str(fetch_priority(entry.kind))},
     )
     def supplier_offers(

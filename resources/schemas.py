@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import polars as pl
+from dagster import TableColumn, TableSchema
 
 # Money is exact: prices and costs are fixed-point decimals, never floats.
 MONEY = pl.Decimal(20, 4)
 # FX rates need more digits than money does.
 RATE = pl.Decimal(20, 8)
 UTC_TS = pl.Datetime("us", "UTC")
+
+# Definition metadata the Dagster UI reads an asset's columns from, before anything has run.
+COLUMN_SCHEMA_KEY = "dagster/column_schema"
 
 # supplier_offers/<supplier>: one row per SKU a supplier offers (docs/architecture.md §3, docs/warehouse.md).
 OFFERS_SCHEMA: dict[str, pl.DataType] = {
@@ -82,6 +88,23 @@ PRICE_HISTORY_SCHEMA: dict[str, pl.DataType] = {
     "valid_from": UTC_TS,
     "valid_to": UTC_TS,  # null while still current
 }
+
+
+def table_schema(contract: Mapping[str, pl.DataType]) -> TableSchema:
+    """A contract as a Dagster TableSchema: each column's name and polars type, in contract order."""
+    return TableSchema(columns=[TableColumn(name=name, type=str(dtype)) for name, dtype in contract.items()])
+
+
+def column_schema(
+    contract: Mapping[str, pl.DataType], *, partition_column: str | None = None
+) -> dict[str, TableSchema]:
+    """Definition metadata giving an asset its stored table's columns, before anything has run.
+
+    A partitioned table's files also carry the partition key ("batch" or "day", a string) after the
+    contract's columns: the warehouse IO manager adds it when a frame lacks it and splits on it.
+    """
+    columns = {**contract, partition_column: pl.String()} if partition_column else contract
+    return {COLUMN_SCHEMA_KEY: table_schema(columns)}
 
 
 def empty_frame(schema: dict[str, pl.DataType]) -> pl.DataFrame:

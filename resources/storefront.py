@@ -59,10 +59,6 @@ LIVE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-class StorefrontError(RuntimeError):
-    """A push the storefront refused for good (a 4xx other than 409/429): not retried."""
-
-
 def conform_entries(entries: pl.DataFrame) -> pl.DataFrame:
     """Entries with exactly the ENTRY_SCHEMA columns, order and types."""
     if entries.schema == _ENTRY_POLARS_SCHEMA:

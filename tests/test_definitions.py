@@ -30,8 +30,9 @@ def test_pricing_location_has_contract_assets():
 
 
 def test_orders_location_has_contract_assets():
-    from orders_assets.definitions import defs
+    from orders_assets.definitions import build_defs
 
+    defs = build_defs()
     keys = {spec.key for spec in defs.resolve_all_asset_specs()}
     assert {
         AssetKey(k) for k in ("orders", "order_rejects", "order_allocations", "sales_report", "sales_summary")
@@ -67,10 +68,62 @@ def test_dagster_definitions_validate_workspace(tmp_path):
 
 def test_both_code_locations_load_without_a_deprecation_warning():
     """Dagster's deprecated API (e.g. `define_asset_job(partitions_def=...)`) fails this load."""
-    code = "import pricing_assets.definitions, orders_assets.definitions"
+    code = "import pricing_assets.definitions as p, orders_assets.definitions as o; p.defs(); o.defs()"
     result = subprocess.run(
         [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
         cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_importing_the_locations_reads_no_registry(tmp_path):
+    """Importing either definitions module does no I/O; building the pricing location reads the registry."""
+    import os
+
+    missing = tmp_path / "absent.yaml"
+    code = (
+        "import gc, pricing_assets.definitions as p, orders_assets.definitions as o, pricing_assets, "
+        "orders_assets\n"
+        "assert not gc.get_freeze_count(), 'gc.freeze() ran at import'\n"
+        "o.defs()\n"
+        "try:\n"
+        "    p.defs()\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "SUPPLIER_REGISTRY": str(missing)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == f"ConfigError {missing}: supplier registry not found"
+
+
+def test_the_loaders_build_once_and_the_package_attribute_is_the_built_location():
+    import orders_assets
+    import pricing_assets
+    from orders_assets.definitions import defs as orders_loader
+    from pricing_assets.definitions import defs as pricing_loader
+
+    assert pricing_loader() is pricing_loader() is pricing_assets.defs
+    assert orders_loader() is orders_loader() is orders_assets.defs
+
+
+def test_loading_both_locations_shows_no_warning_at_all():
+    """What a user sees at start-up: no deprecation, supersession, beta or preview warning, nor any other."""
+    code = "import pricing_assets.definitions as p, orders_assets.definitions as o; p.defs(); o.defs()"
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,

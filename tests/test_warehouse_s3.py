@@ -460,11 +460,12 @@ def test_a_store_without_its_backend_is_a_configuration_error(location):
 
 def pricing_on_s3(s3_root: str, sandbox, config: dict) -> tuple[Definitions, DagsterInstance]:
     """The pricing definitions over 4 batches on the S3 warehouse and the sandbox, catalog loaded."""
-    from tests.pricing.wiring import bind, pricing_definitions, resources
+    from pricing_assets.definitions import build_definitions_without_resources
+    from tests.pricing.wiring import bind, resources
 
     registry = load_registry().model_copy(update={"catalog_batches": 4})
     defs = bind(
-        pricing_definitions(registry),
+        build_definitions_without_resources(registry),
         resources(s3_root, config=config, storefront_url=f"{sandbox.url}/storefront"),
     )
     instance = DagsterInstance.ephemeral()

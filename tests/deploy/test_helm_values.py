@@ -210,10 +210,11 @@ def test_rendered_concurrency_monitoring_and_retries_match_the_values(values, in
 
 def code_pools() -> set[str]:
     """Every concurrency pool an op of either code location uses."""
-    from orders_assets.definitions import defs as orders
-    from pricing_assets.definitions import defs as pricing
+    from orders_assets.definitions import build_defs as build_orders
+    from pricing_assets.definitions import build_defs as build_pricing
 
     pools = set()
+    pricing, orders = build_pricing(), build_orders()
     for defs in (pricing, orders):
         for node in defs.resolve_implicit_global_asset_job_def().nodes:
             if node.definition.pool:

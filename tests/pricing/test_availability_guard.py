@@ -12,13 +12,13 @@ import polars as pl
 import pytest
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
+from pricing_assets.definitions import build_definitions_without_resources
 from pricing_assets.held import read_approvals
 from resources.config import load_registry
 from resources.runtime import RuntimeConfig
 from resources.warehouse import Warehouse
 from tests.pricing.wiring import (
     bind,
-    pricing_definitions,
     resources,
     skus_in_batch,
     write_catalog,
@@ -48,7 +48,9 @@ class Shop:
         )
         bound = resources(warehouse_dir, storefront_url=f"{sandbox.url}/storefront")
         bound["service_config"] = RuntimeConfig()  # SERVICE_CONFIG from the environment, as deployed
-        self.defs = bind(Definitions.merge(pricing_definitions(registry), Definitions(jobs=[job])), bound)
+        self.defs = bind(
+            Definitions.merge(build_definitions_without_resources(registry), Definitions(jobs=[job])), bound
+        )
         self.instance = DagsterInstance.ephemeral()
 
     def configure(self, config: dict[str, Any]) -> None:

@@ -9,10 +9,11 @@ tests/integration/test_backfill_daemon.py drives the same scenario through the w
 
 from dagster import DagsterInstance
 
+from pricing_assets.definitions import build_definitions_without_resources
 from pricing_assets.sweep import RANGE_END_TAG, RANGE_START_TAG
 from resources.config import load_registry
 from resources.suppliers import SupplierClients
-from tests.pricing.wiring import bind, materialized_partitions, pricing_definitions, resources, skus_in_batch
+from tests.pricing.wiring import bind, materialized_partitions, resources, skus_in_batch
 
 BATCHES = 48  # three runs of 16 (the pricing assets' max_partitions_per_run)
 FAILING_BATCH = "batch-020"
@@ -48,7 +49,7 @@ def ranged_runs(keys: list[str], wanted: set[str], max_per_run: int) -> list[tup
 
 def test_backfill_with_one_failing_batch_then_rerun_of_only_the_failed_range(sandbox, warehouse_dir):
     registry = load_registry().model_copy(update={"catalog_batches": BATCHES})
-    definitions = pricing_definitions(registry)
+    definitions = build_definitions_without_resources(registry)
     poisoned = [s for s in skus_in_batch(FAILING_BATCH, BATCHES, 400) if int(s[4:]) < 400][:1]
     assert poisoned, "the sandbox catalog must have a SKU in the failing batch"
     url = f"{sandbox.url}/storefront"

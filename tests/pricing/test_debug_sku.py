@@ -6,9 +6,10 @@ import polars as pl
 from dagster import DagsterInstance
 
 from pricing_assets.debug import DEBUG_JOB_NAME, RESULT_PREFIX, TRACE_OP
+from pricing_assets.definitions import build_definitions_without_resources
 from resources.config import load_registry
 from resources.warehouse import Warehouse
-from tests.pricing.wiring import bind, files_snapshot, pricing_definitions, resources
+from tests.pricing.wiring import bind, files_snapshot, resources
 
 CONFIG = {"markup": {"percent": "12", "rounding": {"mode": "ending_99"}}}
 
@@ -24,7 +25,7 @@ def trace(defs, instance: DagsterInstance, sku: str):
 def test_debug_sku_matches_the_sweep_and_writes_and_pushes_nothing(sandbox, warehouse_dir):
     registry = load_registry()
     defs = bind(
-        pricing_definitions(registry),
+        build_definitions_without_resources(registry),
         resources(warehouse_dir, config=CONFIG, storefront_url=f"{sandbox.url}/storefront"),
     )
     instance = DagsterInstance.ephemeral()
@@ -73,7 +74,7 @@ def test_debug_sku_matches_the_sweep_and_writes_and_pushes_nothing(sandbox, ware
 
 def test_debug_sku_names_an_unknown_sku(sandbox, warehouse_dir):
     defs = bind(
-        pricing_definitions(load_registry()),
+        build_definitions_without_resources(load_registry()),
         resources(warehouse_dir, storefront_url=f"{sandbox.url}/storefront"),
     )
     instance = DagsterInstance.ephemeral()

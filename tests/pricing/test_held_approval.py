@@ -6,12 +6,12 @@ import polars as pl
 import pytest
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
+from pricing_assets.definitions import build_definitions_without_resources
 from pricing_assets.held import HELD_SCHEMA, read_approvals
 from resources.config import load_registry
 from resources.warehouse import Warehouse
 from tests.pricing.wiring import (
     bind,
-    pricing_definitions,
     resources,
     skus_in_batch,
     write_catalog,
@@ -40,7 +40,9 @@ class Shop:
             selection=AssetSelection.assets("best_offers", "storefront_prices", "storefront_sync"),
         )
         self.defs = bind(
-            Definitions.merge(pricing_definitions(registry), Definitions(jobs=[price_and_push])),
+            Definitions.merge(
+                build_definitions_without_resources(registry), Definitions(jobs=[price_and_push])
+            ),
             resources(warehouse_dir, config=CONFIG, storefront_url=f"{sandbox.url}/storefront"),
         )
         self.instance = DagsterInstance.ephemeral()

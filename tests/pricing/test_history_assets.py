@@ -7,18 +7,19 @@ import polars as pl
 import pytest
 from dagster import DagsterInstance, build_schedule_context
 
+from pricing_assets.definitions import build_definitions_without_resources
 from pricing_assets.history_assets import HISTORY_JOB_NAME, history_for_day
 from pricing_assets.logic.history import offers_as_of
 from resources.config import load_registry
 from resources.schemas import PRICE_HISTORY_SCHEMA
 from resources.warehouse import Warehouse
-from tests.pricing.wiring import bind, pricing_definitions, resources, write_offers
+from tests.pricing.wiring import bind, resources, write_offers
 
 
 @pytest.fixture
 def history(warehouse_dir):
     registry = load_registry()
-    defs = bind(pricing_definitions(registry), resources(warehouse_dir))
+    defs = bind(build_definitions_without_resources(registry), resources(warehouse_dir))
     warehouse = Warehouse(base_dir=str(warehouse_dir))
     instance = DagsterInstance.ephemeral()
     today = datetime.now(UTC).date().isoformat()
@@ -105,8 +106,8 @@ def test_future_day_is_refused():
 
 
 def test_schedule_requests_todays_partition_with_a_deterministic_key(warehouse_dir):
-    defs = bind(pricing_definitions(load_registry()), resources(warehouse_dir))
-    schedule = defs.get_schedule_def("price_history_schedule")
+    defs = bind(build_definitions_without_resources(load_registry()), resources(warehouse_dir))
+    schedule = defs.resolve_schedule_def("price_history_schedule")
     tick = datetime(2026, 3, 1, 23, 55, tzinfo=UTC)
     repository = defs.get_repository_def()
     requests = [

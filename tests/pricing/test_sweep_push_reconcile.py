@@ -26,13 +26,14 @@ from dagster import (
     build_sensor_context,
 )
 
+from pricing_assets.definitions import build_definitions_without_resources
 from pricing_assets.partitions import offers_key
 from pricing_assets.push_sensor import SYNC_JOB_NAME
 from pricing_assets.reconcile import RECONCILE_JOB_NAME, RECONCILE_RUN_CONFIG, RECONCILE_SENSOR_NAME
 from pricing_assets.sweep import CYCLE_JOB_NAME, RANGE_END_TAG, RANGE_START_TAG
 from resources.config import load_registry
 from resources.runtime import RuntimeConfig
-from tests.pricing.wiring import bind, pricing_definitions, resources
+from tests.pricing.wiring import bind, resources
 
 BATCHES = 16
 CONFIG = {"suppliers": {"gamma": {"enabled": False}}}  # two live suppliers keep the test fast
@@ -43,7 +44,7 @@ def flow(sandbox, warehouse_dir):
     """Pricing definitions over 16 batches bound to the sandbox, an instance, and the catalog loaded."""
     registry = load_registry().model_copy(update={"catalog_batches": BATCHES})
     defs = bind(
-        pricing_definitions(registry),
+        build_definitions_without_resources(registry),
         resources(warehouse_dir, config=CONFIG, storefront_url=f"{sandbox.url}/storefront"),
     )
     instance = DagsterInstance.ephemeral()

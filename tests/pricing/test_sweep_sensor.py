@@ -145,8 +145,10 @@ def test_the_cycle_runs_the_per_sku_supplier_first_and_pushes_in_the_same_run():
     """price_cycle_job (the sensor's job) holds the push and starts the per-SKU supplier's fetch first."""
     from dagster import AssetKey
 
-    from pricing_assets.definitions import defs
+    from pricing_assets.definitions import build_defs
     from pricing_assets.push_sensor import PUSHES_IN_RUN, PUSHES_IN_RUN_TAG
+
+    defs = build_defs()
 
     job = defs.resolve_job_def("price_cycle_job")
     assert "storefront_sync" in {node.name for node in job.nodes}

@@ -1,6 +1,5 @@
-"""Test helpers: the pricing definitions with the pieces of pricing_assets.{checks,held,history_assets,debug}
-added the way definitions.py adds them, resources bound to a temp warehouse and the sandbox, and data
-writers that prefill the warehouse."""
+"""Test helpers: the pricing location's own resources pointed at a temp warehouse and the sandbox, and
+data writers that prefill the warehouse (the definitions are pricing_assets.definitions' own)."""
 
 from __future__ import annotations
 
@@ -13,55 +12,15 @@ from typing import Any
 import polars as pl
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Definitions
 
-from pricing_assets.checks import build_storefront_price_checks
-from pricing_assets.debug import build_debug_job
-from pricing_assets.definitions import build_definitions_without_resources
-from pricing_assets.held import build_approve_job, build_held_assets, build_held_job, build_held_schedule
-from pricing_assets.history_assets import (
-    build_price_history_asset,
-    build_price_history_job,
-    build_price_history_schedule,
-)
+from pricing_assets.definitions import default_resources
 from pricing_assets.logic.batching import assign_batches, batch_index, batch_key
-from resources.cdn_file import CdnFile
-from resources.config import Registry
 from resources.runtime import RuntimeConfig
 from resources.schemas import CATALOG_SCHEMA, MONEY, OFFERS_SCHEMA
-from resources.shopify import ShopifyStorefront
 from resources.storefront import Storefront
 from resources.suppliers import SupplierClients
 from resources.warehouse import Warehouse, WarehouseIOManager
 
 WEBHOOK_SECRET = "sandbox-storefront-secret"
-
-
-def pricing_definitions(registry: Registry) -> Definitions:
-    """build_definitions_without_resources plus whatever of checks, held/approvals, history and debug_sku
-    it does not wire yet (so these tests keep working once definitions.py adds them itself)."""
-    base = build_definitions_without_resources(registry)
-    keys = {key for assets_def in base.assets or [] for key in getattr(assets_def, "keys", [])}
-    jobs = {job.name for job in base.jobs or []}
-    schedules = {schedule.name for schedule in base.schedules or []}
-    history_job = build_price_history_job()
-    held_job = build_held_job()
-    assets = [a for a in [*build_held_assets(), build_price_history_asset(registry)] if a.key not in keys]
-    new_jobs = [
-        j
-        for j in [build_approve_job(), held_job, history_job, build_debug_job(registry)]
-        if j.name not in jobs
-    ]
-    new_schedules = [
-        s
-        for s in [build_held_schedule(held_job), build_price_history_schedule(history_job)]
-        if s.name not in schedules
-    ]
-    extra = Definitions(
-        assets=assets,
-        asset_checks=[] if base.asset_checks else build_storefront_price_checks(),
-        jobs=new_jobs,
-        schedules=new_schedules,
-    )
-    return Definitions.merge(base, extra)
 
 
 def resources(
@@ -71,15 +30,15 @@ def resources(
     storefront_url: str = "http://127.0.0.1:9/storefront",
     suppliers: SupplierClients | None = None,
 ) -> dict[str, Any]:
-    """Every resource the pricing location needs, pointed at a temp warehouse (and the sandbox)."""
+    """The pricing location's resources (default_resources), pointed at a temp warehouse and the sandbox."""
     return {
+        # Starting from the deployed set, a resource added to the location is in every test too.
+        **default_resources(),
         "io_manager": WarehouseIOManager(base_dir=str(warehouse_dir)),
         "warehouse": Warehouse(base_dir=str(warehouse_dir)),
         "service_config": RuntimeConfig(override_json=json.dumps(config or {})),
         "storefront": Storefront(url=storefront_url, webhook_secret=WEBHOOK_SECRET),
         "suppliers": suppliers or SupplierClients(),
-        "cdn_files": CdnFile(),
-        "shopify": ShopifyStorefront(),
     }
 
 

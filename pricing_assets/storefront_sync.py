@@ -262,80 +262,28 @@ def _sync_batch(
     may_send: bool = True,
 ) -> BatchSync:
     """sync_batch, with the batch's push lock held."""
-    result = BatchSync(batch, ledger)
+    run = _BatchDelivery(
+        batch, ledger, pusher, stats, sending=may_send and not dry_run and pusher is not None
+    )
+    result = run.result
     on_disk = journal.load(batch)
     outstanding_rows = unconfirmed(on_disk, ledger)
     outstanding = _journaled_chunks(batch, outstanding_rows)
-    pending: dict[str, Pending] = {}
-    sending = may_send and not dry_run and pusher is not None
-    acked: set[int] = set()  # chunk ids the storefront acknowledged...
-    not_acked: list[tuple[int, str]] = []  # ...except these (chunk, sku) inside them
-    keep: set[int] = set()  # chunk ids the journal keeps whole
-    partial_keep: list[pl.DataFrame] = []  # rows kept from chunks only partly in doubt
-
-    def deliver(chunk_id: int, chunk: PushChunk, *, resend: bool) -> None:
-        """Push one chunk, record each SKU's fate, and keep in the journal what may have been applied."""
-        nonlocal sending
-        assert pusher is not None
-        outcome = pusher.push_prices(chunk, stats=stats)
-        if outcome.acknowledged:
-            acked.add(chunk_id)
-        if outcome.acknowledged and not outcome.per_sku:
-            keep.add(chunk_id)
-            return
-        journaled = []
-        for sku, price in chunk.entries.select("sku", "price").iter_rows():
-            status, error = outcome.sku_status(sku)
-            if status == ACKNOWLEDGED:
-                journaled.append(sku)
-                continue
-            not_acked.append((chunk_id, sku))
-            if resend and (status == DEFERRED or (status == REFUSED and outcome.http_status == 409)):
-                # Not applied now (or a 409 that confirms nothing), but the earlier attempt might
-                # have been: still in doubt, kept in the journal and resent under the same key.
-                status = IN_DOUBT
-            if status == IN_DOUBT:
-                journaled.append(sku)
-            pending[sku] = Pending(status, price, error)
-            result.counts[status] += 1
-        if len(journaled) == chunk.entries.height:
-            keep.add(chunk_id)
-        elif journaled:
-            part = PushChunk.build(batch, chunk.entries.filter(pl.col("sku").is_in(journaled)))
-            partial_keep.append(
-                part.entries.with_columns(
-                    pl.lit(chunk_id, dtype=pl.Int64).alias("chunk"), pl.lit(part.key).alias("key")
-                )
-            )
-        if not outcome.acknowledged or outcome.per_sku:
-            result.errors.append(outcome.error or next(iter(outcome.per_sku.values()))[1])
-        if outcome.status in (IN_DOUBT, DEFERRED):
-            # The storefront is unavailable: stop instead of burning retries on every chunk.
-            sending = False
-            result.storefront_unavailable = True
-
-    def acknowledged_rows(rows: pl.DataFrame) -> pl.DataFrame:
-        rows = rows.filter(pl.col("chunk").is_in(list(acked))).rename({"key": "idempotency_key"})
-        if not not_acked:
-            return rows
-        refused = pl.DataFrame(not_acked, schema={"chunk": pl.Int64, "sku": pl.String}, orient="row")
-        return rows.join(refused, on=["chunk", "sku"], how="anti")
 
     # 1. Whatever was sent before and is not in the ledger goes first, with its journaled key.
     for chunk_id, chunk in outstanding:
-        if sending:
+        if run.sending:
             result.counts["resent_chunks"] += 1
-            deliver(chunk_id, chunk, resend=True)
+            run.deliver(chunk_id, chunk, resend=True)
             continue
-        keep.add(chunk_id)
-        for sku, price in chunk.entries.select("sku", "price").iter_rows():
-            pending[sku] = Pending(IN_DOUBT, price, "sent earlier, outcome not confirmed")
-            result.counts[IN_DOUBT] += 1
-    resent = acknowledged_rows(outstanding_rows) if outstanding else outstanding_rows.clear()
+        run.keep.add(chunk_id)
+        run.leave_pending(chunk, IN_DOUBT, "sent earlier, outcome not confirmed")
+    resent = run.acknowledged_rows(outstanding_rows) if outstanding else outstanding_rows.clear()
     ledger = apply_acknowledged(ledger, resent, now)
 
     # 2. The diff against what is acknowledged now, without SKUs still pending from step 1 (in doubt,
     #    or refused: the same content would be refused again now).
+    pending = run.pending
     changes = compute_changes(targets, ledger)
     if pending:
         changes = changes.filter(~pl.col("sku").is_in(list(pending)))
@@ -365,29 +313,106 @@ def _sync_batch(
     new_rows = entries.with_columns(chunk=index + first_id, key=keys.gather(index)).select(
         list(JOURNAL_SCHEMA)
     )
-    if new_chunks and sending:
+    if new_chunks and run.sending:
         # Write-ahead: the journal holds each chunk before the storefront can possibly apply it.
-        on_disk = pl.concat([outstanding_rows.filter(pl.col("chunk").is_in(list(keep))), new_rows])
+        on_disk = pl.concat([outstanding_rows.filter(pl.col("chunk").is_in(list(run.keep))), new_rows])
         journal.save(batch, on_disk)
     for chunk_id, chunk in new_chunks:
-        if sending:
-            deliver(chunk_id, chunk, resend=False)
+        if run.sending:
+            run.deliver(chunk_id, chunk, resend=False)
             continue
-        for sku, price in chunk.entries.select("sku", "price").iter_rows():
-            pending[sku] = Pending(DEFERRED, price, "not sent: the storefront is unavailable")
-            result.counts[DEFERRED] += 1
+        run.leave_pending(chunk, DEFERRED, "not sent: the storefront is unavailable")
     # Acknowledged chunks stay journaled until the next sync finds them in the written ledger:
     # a crash before then resends them under the same key instead of re-diffing them.
-    final = pl.concat([outstanding_rows, new_rows]).filter(pl.col("chunk").is_in(list(keep)))
-    if partial_keep:
-        final = pl.concat([final, *(part.select(list(JOURNAL_SCHEMA)) for part in partial_keep)])
+    final = pl.concat([outstanding_rows, new_rows]).filter(pl.col("chunk").is_in(list(run.keep)))
+    if run.partial_keep:
+        final = pl.concat([final, *(part.select(list(JOURNAL_SCHEMA)) for part in run.partial_keep)])
     if not final.equals(on_disk):
         journal.save(batch, final)
-    fresh = acknowledged_rows(new_rows)
+    fresh = run.acknowledged_rows(new_rows)
     ledger = apply_acknowledged(ledger, fresh, now)
     result.counts["pushed"] += resent.height + fresh.height
     result.ledger = mark_pending(ledger, pending)
     return result
+
+
+class _BatchDelivery:
+    """What one sync of a batch learns from the storefront, chunk by chunk, and what it must keep."""
+
+    def __init__(
+        self,
+        batch: str,
+        ledger: pl.DataFrame,
+        pusher: StorefrontPusher | None,
+        stats: PushStats,
+        *,
+        sending: bool,
+    ) -> None:
+        self.batch = batch
+        self.result = BatchSync(batch, ledger)
+        self.pusher = pusher
+        self.stats = stats
+        self.sending = sending  # turns False once the storefront is found unavailable
+        self.pending: dict[str, Pending] = {}
+        self.acked: set[int] = set()  # chunk ids the storefront acknowledged...
+        self.not_acked: list[tuple[int, str]] = []  # ...except these (chunk, sku) inside them
+        self.keep: set[int] = set()  # chunk ids the journal keeps whole
+        self.partial_keep: list[pl.DataFrame] = []  # rows kept from chunks only partly in doubt
+
+    def leave_pending(self, chunk: PushChunk, status: str, why: str) -> None:
+        """Every SKU of a chunk that is not sent now stays pending with `status`."""
+        for sku, price in chunk.entries.select("sku", "price").iter_rows():
+            self.pending[sku] = Pending(status, price, why)
+            self.result.counts[status] += 1
+
+    def deliver(self, chunk_id: int, chunk: PushChunk, *, resend: bool) -> None:
+        """Push one chunk, record each SKU's fate, and keep in the journal what may have been applied."""
+        assert self.pusher is not None
+        result = self.result
+        outcome = self.pusher.push_prices(chunk, stats=self.stats)
+        if outcome.acknowledged:
+            self.acked.add(chunk_id)
+        if outcome.acknowledged and not outcome.per_sku:
+            self.keep.add(chunk_id)
+            return
+        journaled = []
+        for sku, price in chunk.entries.select("sku", "price").iter_rows():
+            status, error = outcome.sku_status(sku)
+            if status == ACKNOWLEDGED:
+                journaled.append(sku)
+                continue
+            self.not_acked.append((chunk_id, sku))
+            if resend and (status == DEFERRED or (status == REFUSED and outcome.http_status == 409)):
+                # Not applied now (or a 409 that confirms nothing), but the earlier attempt might
+                # have been: still in doubt, kept in the journal and resent under the same key.
+                status = IN_DOUBT
+            if status == IN_DOUBT:
+                journaled.append(sku)
+            self.pending[sku] = Pending(status, price, error)
+            result.counts[status] += 1
+        if len(journaled) == chunk.entries.height:
+            self.keep.add(chunk_id)
+        elif journaled:
+            part = PushChunk.build(self.batch, chunk.entries.filter(pl.col("sku").is_in(journaled)))
+            self.partial_keep.append(
+                part.entries.with_columns(
+                    pl.lit(chunk_id, dtype=pl.Int64).alias("chunk"), pl.lit(part.key).alias("key")
+                )
+            )
+        if not outcome.acknowledged or outcome.per_sku:
+            result.errors.append(outcome.error or next(iter(outcome.per_sku.values()))[1])
+        if outcome.status in (IN_DOUBT, DEFERRED):
+            # The storefront is unavailable: stop instead of burning retries on every chunk.
+            self.sending = False
+            result.storefront_unavailable = True
+
+    def acknowledged_rows(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """Journal rows of acknowledged chunks, without the SKUs inside them that were not acknowledged."""
+        rows = rows.filter(pl.col("chunk").is_in(list(self.acked))).rename({"key": "idempotency_key"})
+        if not self.not_acked:
+            return rows
+        refused = pl.DataFrame(self.not_acked, schema={"chunk": pl.Int64, "sku": pl.String}, orient="row")
+        return rows.join(refused, on=["chunk", "sku"], how="anti")
 
 
 def mark_pending(ledger: pl.DataFrame, pending: Mapping[str, Pending]) -> pl.DataFrame:

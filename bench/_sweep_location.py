@@ -18,7 +18,7 @@ from dagster import (
 )
 
 from pricing_assets.checks import build_storefront_price_checks
-from pricing_assets.definitions import build_defs
+from pricing_assets.definitions import defs as deployed_defs
 from resources.config import load_registry
 
 DEPLOYED_JOB = "price_sweep_job"
@@ -26,7 +26,7 @@ IN_PROCESS_JOB = "price_sweep_job_in_process"
 FORKSERVER_JOB = "price_sweep_job_forkserver"
 
 _registry = load_registry()
-_deployed = build_defs()
+_deployed = deployed_defs()  # the loader Dagster calls: its warning filter and gc.freeze() included
 _selection = AssetSelection.assets(
     *[AssetKey(["supplier_offers", s]) for s in _registry.order], "best_offers", "storefront_prices"
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -30,11 +31,14 @@ def _uniform(rng: random.Random, n: int) -> pl.Series:
     return pl.Series(pl.from_arrow(pa.Array.from_buffers(pa.uint32(), n, [None, buffer])))
 
 
-def make_data(n: int, seed: int = SEED) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """A catalog of n SKUs and every supplier's offers for all of them (deterministic per seed)."""
+def iter_data(n: int, seed: int = SEED) -> Iterator[pl.DataFrame]:
+    """The catalog of n SKUs, then each supplier's offers for all of them, one frame at a time.
+
+    One frame at a time so a caller writing 10M SKUs x 4 suppliers never holds every offer at once.
+    """
     rng = random.Random(seed)
     skus = pl.Series("sku", [f"SKU-{i:07d}" for i in range(n)], dtype=pl.String)
-    catalog = pl.DataFrame(
+    yield pl.DataFrame(
         {"sku": skus, "category_no": _uniform(rng, n) % 20, "active": _uniform(rng, n) % 50 != 0}
     ).select(
         "sku",
@@ -44,28 +48,31 @@ def make_data(n: int, seed: int = SEED) -> tuple[pl.DataFrame, pl.DataFrame]:
         product_id="sku",
         variant_id="sku",
     )
-    frames = []
     for minutes, supplier in enumerate(SUPPLIERS):
         cents = (_uniform(rng, n) % 50_000 + 99).cast(pl.Int64)
         stock = (_uniform(rng, n) % 25).cast(pl.Int64) - 2  # -2, -1 -> unknown, 0 -> sold out
         stale = _uniform(rng, n) % 40 == 0  # a few offers older than the TTL
         fetched = NOW - timedelta(minutes=2 * minutes)
-        frames.append(
-            pl.DataFrame({"sku": skus, "cents": cents, "stock": stock, "stale": stale}).select(
-                "sku",
-                supplier=pl.lit(supplier),
-                price=(pl.col("cents").cast(MONEY) / 100).cast(MONEY),
-                currency=pl.lit(CURRENCIES[supplier]),
-                stock=pl.when(pl.col("stock") >= 0).then(pl.col("stock")),
-                in_stock=pl.col("stock") != 0,
-                fetched_at=pl.when(pl.col("stale"))
-                .then(pl.lit(NOW - 2 * TTL))
-                .otherwise(pl.lit(fetched))
-                .dt.cast_time_unit("us"),
-            )
+        yield pl.DataFrame({"sku": skus, "cents": cents, "stock": stock, "stale": stale}).select(
+            pl.col("sku").cast(OFFERS_SCHEMA["sku"]),
+            supplier=pl.lit(supplier, dtype=OFFERS_SCHEMA["supplier"]),
+            price=(pl.col("cents").cast(MONEY) / 100).cast(OFFERS_SCHEMA["price"]),
+            currency=pl.lit(CURRENCIES[supplier], dtype=OFFERS_SCHEMA["currency"]),
+            stock=pl.when(pl.col("stock") >= 0).then(pl.col("stock")).cast(OFFERS_SCHEMA["stock"]),
+            in_stock=(pl.col("stock") != 0).cast(OFFERS_SCHEMA["in_stock"]),
+            fetched_at=pl.when(pl.col("stale"))
+            .then(pl.lit(NOW - 2 * TTL))
+            .otherwise(pl.lit(fetched))
+            .dt.cast_time_unit("us")
+            .cast(OFFERS_SCHEMA["fetched_at"]),
         )
-    offers = pl.concat(frames).select([pl.col(c).cast(t) for c, t in OFFERS_SCHEMA.items()])
-    return catalog, offers
+
+
+def make_data(n: int, seed: int = SEED) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A catalog of n SKUs and every supplier's offers for all of them (deterministic per seed)."""
+    frames = iter_data(n, seed)
+    catalog = next(frames)
+    return catalog, pl.concat(list(frames))
 
 
 def run() -> str:

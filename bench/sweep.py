@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,7 +57,7 @@ from dagster import (
 
 from bench._harness import line, scaled
 from bench._sweep_location import DEPLOYED_JOB, FORKSERVER_JOB, IN_PROCESS_JOB
-from bench.best_offers import CURRENCIES, FX, NOW, SUPPLIERS, make_data
+from bench.best_offers import CURRENCIES, FX, NOW, SUPPLIERS, iter_data
 from pricing_assets.checks import split_pushable
 from pricing_assets.held import read_approvals
 from pricing_assets.logic.batching import assign_batches
@@ -96,6 +97,18 @@ class RunTiming:
     in_steps: float
     run_creation: float = 0.0  # first event (a planned materialization) -> RUN_START
     events: int = 0
+    peak_rss: int = 0  # bytes: the kernel's high-water mark of the run process (wait4)
+    steps: dict[str, float] = field(default_factory=dict)  # step key -> STEP_START..STEP_SUCCESS seconds
+    step_peaks: dict[str, int] = field(default_factory=dict)  # step key -> highest RSS polled in it, bytes
+
+
+@dataclass
+class Launched:
+    """One run process after it exited: wall time, peak RSS, and RSS polled while it ran."""
+
+    wall: float
+    peak_rss: int  # bytes
+    rss: list[tuple[float, int]] = field(default_factory=list)  # (unix time, bytes)
 
 
 @dataclass
@@ -110,7 +123,7 @@ class SweepTiming:
         return sum(r.wall for r in self.runs)
 
 
-def write_registry(path: Path) -> None:
+def write_registry(path: Path, batches: int = BATCHES) -> None:
     """A registry of four file suppliers (no network: their feeds are read from the warehouse cache)."""
     suppliers = [
         {
@@ -126,25 +139,28 @@ def write_registry(path: Path) -> None:
     fx = {currency: str(rate) for currency, rate in FX.items() if currency != "EUR"}
     path.write_text(
         yaml.safe_dump(
-            {"store_currency": "EUR", "catalog_batches": BATCHES, "fx": fx, "suppliers": suppliers}
+            {"store_currency": "EUR", "catalog_batches": batches, "fx": fx, "suppliers": suppliers}
         )
     )
 
 
-def write_data(warehouse: Warehouse, n: int) -> None:
-    """Seeded catalog (with batches) and each supplier's whole feed as its cached file."""
-    catalog, offers = make_data(n)
-    warehouse.write(assign_batches(catalog, BATCHES).sort("sku"), ["catalog"])
-    # make_data stamps offers around its own fixed instant: move them to now, keeping stale ones stale.
-    offers = offers.with_columns(
-        fetched_at=pl.when(pl.col("fetched_at") < NOW - timedelta(minutes=30))
-        .then(pl.lit(datetime.now(UTC) - timedelta(hours=12)))
-        .otherwise(pl.col("fetched_at") + (datetime.now(UTC) - NOW))
-        .dt.cast_time_unit("us")
-    )
-    for supplier in SUPPLIERS:
-        feed = offers.filter(pl.col("supplier") == supplier).select(list(OFFERS_SCHEMA))
-        warehouse.write(feed, cache_key(supplier))
+def write_data(warehouse: Warehouse, n: int, batches: int = BATCHES) -> None:
+    """Seeded catalog (with batches) and each supplier's whole feed as its cached file.
+
+    One supplier's feed in memory at a time: at 10M SKUs all four together would be ~2 GiB more.
+    """
+    frames = iter_data(n)
+    warehouse.write(assign_batches(next(frames), batches).sort("sku"), ["catalog"])
+    for supplier, offers in zip(SUPPLIERS, frames, strict=True):
+        # iter_data stamps offers around its own fixed instant: move them to now, keeping stale ones stale.
+        feed = offers.with_columns(
+            fetched_at=pl.when(pl.col("fetched_at") < NOW - timedelta(minutes=30))
+            .then(pl.lit(datetime.now(UTC) - timedelta(hours=12)))
+            .otherwise(pl.col("fetched_at") + (datetime.now(UTC) - NOW))
+            .dt.cast_time_unit("us")
+        )
+        warehouse.write(feed.select(list(OFFERS_SCHEMA)), cache_key(supplier))
+        del offers, feed
 
 
 def sensor_plan(partitions: StaticPartitionsDefinition, sweep_minutes: int) -> list[RunRequest]:
@@ -250,27 +266,63 @@ def env_var(name: str, value: str) -> Iterator[None]:
             os.environ[name] = previous
 
 
-def launch(request: RunRequest, job: str, env: dict[str, str]) -> float:
-    """Launch one run as the run launcher would (a fresh process), wait for it, return its wall time."""
+def poll_rss(pid: int, samples: list[tuple[float, int]], stop: threading.Event, every: float) -> None:
+    """Append (unix time, RSS bytes) of `pid` from /proc until `stop` is set or the process is gone."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    statm = Path(f"/proc/{pid}/statm")
+    while not stop.is_set():
+        try:
+            resident = int(statm.read_text().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            return
+        if resident:  # a zombie reads 0
+            samples.append((time.time(), resident))
+        stop.wait(every)
+
+
+def launch(request: RunRequest, job: str, env: dict[str, str], poll_seconds: float = 0.0) -> Launched:
+    """Launch one run as the run launcher would (a fresh process) and wait for it.
+
+    Peak RSS is the kernel's accounting of the exited process (wait4), so it misses nothing between
+    polls; with poll_seconds > 0, RSS is also sampled while it runs, to attribute memory to steps.
+    """
     started = time.perf_counter()
     tags = json.dumps({**request.tags, "bench/run_key": request.run_key or ""})
     command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "bench._sweep_location", "-a", "defs"]
-    done = subprocess.run(
-        [*command, "-j", job, "--tags", tags], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"run {request.run_key} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return time.perf_counter() - started
+    with tempfile.TemporaryFile() as out:
+        process = subprocess.Popen(
+            [*command, "-j", job, "--tags", tags], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        samples: list[tuple[float, int]] = []
+        stop = threading.Event()
+        poller = threading.Thread(target=poll_rss, args=(process.pid, samples, stop, poll_seconds))
+        if poll_seconds > 0:
+            poller.start()
+        watchdog = threading.Timer(1800, process.kill)  # a hung run fails the benchmark, not the machine
+        watchdog.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            watchdog.cancel()
+            stop.set()
+            if poller.is_alive():
+                poller.join()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            out.seek(0)
+            output = out.read().decode(errors="replace")
+            raise RuntimeError(f"run {request.run_key} failed ({process.returncode}):\n{output[-6000:]}")
+    return Launched(time.perf_counter() - started, usage.ru_maxrss * 1024, samples)  # ru_maxrss: KiB
 
 
-def run_timings(instance: DagsterInstance, walls: dict[str, tuple[float, float]]) -> list[RunTiming]:
-    """Start-up and in-step time of each run from its event log (walls: run key -> (spawned at, wall))."""
+def run_timings(instance: DagsterInstance, walls: dict[str, tuple[float, Launched]]) -> list[RunTiming]:
+    """Start-up and in-step time of each run from its event log (walls: run key -> (spawned at, process))."""
     timings = []
     for record in instance.get_run_records():
         key = record.dagster_run.tags.get("bench/run_key", "")
         if key not in walls:
             continue
-        spawned, wall = walls[key]
+        spawned, launched = walls[key]
         events = instance.all_logs(record.dagster_run.run_id)
         run_start = next(e.timestamp for e in events if e.dagster_event_type == DagsterEventType.RUN_START)
         starts = {
@@ -279,25 +331,33 @@ def run_timings(instance: DagsterInstance, walls: dict[str, tuple[float, float]]
         ends = {
             e.step_key: e.timestamp for e in events if e.dagster_event_type == DagsterEventType.STEP_SUCCESS
         }
-        in_steps = sum(ends[k] - starts[k] for k in ends if k in starts)
+        steps = {k: ends[k] - starts[k] for k in ends if k in starts}
+        peaks = {
+            k: max((rss for at, rss in launched.rss if starts[k] <= at <= ends[k]), default=0) for k in steps
+        }
         timings.append(
             RunTiming(
-                wall=wall,
+                wall=launched.wall,
                 startup=run_start - spawned,
-                in_steps=in_steps,
+                in_steps=sum(steps.values()),
                 run_creation=run_start - events[0].timestamp,
                 events=len(events),
+                peak_rss=launched.peak_rss,
+                steps=steps,
+                step_peaks=peaks,
             )
         )
     return timings
 
 
-def project_sweep(home: Path, env: dict[str, str], plan: list[RunRequest], job: str) -> SweepTiming:
+def project_sweep(
+    home: Path, env: dict[str, str], plan: list[RunRequest], job: str, poll_seconds: float = 0.0
+) -> SweepTiming:
     """Launch every run of the plan, one after another; return their timings."""
-    walls: dict[str, tuple[float, float]] = {}
+    walls: dict[str, tuple[float, Launched]] = {}
     for request in plan:
         spawned = time.time()
-        walls[request.run_key or ""] = (spawned, launch(request, job, env))
+        walls[request.run_key or ""] = (spawned, launch(request, job, env, poll_seconds))
     # The instance config reads its storage folder from DAGSTER_HOME.
     with env_var("DAGSTER_HOME", str(home)), DagsterInstance.from_config(str(home)) as instance:
         timings = run_timings(instance, walls)
@@ -306,20 +366,24 @@ def project_sweep(home: Path, env: dict[str, str], plan: list[RunRequest], job: 
     return SweepTiming(timings)
 
 
-def measure(
-    n: int, sweep_minutes: int, job: str, repeats: int, per_run: int | None = None
-) -> tuple[list[SweepTiming], list[float], list[RunRequest]]:
-    """Alternate direct and Dagster sweeps over the same data; return both sides' timings and the plan."""
-    partitions = catalog_batch_partitions(BATCHES)
-    plan = backfill_plan(partitions, per_run) if per_run else sensor_plan(partitions, sweep_minutes)
-    ranges = ranges_of(plan, partitions.get_partition_keys())
+@dataclass
+class Deployment:
+    """The benchmark's deployment in temp folders: instance home, registry, warehouse with data, env."""
+
+    home: Path
+    registry: Registry
+    warehouse: Warehouse
+    env: dict[str, str]
+
+
+@contextmanager
+def deployment(n: int, batches: int = BATCHES) -> Iterator[Deployment]:
+    """Four file suppliers and an n-SKU catalog in `batches` batches, seeded; removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as folder, dagster_home() as home:
         registry_path = Path(folder) / "registry.yaml"
-        write_registry(registry_path)
-        registry = load_registry(registry_path)
+        write_registry(registry_path, batches)
         warehouse = Warehouse(base_dir=str(Path(folder) / "warehouse"))
-        write_data(warehouse, n)
-        config = RuntimeConfig(override_json=json.dumps(SERVICE_CONFIG)).load()
+        write_data(warehouse, n, batches)
         env = {
             **os.environ,
             "DAGSTER_HOME": str(home),
@@ -330,14 +394,27 @@ def measure(
             "STOREFRONT_WEBHOOK_SECRET": "unused",
             "PYTHONWARNINGS": "ignore",
         }
+        yield Deployment(home, load_registry(registry_path), warehouse, env)
+
+
+def measure(
+    n: int, sweep_minutes: int, job: str, repeats: int, per_run: int | None = None
+) -> tuple[list[SweepTiming], list[float], list[RunRequest]]:
+    """Alternate direct and Dagster sweeps over the same data; return both sides' timings and the plan."""
+    partitions = catalog_batch_partitions(BATCHES)
+    plan = backfill_plan(partitions, per_run) if per_run else sensor_plan(partitions, sweep_minutes)
+    ranges = ranges_of(plan, partitions.get_partition_keys())
+    with deployment(n) as deployed:
+        config = RuntimeConfig(override_json=json.dumps(SERVICE_CONFIG)).load()
         project: list[SweepTiming] = []
         baseline: list[float] = []
-        direct_sweep(warehouse, registry, config, ranges)  # warm-up: file cache and lazy imports
+        # Warm-up: file cache and lazy imports.
+        direct_sweep(deployed.warehouse, deployed.registry, config, ranges)
         for _ in range(repeats):
             started = time.perf_counter()
-            direct_sweep(warehouse, registry, config, ranges)
+            direct_sweep(deployed.warehouse, deployed.registry, config, ranges)
             baseline.append(time.perf_counter() - started)
-            project.append(project_sweep(home, env, plan, job))
+            project.append(project_sweep(deployed.home, deployed.env, plan, job))
     return project, baseline, plan
 
 

@@ -1,8 +1,11 @@
 """Blocking checks on `storefront_prices` and the row filter that keeps failing prices from the storefront.
 
-The checks load the run's partitions of `storefront_prices` through the IO manager (one file for a
-single-partition run, every partition of the range for a ranged sweep or backfill run) and apply the
-pure functions of `pricing_assets.logic.guard`. Blocking: in a run that also selects `storefront_sync`,
+The checks read the run's partitions of `storefront_prices` (one file for a single-partition run, every
+partition of the range for a ranged sweep or backfill run; the frame the step just wrote when it is still
+in memory) and apply the pure functions of `pricing_assets.logic.guard`. They do not take the asset as a
+loaded input: Dagster maps an unpartitioned check's input to every partition of the asset, so each run
+would read and judge the whole catalog (3 GiB and 70 s a run at 10M SKUs, bench scale) and one bad
+batch would block the push of every other. Blocking: in a run that also selects `storefront_sync`,
 a failed check stops it. The push sensor launches `storefront_sync` in its own run, so the same
 invariants are also applied row by row there through `split_pushable`.
 """
@@ -24,6 +27,7 @@ from dagster import (
 from pricing_assets.logic.guard import check_no_nonpositive_price, check_not_below_floor, nonpositive_price
 from pricing_assets.logic.markup import below_floor
 from resources.runtime import RuntimeConfig
+from resources.warehouse import Warehouse
 
 NONPOSITIVE_CHECK = "no_nonpositive_price"
 FLOOR_CHECK = "not_below_floor"
@@ -42,6 +46,16 @@ def _metadata(details: dict[str, Any], frame: pl.DataFrame) -> dict[str, Metadat
         batches = sorted(frame.get_column("batch").drop_nulls().unique().to_list())
         out["batches"] = MetadataValue.text(f"{batches[0]}..{batches[-1]}" if batches else "none")
     return out
+
+
+def run_prices(context: AssetCheckExecutionContext, warehouse: Warehouse) -> pl.DataFrame:
+    """`storefront_prices` of the run's partitions (every partition when the run has none)."""
+    partitioned = context.has_partition_key or context.has_partition_key_range
+    keys = sorted(context.partition_keys) if partitioned else None
+    frame = warehouse.read_partitions([STOREFRONT_PRICES], keys)
+    if frame is None:
+        raise FileNotFoundError(f"{STOREFRONT_PRICES}: no warehouse file for partitions {(keys or [])[:5]}")
+    return frame
 
 
 def _failing_by_batch(frame: pl.DataFrame, failing: Callable[[pl.DataFrame], int]) -> str:
@@ -81,10 +95,9 @@ def build_storefront_price_checks() -> list[AssetChecksDefinition]:
         blocking=True,
         description="No SKU gets a price of zero or less (unavailable SKUs have no price).",
     )
-    def no_nonpositive_price(
-        context: AssetCheckExecutionContext, storefront_prices: pl.DataFrame
-    ) -> AssetCheckResult:
+    def no_nonpositive_price(context: AssetCheckExecutionContext, warehouse: Warehouse) -> AssetCheckResult:
         """Every priced SKU of the run's batches has a positive price."""
+        storefront_prices = run_prices(context, warehouse)
         passed, details = check_no_nonpositive_price(storefront_prices)
         details["failing_batches"] = (
             _failing_by_batch(
@@ -105,10 +118,11 @@ def build_storefront_price_checks() -> list[AssetChecksDefinition]:
     )
     def not_below_floor(
         context: AssetCheckExecutionContext,
-        storefront_prices: pl.DataFrame,
+        warehouse: Warehouse,
         service_config: RuntimeConfig,
     ) -> AssetCheckResult:
         """Every priced SKU of the run's batches is at or above its margin floor."""
+        storefront_prices = run_prices(context, warehouse)
         min_margin = service_config.load().markup.min_margin
         passed, details = check_not_below_floor(storefront_prices, min_margin)
         details["failing_batches"] = (

@@ -264,12 +264,18 @@ class Warehouse(ConfigurableResource):
     def read_partitions(
         self, key_path: Sequence[str], partitions: Iterable[str] | None = None
     ) -> pl.DataFrame | None:
-        """Concatenate the given partitions (all written ones when None); None if there are none."""
+        """Concatenate the given partitions (all written ones when None); None if there are none.
+
+        Given partitions this process just wrote together (a step's output) come back from memory.
+        """
         folder = self.root().joinpath(*key_path)
         if partitions is None:
             files = sorted(folder.glob("*.parquet")) if folder.exists() else []
         else:
             files = [table_path(self.root(), key_path, p) for p in partitions]
+            recent = _RECENT_OUTPUTS.get(files)
+            if recent is not None:
+                return recent
         frames = []
         for path in files:
             # Read, not exists-then-read: on object storage that is one request, not two.

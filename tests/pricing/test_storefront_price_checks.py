@@ -25,6 +25,7 @@ from pricing_assets.checks import (
 from pricing_assets.logic.batching import batch_keys
 from pricing_assets.storefront_sync import build_storefront_sync_asset
 from resources.schemas import MONEY
+from resources.warehouse import Warehouse
 from tests.pricing.wiring import resources
 
 BATCHES = StaticPartitionsDefinition(batch_keys(16))
@@ -132,6 +133,25 @@ def test_single_partition_run_checks_only_its_partition(sandbox, warehouse_dir):
     assert result.success
     assert evaluations(result) == {NONPOSITIVE_CHECK: True, FLOOR_CHECK: True}
     assert {p["sku"] for push in sandbox.pushes()["pushes"] for p in push["prices"]} == {"SKU-A"}
+
+
+def test_checks_judge_the_runs_batches_not_every_batch_on_file(sandbox, warehouse_dir):
+    # A bad price left in batch-005 by an earlier run is not this run's: it neither fails this run's
+    # checks nor blocks its push (Dagster would hand an unpartitioned check every partition on file).
+    Warehouse(base_dir=str(warehouse_dir)).write(
+        prices_frame([("SKU-Z", "batch-005", "10", "0")]), ["storefront_prices"], "batch-005"
+    )
+    result = run_with(prices_frame(GOOD), warehouse_dir, f"{sandbox.url}/storefront")
+    assert result.success
+    assert evaluations(result) == {NONPOSITIVE_CHECK: True, FLOOR_CHECK: True}
+    checked = next(e for e in result.get_asset_check_evaluations() if e.check_name == NONPOSITIVE_CHECK)
+    assert checked.metadata["checked"].value == 2
+    assert checked.metadata["batches"].value == "batch-000..batch-001"
+    assert {p["sku"] for push in sandbox.pushes()["pushes"] for p in push["prices"]} == {
+        "SKU-A",
+        "SKU-B",
+        "SKU-C",
+    }
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,10 @@ REACHABLE_CHECK = "supplier_reachable"
 DEFAULT_FRESHNESS = {"warn_minutes": 10, "fail_minutes": 30}
 # Dagster's step priority tag: among steps ready together in a run, higher numbers start first.
 PRIORITY_TAG = "dagster/priority"
+# On Celery workers (SWEEP_EXECUTOR=celery) steps are ordered by dagster-celery's own tag instead
+# (default 5, higher first), and a step with only dagster/priority draws a warning in every run.
+CELERY_PRIORITY_TAG = "dagster-celery/priority"
+CELERY_DEFAULT_PRIORITY = 5
 
 
 def fetch_priority(kind: str) -> int:
@@ -177,7 +181,10 @@ def build_supplier_offers_asset(
             "pool": entry.pool,
             **column_schema(OFFERS_SCHEMA, partition_column="batch"),
         },
-        op_tags={PRIORITY_TAG: str(fetch_priority(entry.kind))},
+        op_tags={
+            PRIORITY_TAG: str(fetch_priority(entry.kind)),
+            CELERY_PRIORITY_TAG: str(CELERY_DEFAULT_PRIORITY + fetch_priority(entry.kind)),
+        },
     )
     def supplier_offers(
         context: AssetExecutionContext,

@@ -24,13 +24,13 @@ from dagster import (
     SkipReason,
     StaticPartitionsDefinition,
     define_asset_job,
-    in_process_executor,
     sensor,
 )
 from dagster import SensorDefinition as _SensorDefinition
 
 from pricing_assets.push_sensor import PUSHES_IN_RUN, PUSHES_IN_RUN_TAG
 from pricing_assets.reconcile import RECONCILE_RUN_CONFIG
+from pricing_assets.sweep_executor import sweep_executor
 from resources.runtime import RuntimeConfig
 
 SWEEP_INTERVAL_SECONDS = 30
@@ -130,14 +130,15 @@ def _range_job(
     description: str,
     tags: dict[str, str] | None = None,
 ) -> AssetJob:
-    """An in-process job over a range of catalog batches (partitioned like its assets), with a max runtime."""
+    """A job over a range of catalog batches (partitioned like its assets), with a max runtime."""
     return define_asset_job(
         name,
         selection=selection,
-        # Measured (bench/sweep.py): each step process of the multiprocess executor costs ~2.5 s of
-        # spawn and imports on a 2-core machine, far more than the steps' work; suppliers are still
-        # fetched concurrently inside their steps, and pools serialize them across runs anyway.
-        executor_def=in_process_executor,
+        # In process unless SWEEP_EXECUTOR says otherwise (pricing_assets/sweep_executor.py). Measured
+        # (bench/sweep.py): each step process of the multiprocess executor costs ~2.5 s of spawn and
+        # imports on a 2-core machine, far more than the steps' work; suppliers are still fetched
+        # concurrently inside their steps, and pools serialize them across runs anyway.
+        executor_def=sweep_executor(),
         description=description,
         # Run monitoring ends a run over this (a dead run worker would keep its pool slots for ever);
         # a sweep run is due every sweep_minutes, so ten minutes is far past any healthy one.

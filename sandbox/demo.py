@@ -35,6 +35,7 @@ import httpx
 import yaml
 
 from sandbox.dagster_ui import DagsterUi, UiError
+from sandbox.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -174,13 +175,6 @@ def code_locations(workspace: Path, ports: Callable[[], int]) -> list[CodeLocati
         name = module.get("location_name") or module["module_name"]
         locations.append(CodeLocation(name, module["module_name"], module.get("attribute"), ports()))
     return locations
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody is listening on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def port_open(port: int) -> bool:

@@ -1,16 +1,19 @@
-"""Shared fixtures: a real sandbox server on a free 127.0.0.1 port, a temp warehouse, PostgreSQL."""
+"""Shared fixtures: a real sandbox server on a free 127.0.0.1 port, a temp warehouse, PostgreSQL (a fresh
+database on request), an S3 server (moto, on 127.0.0.1) and the RabbitMQ broker."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
+import sqlalchemy
 
 from sandbox import server
 from sandbox.demo import DEMO_ENV
@@ -90,16 +93,127 @@ PG_URL_DEFAULT = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 def pg_url() -> str:
     """SQLAlchemy URL of a reachable PostgreSQL; fails in CI, skips elsewhere, when unreachable."""
     url = os.environ.get("TEST_PG_URL", PG_URL_DEFAULT)
-    import sqlalchemy
-
     try:
         engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("select 1"))
         engine.dispose()
     except Exception as exc:
-        message = f"PostgreSQL not reachable at {url} ({type(exc).__name__})"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}: integration tests must run in CI")
-        pytest.skip(f"{message}; start PostgreSQL or set TEST_PG_URL to enable these tests")
+        unavailable(
+            f"PostgreSQL not reachable at {url} ({type(exc).__name__})",
+            "start PostgreSQL or set TEST_PG_URL to enable these tests",
+        )
+    return url
+
+
+def unavailable(message: str, how_to_enable: str) -> NoReturn:
+    """A service the tests need is missing: a failure in CI (CI set), elsewhere a skip saying how to
+    enable the tests."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}: integration tests must run in CI")
+    pytest.skip(f"{message}; {how_to_enable}")
+
+
+@pytest.fixture
+def pg_database(pg_url: str) -> Iterator[sqlalchemy.engine.URL]:
+    """A fresh PostgreSQL database (one Dagster instance's), dropped afterwards with whatever is still
+    connected to it; its URL, same driver and credentials as pg_url."""
+    name = f"dagster_test_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sqlalchemy.engine.make_url(pg_url).set(database=name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# ---------------------------------------------------------------- S3 (moto) and RabbitMQ
+
+BUCKET = "bucket"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 for the session, with the test bucket created."""
+    moto_server = pytest.importorskip("moto.server")
+    port = server.free_port()
+    s3 = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    s3.start()
+    url = f"http://127.0.0.1:{port}"
+    s3_client(url).create_bucket(Bucket=BUCKET)
+    yield url
+    s3.stop()
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """What a process needs to reach the moto server: fake credentials and the endpoint."""
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": endpoint,  # botocore's own setting, as docs/warehouse.md configures it
+        # No machine's ~/.aws config or credentials take part.
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+
+def s3_client(endpoint: str) -> Any:
+    """A boto3 client on the moto server (independent of the code under test)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+
+@pytest.fixture
+def s3_root(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh s3://bucket/<prefix> warehouse, exported as WAREHOUSE_DIR with the S3 env."""
+    for name, value in s3_env(s3_endpoint).items():
+        monkeypatch.setenv(name, value)
+    root = f"s3://{BUCKET}/wh-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("WAREHOUSE_DIR", root)
+    return root
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> Any:
+    """A boto3 client on the moto server."""
+    return s3_client(s3_endpoint)
+
+
+def keys_under(client: Any, root: str) -> set[str]:
+    """Every object key under an s3://bucket/prefix warehouse root, relative to it."""
+    prefix = root.removeprefix(f"s3://{BUCKET}/") + "/"
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {item["Key"].removeprefix(prefix) for page in pages for item in page.get("Contents", [])}
+
+
+BROKER_URL_DEFAULT = "pyamqp://guest:guest@127.0.0.1:5672//"
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    """URL of a reachable RabbitMQ (TEST_BROKER_URL or 127.0.0.1:5672, guest/guest); fails in CI, skips
+    elsewhere, when unreachable."""
+    url = os.environ.get("TEST_BROKER_URL", BROKER_URL_DEFAULT)
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0)
+    except Exception as exc:
+        safe = url.split("@")[-1]
+        unavailable(
+            f"RabbitMQ not reachable at {safe} ({type(exc).__name__})",
+            "start RabbitMQ or set TEST_BROKER_URL to enable the distributed tests",
+        )
     return url

@@ -1,7 +1,8 @@
 """The warehouse on object storage (WAREHOUSE_DIR=s3://bucket/prefix) against a real S3 server.
 
-moto's server mode runs on a free 127.0.0.1 port for the session; botocore (under s3fs) finds it
-through AWS_ENDPOINT_URL_S3, as any S3-compatible store would be configured (docs/warehouse.md).
+moto's server mode runs on a free 127.0.0.1 port for the session (`s3_endpoint`, tests/conftest.py);
+botocore (under s3fs) finds it through AWS_ENDPOINT_URL_S3, as any S3-compatible store would be
+configured (docs/warehouse.md).
 """
 
 from __future__ import annotations
@@ -14,13 +15,10 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-import boto3
 import httpx
 import polars as pl
 import pytest
@@ -45,80 +43,12 @@ from resources import warehouse as wh
 from resources.config import ConfigError, load_registry
 from resources.push_lock import batch_lock_for
 from resources.warehouse import Warehouse, WarehouseIOManager
+from tests.conftest import BUCKET, keys_under, s3_env
 
 pytestmark = pytest.mark.s3
 
 ROOT = Path(__file__).resolve().parent.parent
-BUCKET = "bucket"
 batches = StaticPartitionsDefinition(["batch-000", "batch-001"])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 for the session, with the test bucket created."""
-    moto_server = pytest.importorskip("moto.server")
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket=BUCKET)
-    yield url
-    server.stop()
-
-
-def s3_env(endpoint: str) -> dict[str, str]:
-    """What a process needs to reach the moto server: fake credentials and the endpoint."""
-    return {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL_S3": endpoint,  # botocore's own setting, as docs/warehouse.md configures it
-        # No machine's ~/.aws config or credentials take part.
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    }
-
-
-@pytest.fixture
-def s3_root(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh s3://bucket/<prefix> warehouse, exported as WAREHOUSE_DIR with the S3 env."""
-    for name, value in s3_env(s3_endpoint).items():
-        monkeypatch.setenv(name, value)
-    root = f"s3://{BUCKET}/wh-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv("WAREHOUSE_DIR", root)
-    return root
-
-
-@pytest.fixture
-def bucket(s3_endpoint: str):
-    """A boto3 client on the moto server (independent of the code under test)."""
-    return boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-
-
-def keys_under(client, root: str) -> set[str]:
-    """Every object key under the warehouse root, relative to it."""
-    prefix = root.removeprefix(f"s3://{BUCKET}/") + "/"
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    return {item["Key"].removeprefix(prefix) for page in pages for item in page.get("Contents", [])}
 
 
 def money_frame(n: int = 3, factor: int = 1) -> pl.DataFrame:

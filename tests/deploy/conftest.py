@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,18 +29,3 @@ def values() -> dict[str, Any]:
 def instance_config() -> dict[str, Any]:
     """deploy/k8s/dagster.yaml."""
     return load_yaml(K8S / "dagster.yaml")
-
-
-@pytest.fixture
-def pg_database(pg_url: str) -> Iterator[sqlalchemy.engine.URL]:
-    """A fresh PostgreSQL database for one instance, dropped afterwards."""
-    name = f"dagster_k8s_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sqlalchemy.engine.make_url(pg_url).set(database=name)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()

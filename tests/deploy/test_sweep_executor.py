@@ -1,13 +1,14 @@
 """deploy/k8s/sweep-k8s-executor.yaml: per-step pods and resources for the sweep on the k8s_job_executor.
 
-The run config is validated against the real sweep job with dagster-k8s's executor in place of the
-in-process one, and every step it names must be a step of that job (so a renamed asset fails here).
+The run config is validated against the real sweep job built with SWEEP_EXECUTOR=k8s (dagster-k8s's
+executor in place of the in-process one), and every step it names must be a step of that job (so a
+renamed asset fails here).
 """
 
 from __future__ import annotations
 
-from dagster import AssetKey, AssetSelection, Definitions, define_asset_job, validate_run_config
-from dagster_k8s import k8s_job_executor
+import pytest
+from dagster import Definitions, validate_run_config
 
 from pricing_assets.definitions import build_definitions_without_resources, default_resources
 from resources.config import load_registry
@@ -16,30 +17,19 @@ from tests.deploy.conftest import K8S, load_yaml
 RUN_CONFIG = K8S / "sweep-k8s-executor.yaml"
 
 
-def sweep_jobs():
-    """The deployed sweep job and the same selection on the k8s_job_executor."""
+def sweep_job(executor: str, monkeypatch: pytest.MonkeyPatch):
+    """price_sweep_job as the location builds it with SWEEP_EXECUTOR=executor."""
+    monkeypatch.setenv("SWEEP_EXECUTOR", executor)
     registry = load_registry()
     deployed = build_definitions_without_resources(registry)
-    selection = AssetSelection.assets(
-        *[AssetKey(["supplier_offers", s]) for s in registry.order], "best_offers", "storefront_prices"
-    )
-    on_k8s = define_asset_job(
-        "price_sweep_job",
-        selection=selection,
-        executor_def=k8s_job_executor,
-    )
-    defs = Definitions(
-        assets=deployed.assets,
-        asset_checks=deployed.asset_checks,
-        jobs=[on_k8s],
-        resources=default_resources(registry.source),
-    )
     merged = Definitions.merge(deployed, Definitions(resources=default_resources(registry.source)))
-    return merged.resolve_job_def("price_sweep_job"), defs.resolve_job_def("price_sweep_job")
+    return merged.resolve_job_def("price_sweep_job")
 
 
-def test_sweep_run_config_is_valid_for_the_k8s_job_executor():
-    deployed, on_k8s = sweep_jobs()
+def test_sweep_run_config_is_valid_for_the_k8s_job_executor(monkeypatch):
+    deployed = sweep_job("in_process", monkeypatch)
+    on_k8s = sweep_job("k8s", monkeypatch)
+    assert on_k8s.executor_def.name == "k8s"
     assert {n.name for n in on_k8s.nodes} == {n.name for n in deployed.nodes}  # the same steps
     config = load_yaml(RUN_CONFIG)
     result = validate_run_config(on_k8s, config)

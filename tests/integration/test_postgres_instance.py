@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,25 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def pg_database(pg_url: str):
-    """A fresh database for one Dagster instance, dropped afterwards."""
-    name = f"dagster_it_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    url = sqlalchemy.engine.make_url(pg_url).set(database=name, drivername="postgresql")
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 def test_postgres_instance_stores_runs_events_and_sensor_cursor(pg_database, tmp_path, monkeypatch):
+    database_url = pg_database.set(drivername="postgresql").render_as_string(hide_password=False)
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(ROOT / "deploy" / "postgres" / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_PG_URL", pg_database)
+    monkeypatch.setenv("DAGSTER_PG_URL", database_url)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
 
     instance = DagsterInstance.from_config(str(home))
@@ -55,7 +41,7 @@ def test_postgres_instance_stores_runs_events_and_sensor_cursor(pg_database, tmp
         "load_from:\n  - python_module:\n      module_name: tests.integration.pg_instance_defs\n"
         f"      working_directory: {ROOT}\n"
     )
-    env = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_PG_URL": pg_database, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_PG_URL": database_url, "PYTHONPATH": str(ROOT)}
     daemon = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
         cwd=ROOT,
@@ -63,7 +49,7 @@ def test_postgres_instance_stores_runs_events_and_sensor_cursor(pg_database, tmp
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    engine = sqlalchemy.create_engine(pg_database.replace("postgresql://", "postgresql+psycopg2://"))
+    engine = sqlalchemy.create_engine(pg_database)
     cursor_body = None
     try:
         deadline = time.monotonic() + 120

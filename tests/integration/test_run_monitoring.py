@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,25 +212,12 @@ def test_a_killed_run_worker_frees_its_pool_slot_for_the_next_run(tmp_path, daem
     print(f"the next run of the pool finished {waited:.0f} s after the kill")
 
 
-@pytest.fixture
-def pg_database(pg_url: str) -> Iterator[str]:
-    """A fresh database for one Dagster instance, dropped afterwards."""
-    name = f"dagster_outage_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    yield name
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 @pytest.mark.postgres
 def test_a_run_failed_by_a_postgres_outage_is_retried(tmp_path, daemon_runner, pg_url, pg_database):
     target = sqlalchemy.engine.make_url(pg_url)
     proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
     try:
-        url = target.set(drivername="postgresql", port=proxy.port, database=pg_database)
+        url = target.set(drivername="postgresql", port=proxy.port, database=pg_database.database)
         home = instance_home(tmp_path, ROOT / "deploy" / "postgres" / "dagster.yaml")
         markers = tmp_path / "markers"
         markers.mkdir()

@@ -161,6 +161,8 @@ def test_the_cycle_runs_the_per_sku_supplier_first_and_pushes_in_the_same_run():
             key = AssetKey(["supplier_offers", node.name.split("__", 1)[1]])
             kinds[node.name] = defs.resolve_assets_def(key).metadata_by_key[key]["adapter"]
             priorities[node.name] = int(node.definition.tags.get("dagster/priority", 0))  # 0: default
+            # The same order on Celery workers, by dagster-celery's tag (default 5).
+            assert int(node.definition.tags.get("dagster-celery/priority", 5)) == 5 + priorities[node.name]
     first = max(priorities, key=lambda name: priorities[name])
     assert kinds[first] == "per_sku_post"
     assert all(priorities[name] < priorities[first] for name in kinds if kinds[name] != "per_sku_post")

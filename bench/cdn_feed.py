@@ -68,6 +68,7 @@ def project(encrypted: Path, workdir: Path) -> int:
         fetched_at=datetime.now(UTC),
         known_currencies={"EUR"},
         quarantine_max_share=0.2,
+        catalog_batches=16,
     )
     return price_file.offers.height
 

@@ -66,7 +66,7 @@ from pricing_assets.logic.guard import check_no_nonpositive_price, check_not_bel
 from pricing_assets.logic.pricing import price_offers
 from pricing_assets.offers import read_last_pushed, read_supplier_offers
 from pricing_assets.partitions import catalog_batch_partitions
-from pricing_assets.supplier_files import cache_key, read_cached_offers
+from pricing_assets.supplier_files import read_cached_offers, write_cached_offers
 from pricing_assets.sweep import (
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -76,7 +76,6 @@ from pricing_assets.sweep import (
 )
 from resources.config import Registry, ServiceConfig, load_registry
 from resources.runtime import RuntimeConfig
-from resources.schemas import OFFERS_SCHEMA
 from resources.warehouse import Warehouse
 
 NAME = "sweep"
@@ -159,7 +158,7 @@ def write_data(warehouse: Warehouse, n: int, batches: int = BATCHES) -> None:
             .otherwise(pl.col("fetched_at") + (datetime.now(UTC) - NOW))
             .dt.cast_time_unit("us")
         )
-        warehouse.write(feed.select(list(OFFERS_SCHEMA)), cache_key(supplier))
+        write_cached_offers(warehouse, supplier, feed, batches)
         del offers, feed
 
 
@@ -209,9 +208,9 @@ def direct_sweep(
         batch_catalog = catalog.filter(pl.col("batch").is_in(batches) & pl.col("active"))
         skus = batch_catalog.get_column("sku")
         for supplier in registry.order:
-            offers = read_cached_offers(warehouse, supplier, skus).join(
-                batch_catalog.select("sku", "batch"), on="sku", how="inner"
-            )
+            offers = read_cached_offers(
+                warehouse, supplier, skus, batches=batches, catalog_batches=registry.catalog_batches
+            ).join(batch_catalog.select("sku", "batch"), on="sku", how="inner")
             for batch in batches:
                 warehouse.write(offers.filter(pl.col("batch") == batch), ["supplier_offers", supplier], batch)
         in_range = catalog.filter(pl.col("batch").is_in(batches))

@@ -35,6 +35,7 @@ from resources.warehouse import Warehouse
 
 
 def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> AssetsDefinition:
+    catalog_batches = len(partitions_def.get_partition_keys())
     key = offers_key(entry.id)
 
     @asset(
@@ -66,7 +67,13 @@ def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> As
         config = service_config.load()
         batches = list(context.partition_keys)
         batch_catalog = active_batch_skus(catalog, batches)
-        offers = read_cached_offers(warehouse, entry.id, batch_catalog.get_column("sku"))
+        offers = read_cached_offers(
+            warehouse,
+            entry.id,
+            batch_catalog.get_column("sku"),
+            batches=batches,
+            catalog_batches=catalog_batches,
+        )
         offers = offers.join(batch_catalog, on="sku", how="inner").select([*OFFERS_SCHEMA, "batch"])
         cached = warehouse.exists(cache_key(entry.id))
         if not cached:

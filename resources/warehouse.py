@@ -191,17 +191,18 @@ def write_bytes_atomic(data: bytes, path: UPath) -> None:
         _put_object(data, path)
 
 
-def write_parquet_atomic(frame: pl.DataFrame, path: UPath) -> None:
+def write_parquet_atomic(frame: pl.DataFrame, path: UPath, *, row_group_size: int | None = None) -> None:
     """Write a frame as Parquet and publish it atomically at path (streamed, no in-memory copy)."""
+    options: dict[str, Any] = {"compression": "zstd", "statistics": True}
+    if row_group_size is not None:
+        options["row_group_size"] = row_group_size
     target = _local_target(path)
     if target is not None:
-        _publish_atomic(
-            target, lambda handle: frame.write_parquet(handle, compression="zstd", statistics=True)
-        )
+        _publish_atomic(target, lambda handle: frame.write_parquet(handle, **options))
         return
     # Object storage: the whole file in memory first, so a failing write never reaches the store.
     buffer = io.BytesIO()
-    frame.write_parquet(buffer, compression="zstd", statistics=True)
+    frame.write_parquet(buffer, **options)
     _put_object(buffer.getvalue(), path)
 
 
@@ -247,10 +248,17 @@ class Warehouse(ConfigurableResource):
         """The contract path of a table."""
         return table_path(self.root(), key_path, partition)
 
-    def write(self, frame: pl.DataFrame, key_path: Sequence[str], partition: str | None = None) -> UPath:
+    def write(
+        self,
+        frame: pl.DataFrame,
+        key_path: Sequence[str],
+        partition: str | None = None,
+        *,
+        row_group_size: int | None = None,
+    ) -> UPath:
         """Atomically write a table at its contract path and return the path."""
         path = self.path(key_path, partition)
-        write_parquet_atomic(frame, path)
+        write_parquet_atomic(frame, path, row_group_size=row_group_size)
         return path
 
     def read(self, key_path: Sequence[str], partition: str | None = None) -> pl.DataFrame:

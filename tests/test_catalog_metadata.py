@@ -40,7 +40,8 @@ BATCH_COLUMN: dict[str, pl.DataType] = {"batch": pl.String()}
 BATCHED_OFFERS = {**OFFERS_SCHEMA, **BATCH_COLUMN}
 PRICING_TABLES: dict[str, dict[str, pl.DataType]] = {
     "catalog": {**CATALOG_SCHEMA, **BATCH_COLUMN},
-    "supplier_files/delta": OFFERS_SCHEMA,
+    # The CDN cache: the offers, laid out by catalog batch (the batch and the batch count it is for).
+    "supplier_files/delta": {**OFFERS_SCHEMA, **BATCH_COLUMN, "catalog_batches": pl.Int32()},
     **{f"supplier_offers/{s}": BATCHED_OFFERS for s in ("alpha", "beta", "gamma", "delta")},
     "best_offers": {**BEST_OFFERS_SCHEMA, **BATCH_COLUMN},
     # storefront_prices keeps best_offers' columns and adds the price ones.

@@ -169,10 +169,13 @@ def test_openssl_cli_file_is_cached_with_exactly_its_rows(mode: str, encoding: s
         fetched_at=FETCHED_AT,
         known_currencies=KNOWN,
         quarantine_max_share=0.0,
+        catalog_batches=4,
     )
     cached = warehouse.read(cache_key("delta"))
     assert offer_rows(cached) == expected_rows(PLAINTEXT)
-    assert cached.schema == pl.Schema(OFFERS_SCHEMA)
+    # The offers contract, then the layout: each row's batch of 4, sorted by it (docs/cdn_feed.md).
+    assert cached.schema == pl.Schema({**OFFERS_SCHEMA, "batch": pl.String(), "catalog_batches": pl.Int32()})
+    assert cached.get_column("batch").is_sorted() and set(cached.get_column("catalog_batches")) == {4}
     assert warehouse.read(quarantine_key("delta")).height == 0
     assert result.base64 is (encoding != "raw")
     # Wrong base64 setting stated explicitly fails loudly instead of decoding garbage.

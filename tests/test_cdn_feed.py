@@ -159,7 +159,8 @@ def test_first_run_caches_exactly_the_served_rows(feed: Feed) -> None:
     assert meta["rows"] == len(feed.served_rows()) > 100
     assert meta["quarantined"] == 0
     assert meta["base64"] is True  # the registry default makes the sandbox serve `openssl -a` text
-    assert feed.warehouse.read(KEY).schema == pl.Schema(OFFERS_SCHEMA)
+    # The offers contract, then the layout columns (each row's catalog batch; docs/cdn_feed.md).
+    assert feed.warehouse.read(KEY).schema == pl.Schema({**OFFERS_SCHEMA, **sf.LAYOUT_COLUMNS})
     assert feed.state()["etag"] == meta["etag"]
     assert list(feed.tmp_dir.iterdir()) == []  # the download was cleaned up
 

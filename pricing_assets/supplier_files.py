@@ -187,9 +187,12 @@ def read_cached_offers(
     return offers.select([pl.col(name).cast(dtype) for name, dtype in OFFERS_SCHEMA.items()])
 
 
-def _settings_fingerprint(entry: SupplierEntry, url: str) -> str:
+def _settings_fingerprint(entry: SupplierEntry, url: str, catalog_batches: int) -> str:
     assert entry.cdn is not None
-    return hashlib.sha256(f"{url}\n{entry.cdn.model_dump_json()}".encode()).hexdigest()[:16]
+    # The batch count is in it because the cache is laid out by batch: a new count re-reads the file
+    # once and lays it out again (a cache from before the layout is migrated the same way).
+    settings = f"{url}\n{entry.cdn.model_dump_json()}\nbatches={catalog_batches}"
+    return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
 def _cache_metadata(state: dict[str, Any]) -> dict[str, Any]:
@@ -226,7 +229,7 @@ def _refresh(
         client, url = cdn_files.client(entry), cdn_files.url(entry)
         # Conditional only with a cache made from this URL and these settings: a registry change
         # (new KDF, header, ...) must re-read the file even if the CDN has not changed it.
-        fingerprint = _settings_fingerprint(entry, url)
+        fingerprint = _settings_fingerprint(entry, url, catalog_batches)
         conditional = has_cache and state.get("settings") == fingerprint
         etag = state.get("etag") if conditional else None
         last_modified = state.get("last_modified") if conditional else None

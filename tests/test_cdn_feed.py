@@ -38,11 +38,12 @@ PASSPHRASE = SANDBOX_ENV["DELTA_CDN_PASSPHRASE"]
 KEY = ["supplier_files", "delta"]
 
 
-def make_registry(url: str, **cdn: Any) -> Registry:
+def make_registry(url: str, catalog_batches: int = 16, **cdn: Any) -> Registry:
     """A registry with only the CDN supplier, pointed at the sandbox, retrying fast."""
     return Registry.model_validate(
         {
             "store_currency": "EUR",
+            "catalog_batches": catalog_batches,
             "fx": {"USD": "0.92", "GBP": "1.17"},
             "suppliers": [
                 {
@@ -80,9 +81,9 @@ class Feed:
         self.tmp_dir.mkdir()
         self.service_config = "{}"
 
-    def run(self, **cdn: Any) -> dg.ExecuteInProcessResult:
+    def run(self, catalog_batches: int = 16, **cdn: Any) -> dg.ExecuteInProcessResult:
         """Materialize the asset once (not raising on failure)."""
-        assets = sf.build_supplier_file_assets(make_registry(self.sandbox.url, **cdn))
+        assets = sf.build_supplier_file_assets(make_registry(self.sandbox.url, catalog_batches, **cdn))
         return dg.materialize(
             assets,
             resources={
@@ -198,6 +199,21 @@ def test_changed_registry_settings_bypass_the_conditional_get(feed: Feed) -> Non
     assert not result.success
     assert "bad_decrypt" in feed.failure(result)
     assert feed.cache_bytes() == before
+
+
+def test_a_new_batch_count_lays_the_cache_out_again(feed: Feed) -> None:
+    # The cache is laid out by catalog batch: with another batch count the unchanged file is read
+    # again (not a 304) and cached for the new count, the same offers in it.
+    feed.metadata(feed.run())
+    before = feed.warehouse.read(KEY)
+    assert set(before.get_column("catalog_batches")) == {16}
+    assert feed.metadata(feed.run())["unchanged"] is True
+    meta = feed.metadata(feed.run(catalog_batches=4))
+    assert meta["unchanged"] is False
+    after = feed.warehouse.read(KEY)
+    assert set(after.get_column("catalog_batches")) == {4} and after.get_column("batch").is_sorted()
+    offers = [name for name in OFFERS_SCHEMA if name != "fetched_at"]  # re-read now: a new fetched_at
+    assert after.select(offers).sort("sku").equals(before.select(offers).sort("sku"))
 
 
 @pytest.mark.parametrize(

@@ -235,6 +235,7 @@ def pregenerate(market: pl.DataFrame, chunk: int, page: int) -> Bodies:
 
 # A storefront's live price per SKU: (price, currency, available, supplier, version).
 Live = tuple[str, str, bool, str | None, int]
+LIVE_FIELDS = ("price", "currency", "available", "supplier", "version")
 
 
 @dataclass
@@ -242,6 +243,8 @@ class Storefront:
     """One storefront: live prices by SKU and the Idempotency-Keys it applied."""
 
     prices: dict[str, Live] = field(default_factory=dict)
+    # Each SKU's listing row, serialized when pushed: a 500-row page is a join, not 500 dumps.
+    rows: dict[str, str] = field(default_factory=dict)
     keys: set[str] = field(default_factory=set)
     entries_applied: int = 0
     _order: list[str] | None = None
@@ -328,6 +331,9 @@ def build_app(state: State, api_key: str, secret: str) -> Starlette:
         entries = json.loads(body)["prices"]
         for e in entries:
             shop.prices[e["sku"]] = (e["price"], e["currency"], e["available"], e["supplier"], e["version"])
+            shop.rows[e["sku"]] = json.dumps(
+                {name: e[name] for name in ("sku", *LIVE_FIELDS)}, separators=(",", ":")
+            )
         shop.keys.add(key)
         shop.entries_applied += len(entries)
         return JSONResponse({"status": "applied", "count": len(entries)})
@@ -338,14 +344,10 @@ def build_app(state: State, api_key: str, secret: str) -> Starlette:
         per_page = max(1, min(int(request.query_params.get("per_page", "500")), 10_000))
         order = shop.order()
         start = (page - 1) * per_page
-        names = ("price", "currency", "available", "supplier", "version")
-        items = [
-            {"sku": sku, **dict(zip(names, shop.prices[sku], strict=True))}
-            for sku in order[start : start + per_page]
-        ]
-        next_page = page + 1 if start + per_page < len(order) else None
-        payload = {"items": items, "page": page, "next_page": next_page, "total": len(order)}
-        return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
+        items = _join([shop.rows[sku] for sku in order[start : start + per_page]])
+        next_page = json.dumps(page + 1 if start + per_page < len(order) else None)
+        body = f'{{"items":{items},"page":{page},"next_page":{next_page},"total":{len(order)}}}'
+        return Response(body, media_type="application/json")
 
     async def move(request: Request) -> Response:
         share = float((await request.json()).get("share", 0.05))
@@ -363,7 +365,7 @@ def build_app(state: State, api_key: str, secret: str) -> Starlette:
     async def snapshot(request: Request) -> Response:
         ask = await request.json()
         shop = state.storefront(ask["name"])
-        state.storefronts[ask["as"]] = Storefront(prices=dict(shop.prices))
+        state.storefronts[ask["as"]] = Storefront(prices=dict(shop.prices), rows=dict(shop.rows))
         return JSONResponse({"skus": len(shop.prices)})
 
     async def stats(request: Request) -> Response:

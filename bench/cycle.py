@@ -558,8 +558,22 @@ def setup_data(folder: Path, market: pl.DataFrame) -> Warehouse:
     return warehouse
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (a `timeout` around the benchmark) unwinds like Ctrl-C, so every process is stopped."""
+    raise SystemExit(128 + signum)
+
+
 def measure(n: int, repeats: int, share: float, extra_config: dict[str, Any]) -> dict[str, Any]:
     """Start everything, warm up both sides, then alternate timed baseline and deployment cycles."""
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _measure(n, repeats, share, extra_config)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _measure(n: int, repeats: int, share: float, extra_config: dict[str, Any]) -> dict[str, Any]:
+    """measure() without the signal handling."""
     service_config = {**SERVICE_CONFIG, **extra_config}
     keep = bool(os.environ.get("BENCH_CYCLE_KEEP"))
     folder = Path(tempfile.mkdtemp(prefix="bench-cycle-"))

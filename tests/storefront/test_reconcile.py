@@ -152,6 +152,24 @@ def test_find_drift_compares_what_the_ledger_acknowledged():
     assert drift.get_column("version").to_list() == [2, 2, 2, 2]
 
 
+def test_find_drift_reads_only_the_batchs_skus_and_the_last_row_of_each():
+    """Other batches' SKUs in the live frame change nothing; a SKU listed twice is judged by its last row."""
+    ack = {"currency": "EUR", "acknowledged_at": NOW, "version": 1, "available": True, "supplier": "alpha"}
+    ledger = ledger_rows(
+        [{"sku": "A", "price": Decimal("1.00"), **ack}, {"sku": "B", "price": Decimal("2.00"), **ack}]
+    )
+    live = pl.DataFrame(
+        {
+            "sku": ["A", "X", "B", "A", "Y", "B"],
+            "price": [Decimal("9.00"), Decimal("1"), Decimal("2.00"), Decimal("1.00"), None, Decimal("3")],
+            "available": [True, True, True, True, False, True],
+            "supplier": ["alpha"] * 6,
+        }
+    ).with_columns(pl.col("price").cast(pl.Decimal(20, 4)))
+    drift = find_drift(ledger, live, NOW)
+    assert dict(drift.select("sku", "kind").iter_rows()) == {"B": "price"}
+
+
 def test_wiped_webhook_storefront_is_repaired_once(sandbox, warehouse_dir):
     write_targets(warehouse_dir, targets(30))
     assert sync(warehouse_dir, sandbox.url).success

@@ -149,7 +149,7 @@ def write_data(warehouse: Warehouse, n: int, batches: int = BATCHES) -> None:
     One supplier's feed in memory at a time: at 10M SKUs all four together would be ~2 GiB more.
     """
     frames = iter_data(n)
-    warehouse.write(assign_batches(next(frames), batches).sort("sku"), ["catalog"])
+    warehouse.write(assign_batches(next(frames), batches).sort("batch", "sku"), ["catalog"])
     for supplier, offers in zip(SUPPLIERS, frames, strict=True):
         # iter_data stamps offers around its own fixed instant: move them to now, keeping stale ones stale.
         feed = offers.with_columns(

@@ -15,6 +15,7 @@ from dagster import (
 
 from pricing_assets import OWNERS
 from pricing_assets.held import read_approvals
+from pricing_assets.logic.batching import in_batches
 from pricing_assets.logic.best_offers import select_best_offers
 from pricing_assets.logic.pricing import price_offers
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, LEDGER_KEY, offers_key
@@ -130,7 +131,7 @@ def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefini
         config.check_suppliers(registry.order)
         batches = list(context.partition_keys)
         columns = ["sku", "category", "active", "batch"]
-        batch_catalog = catalog.filter(pl.col("batch").is_in(batches)).select(columns).collect()
+        batch_catalog = catalog.filter(in_batches(batches)).select(columns).collect()
         offers = read_supplier_offers(warehouse, registry.order, batches)
         enabled = [supplier for supplier in registry.order if config.enabled(supplier)]
         best = select_best_offers(

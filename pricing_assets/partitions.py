@@ -3,7 +3,7 @@
 import polars as pl
 from dagster import AssetKey, BackfillPolicy, DailyPartitionsDefinition, StaticPartitionsDefinition
 
-from pricing_assets.logic.batching import batch_keys
+from pricing_assets.logic.batching import batch_keys, in_batches
 
 # History starts here; earlier days have no offers to record.
 HISTORY_START = "2026-01-01"
@@ -20,7 +20,7 @@ def catalog_batch_partitions(n: int) -> StaticPartitionsDefinition:
 
 def active_batch_skus(catalog: pl.LazyFrame, batches: list[str]) -> pl.DataFrame:
     """The active catalog SKUs of `batches` with their batch: all a supplier step reads of the catalog."""
-    wanted = pl.col("batch").is_in(batches) & pl.col("active")
+    wanted = in_batches(batches) & pl.col("active")
     return catalog.filter(wanted).select("sku", "batch").collect()
 
 

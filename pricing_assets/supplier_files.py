@@ -37,7 +37,7 @@ from dagster import (
 from pydantic import Field
 
 from pricing_assets import OWNERS
-from pricing_assets.logic.batching import assign_batches
+from pricing_assets.logic.batching import assign_batches, in_batches
 from resources.cdn_crypto import BadRowsError, CdnFeedError, CdnHttpError, ShrunkFileError
 from resources.cdn_file import CdnFile, check_sku_shrink
 from resources.cdn_parse import PriceFile, decrypt_price_file
@@ -170,7 +170,7 @@ def read_cached_offers(
         scan = pl.scan_parquet(str(path))
         if batches and catalog_batches and _laid_out_for(scan, catalog_batches):
             # A range filter is what the row groups' min/max statistics can skip on.
-            scan = scan.filter(pl.col("batch").is_between(pl.lit(min(batches)), pl.lit(max(batches))))
+            scan = scan.filter(in_batches(batches))
         offers = scan.filter(pl.col("sku").is_in(wanted)).collect()
     else:
         offers = warehouse.read(key).filter(pl.col("sku").is_in(wanted))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import polars as pl
 
@@ -28,6 +29,14 @@ def batch_keys(n: int) -> list[str]:
     if n < 1:
         raise ValueError(f"number of batches must be >= 1, got {n}")
     return [batch_key(index) for index in range(n)]
+
+
+def in_batches(batches: Sequence[str]) -> pl.Expr:
+    """Rows of these batches, as a filter a Parquet scan can answer from row-group statistics."""
+    # The range lets a scan skip the row groups of other batches (tables sorted by batch: the catalog,
+    # the CDN caches); is_in keeps the exact set when the range has gaps.
+    low, high = pl.lit(min(batches)), pl.lit(max(batches))
+    return pl.col("batch").is_between(low, high) & pl.col("batch").is_in(list(batches))
 
 
 def assign_batches(frame: pl.DataFrame, n: int, sku_col: str = "sku") -> pl.DataFrame:

@@ -35,6 +35,8 @@ def in_batches(batches: Sequence[str]) -> pl.Expr:
     """Rows of these batches, as a filter a Parquet scan can answer from row-group statistics."""
     # The range lets a scan skip the row groups of other batches (tables sorted by batch: the catalog,
     # the CDN caches); is_in keeps the exact set when the range has gaps.
+    if not batches:
+        return pl.lit(False)
     low, high = pl.lit(min(batches)), pl.lit(max(batches))
     return pl.col("batch").is_between(low, high) & pl.col("batch").is_in(list(batches))
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pricing_assets.logic.batching import assign_batches, batch_index, batch_key, batch_keys
+from pricing_assets.logic.batching import assign_batches, batch_index, batch_key, batch_keys, in_batches
 
 # Computed once with `printf '%s' SKU | md5sum` (first 16 hex digits as an unsigned int, mod n): these
 # must never change, or every SKU would silently move to another partition.
@@ -158,3 +158,13 @@ def test_documented_postgres_snippet_agrees(pg_url: str) -> None:
                 assert got == batch_key(expected)
     finally:
         engine.dispose()
+
+
+def test_the_batch_filter_keeps_exactly_the_batches_asked_for() -> None:
+    frame = pl.DataFrame({"batch": ["batch-000", "batch-001", "batch-002", "batch-003"]})
+    # A range with a gap: the range lets a scan skip row groups, the exact set decides the rows.
+    assert frame.filter(in_batches(["batch-001", "batch-003"])).get_column("batch").to_list() == [
+        "batch-001",
+        "batch-003",
+    ]
+    assert frame.filter(in_batches([])).is_empty()

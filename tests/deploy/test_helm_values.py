@@ -301,6 +301,11 @@ def documented_secret_keys() -> set[str]:
 def test_every_secret_the_code_reads_comes_from_the_kubernetes_secret(values):
     registry = load_registry()
     needed = {"STOREFRONT_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN", "ORDERS_DB_URL", "ALERT_WEBHOOK_URL"}
+    env = load_yaml(K8S / "manifests" / "supplier-pricing-env.yaml")["data"]
+    if urlparse(env["WAREHOUSE_DIR"]).scheme != "file" and "://" in env["WAREHOUSE_DIR"]:
+        # On object storage the push lock is a PostgreSQL advisory lock: without its URL every push
+        # is refused (resources/push_lock.py), so an operator following docs/deploy.md never pushes.
+        needed.add("PUSH_LOCK_URL")
     for supplier in registry.suppliers:
         needed.update(supplier.auth.secret_env_names())
         if supplier.cdn is not None:

@@ -59,12 +59,11 @@ from bench._harness import line, scaled
 from bench._sweep_location import DEPLOYED_JOB, FORKSERVER_JOB, IN_PROCESS_JOB
 from bench.best_offers import CURRENCIES, FX, NOW, SUPPLIERS, iter_data
 from pricing_assets.checks import split_pushable
-from pricing_assets.held import read_approvals
 from pricing_assets.logic.batching import assign_batches
 from pricing_assets.logic.best_offers import select_best_offers
 from pricing_assets.logic.guard import check_no_nonpositive_price, check_not_below_floor
 from pricing_assets.logic.pricing import price_offers
-from pricing_assets.offers import read_last_pushed, read_supplier_offers
+from pricing_assets.offers import read_supplier_offers
 from pricing_assets.partitions import catalog_batch_partitions
 from pricing_assets.supplier_files import read_cached_offers, write_cached_offers
 from pricing_assets.sweep import (
@@ -75,6 +74,7 @@ from pricing_assets.sweep import (
     build_sweep_job,
 )
 from resources.config import Registry, ServiceConfig, load_registry
+from resources.push_state import ApprovalLog, PushState
 from resources.runtime import RuntimeConfig
 from resources.warehouse import Warehouse
 
@@ -203,7 +203,8 @@ def direct_sweep(
     """The baseline: the sweep's functions and writes called directly, one batch range at a time."""
     catalog = warehouse.read(["catalog"])
     enabled = [s for s in registry.order if config.enabled(s)]
-    approvals = read_approvals(warehouse)
+    approvals = ApprovalLog(base_dir=warehouse.base_dir).read()
+    push_state = PushState(base_dir=warehouse.base_dir)
     for batches in ranges:
         batch_catalog = catalog.filter(pl.col("batch").is_in(batches) & pl.col("active"))
         skus = batch_catalog.get_column("sku")
@@ -228,7 +229,7 @@ def direct_sweep(
             markup=config.markup,
             guard=config.guard,
             store_currency=registry.store_currency,
-            last_pushed=read_last_pushed(warehouse, batches),
+            last_pushed=push_state.acknowledged(batches),
             approvals=approvals,
         ).prices
         margin = config.markup.min_margin

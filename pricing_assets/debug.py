@@ -28,7 +28,6 @@ from dagster import (
 )
 from pydantic import Field
 
-from pricing_assets.held import read_approvals
 from pricing_assets.logic.batching import batch_index, batch_key
 from pricing_assets.logic.best_offers import (
     NO_RATE,
@@ -40,9 +39,9 @@ from pricing_assets.logic.best_offers import (
 )
 from pricing_assets.logic.markup import margin_floor, markup_percent
 from pricing_assets.logic.pricing import price_offers
-from pricing_assets.offers import read_last_pushed
 from pricing_assets.supplier_files import read_cached_offers
 from resources.config import Registry, ServiceConfig
+from resources.push_state import ApprovalLog, PushState
 from resources.runtime import RuntimeConfig
 from resources.schemas import CATALOG_SCHEMA, OFFERS_SCHEMA, QUARANTINE_SCHEMA, empty_frame
 from resources.suppliers import REST_KINDS, SupplierClients, SupplierError
@@ -201,7 +200,8 @@ def price_stage(
     best: pl.DataFrame,
     registry: Registry,
     settings: ServiceConfig,
-    warehouse: Warehouse,
+    push_state: PushState,
+    approval_log: ApprovalLog,
 ) -> dict[str, Any]:
     """Markup, rounding, floor and guard for the SKU, each value logged; returns the would-be push entry."""
     rules = settings.markup
@@ -222,8 +222,8 @@ def price_stage(
         markup=rules,
         guard=settings.guard,
         store_currency=registry.store_currency,
-        last_pushed=read_last_pushed(warehouse, [row["batch"]]).filter(pl.col("sku") == row["sku"]),
-        approvals=read_approvals(warehouse),
+        last_pushed=push_state.acknowledged([row["batch"]]).filter(pl.col("sku") == row["sku"]),
+        approvals=approval_log.read(),
     )
     guarded, released = priced.prices, bool(priced.released.any())
     context.log.info(f"price after markup, rounding and floor: {guarded.get_column('price').item(0)}")
@@ -264,6 +264,8 @@ def build_debug_job(registry: Registry) -> JobDefinition:
         config: DebugSkuConfig,
         suppliers: SupplierClients,
         warehouse: Warehouse,
+        push_state: PushState,
+        approval_log: ApprovalLog,
         service_config: RuntimeConfig,
     ) -> None:
         """Trace one SKU through the pricing path; writes and pushes nothing."""
@@ -274,7 +276,7 @@ def build_debug_job(registry: Registry) -> JobDefinition:
         settings.check_suppliers(registry.order)
         fetched = fetch_stage(context, sku, registry, settings, suppliers, warehouse)
         best = best_offer_stage(context, fetched, registry, settings)
-        entry = price_stage(context, best, registry, settings, warehouse)
+        entry = price_stage(context, best, registry, settings, push_state, approval_log)
         best_row = best.row(0, named=True)
         summary = {
             **entry,

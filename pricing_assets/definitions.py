@@ -30,6 +30,7 @@ from pricing_assets.supplier_offers import build_supplier_offer_assets
 from pricing_assets.sweep import build_cycle_job, build_price_sweep_sensor, build_sweep_job
 from resources.cdn_file import CdnFile
 from resources.config import Registry, load_registry
+from resources.push_state import ApprovalLog, PushState
 from resources.runtime import RuntimeConfig
 from resources.shopify import ShopifyStorefront
 from resources.storefront import Storefront
@@ -42,6 +43,8 @@ def default_resources(registry_path: str | None = None) -> dict[str, object]:
     return {
         "io_manager": WarehouseIOManager(),
         "warehouse": Warehouse(),
+        "push_state": PushState(),
+        "approval_log": ApprovalLog(),
         "service_config": RuntimeConfig(registry_path=registry_path),
         "storefront": Storefront.from_env(),
         "suppliers": SupplierClients(registry_path=registry_path),

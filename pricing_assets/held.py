@@ -34,7 +34,7 @@ from pydantic import Field
 
 from pricing_assets import OWNERS
 from pricing_assets.logic.guard import CHANGE_KEY, approved_changes, release_held
-from pricing_assets.partitions import LEDGER_KEY
+from resources.push_state import APPROVALS_SCHEMA, LEDGER_KEY, ApprovalLog, PushState
 from resources.schemas import MONEY, UTC_TS, column_schema
 from resources.warehouse import Warehouse
 
@@ -57,29 +57,6 @@ HELD_SCHEMA: dict[str, pl.DataType] = {
     "hold_reason": pl.String(),
     "held_since": UTC_TS,  # first time this exact change was seen held
 }
-
-# price_approvals: the approval log (one row per approved change).
-APPROVALS_SCHEMA: dict[str, pl.DataType] = {
-    "sku": pl.String(),
-    "batch": pl.String(),
-    "price": MONEY,  # approved new price
-    "last_pushed_price": MONEY,  # the price it was approved to move away from
-    "approved_at": UTC_TS,
-}
-
-
-def empty_approvals() -> pl.DataFrame:
-    """An approval log with no approvals."""
-    return pl.DataFrame(schema=APPROVALS_SCHEMA)
-
-
-def read_approvals(warehouse: Warehouse) -> pl.DataFrame:
-    """The approval log, empty before the first approval."""
-    if not warehouse.exists(APPROVALS_KEY.path):
-        return empty_approvals()
-    return warehouse.read(APPROVALS_KEY.path).select(
-        [pl.col(name).cast(dtype) for name, dtype in APPROVALS_SCHEMA.items()]
-    )
 
 
 def current_holds(warehouse: Warehouse) -> pl.DataFrame:
@@ -131,16 +108,16 @@ def record_approvals(
     return combined.sort("approved_at", "sku", maintain_order=True), approved
 
 
-def prune_consumed(log: pl.DataFrame, warehouse: Warehouse) -> pl.DataFrame:
+def prune_consumed(log: pl.DataFrame, acknowledged: pl.DataFrame) -> pl.DataFrame:
     """Approvals whose SKU the storefront still shows at the approved-from price (others are done).
 
-    An approved flip to unavailable (null price) is done once the storefront shows the SKU unavailable,
-    although it keeps its last price there.
+    `acknowledged` is what the storefront acknowledged per SKU (the ledger). An approved flip to
+    unavailable (null price) is done once the storefront shows the SKU unavailable, although it keeps
+    its last price there.
     """
-    ledger = warehouse.read_partitions(LEDGER_KEY)
-    if log.is_empty() or ledger is None:
+    if log.is_empty() or acknowledged.is_empty():
         return log
-    shown = ledger.select(
+    shown = acknowledged.select(
         "sku", pl.col("price").cast(MONEY).alias("_shown"), pl.col("available").alias("_available")
     ).unique("sku", keep="last")
     flip_done = pl.col("price").is_null() & ~pl.col("_available")
@@ -174,14 +151,19 @@ class ApprovalConfig(Config):
 @asset(
     key=APPROVALS_KEY,
     group_name="pricing",
-    deps=[STOREFRONT_PRICES_KEY],
+    # It reads the holds (storefront_prices) and what the storefront acknowledged (the ledger).
+    deps=[STOREFRONT_PRICES_KEY, AssetKey(LEDGER_KEY)],
     owners=OWNERS,
     kinds={"polars", "parquet"},
     metadata=column_schema(APPROVALS_SCHEMA),
     description="Approved price changes (sku, price, approved-from price, approved_at): the approval log.",
 )
 def price_approvals(
-    context: AssetExecutionContext, config: ApprovalConfig, warehouse: Warehouse
+    context: AssetExecutionContext,
+    config: ApprovalConfig,
+    warehouse: Warehouse,
+    approval_log: ApprovalLog,
+    push_state: PushState,
 ) -> pl.DataFrame:
     """The approval log, with the changes chosen in this run's config added."""
     if config.all and config.skus:
@@ -192,7 +174,7 @@ def price_approvals(
             "(ops.price_approvals.config)"
         )
     holds = current_holds(warehouse)
-    log = prune_consumed(read_approvals(warehouse), warehouse)
+    log = prune_consumed(approval_log.read(), push_state.acknowledged())
     now = datetime.now(UTC)
     try:
         combined, approved = record_approvals(holds, log, None if config.all else config.skus, now)
@@ -224,10 +206,12 @@ def price_approvals(
     metadata=column_schema(HELD_SCHEMA),
     description="Price changes the guard holds back, across all batches, waiting for approval.",
 )
-def held_price_changes(context: AssetExecutionContext, warehouse: Warehouse) -> pl.DataFrame:
+def held_price_changes(
+    context: AssetExecutionContext, warehouse: Warehouse, approval_log: ApprovalLog
+) -> pl.DataFrame:
     """Every change held now and not yet approved, with why and since when."""
     holds = current_holds(warehouse)
-    approvals = read_approvals(warehouse)
+    approvals = approval_log.read()
     outstanding = outstanding_holds(holds, approvals)
     previous = warehouse.read(HELD_KEY.path) if warehouse.exists(HELD_KEY.path) else None
     table = with_held_since(outstanding, previous, datetime.now(UTC)).sort("batch", "sku")

@@ -14,13 +14,13 @@ from dagster import (
 )
 
 from pricing_assets import OWNERS
-from pricing_assets.held import read_approvals
 from pricing_assets.logic.batching import in_batches
 from pricing_assets.logic.best_offers import select_best_offers
 from pricing_assets.logic.pricing import price_offers
-from pricing_assets.partitions import BATCH_BACKFILL_POLICY, LEDGER_KEY, offers_key
+from pricing_assets.partitions import BATCH_BACKFILL_POLICY, offers_key
 from resources.config import Registry
 from resources.partition_metadata import add_partition_metadata, table_metadata
+from resources.push_state import FEEDBACK_METADATA_KEY, ApprovalLog, PushState, feedback_markdown
 from resources.runtime import RuntimeConfig
 from resources.schemas import (
     BEST_OFFERS_SCHEMA,
@@ -156,21 +156,6 @@ def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefini
     return best_offers
 
 
-def read_last_pushed(warehouse: Warehouse, batches: list[str]) -> pl.DataFrame:
-    """What the storefront last acknowledged for these batches (empty before the first push)."""
-    ledger = warehouse.read_partitions(LEDGER_KEY, batches)
-    if ledger is None:
-        return pl.DataFrame(
-            schema={
-                "sku": pl.String,
-                "price": pl.Decimal(20, 4),
-                "available": pl.Boolean,
-                "supplier": pl.String,
-            }
-        )
-    return ledger.select("sku", "price", "available", "supplier")
-
-
 def storefront_prices_metadata(
     guarded: pl.DataFrame, released: pl.Series, batches: list[str]
 ) -> dict[str, dict[str, MetadataValue]]:
@@ -227,13 +212,19 @@ def build_storefront_prices_asset(
         backfill_policy=BATCH_BACKFILL_POLICY,
         owners=OWNERS,
         kinds={"polars", "parquet"},
-        # The stored table keeps every best_offers column (and its batch) before the price columns.
-        metadata=column_schema({**BEST_OFFERS_SCHEMA, "batch": pl.String(), **STOREFRONT_PRICES_SCHEMA}),
+        metadata={
+            # The stored table keeps every best_offers column (and its batch) before the price columns.
+            **column_schema({**BEST_OFFERS_SCHEMA, "batch": pl.String(), **STOREFRONT_PRICES_SCHEMA}),
+            # Inputs downstream of this asset (a cycle the graph cannot draw), read through resources.
+            FEEDBACK_METADATA_KEY: MetadataValue.md(feedback_markdown()),
+        },
     )
     def storefront_prices(
         context: AssetExecutionContext,
         best_offers: pl.DataFrame,
         warehouse: Warehouse,
+        push_state: PushState,
+        approval_log: ApprovalLog,
         service_config: RuntimeConfig,
     ) -> pl.DataFrame:
         """The price each SKU should show, in the store currency, with held changes flagged."""
@@ -244,8 +235,8 @@ def build_storefront_prices_asset(
             markup=config.markup,
             guard=config.guard,
             store_currency=registry.store_currency,
-            last_pushed=read_last_pushed(warehouse, batches),
-            approvals=read_approvals(warehouse),
+            last_pushed=push_state.acknowledged(batches),
+            approvals=approval_log.read(),
         )
         guarded = priced.prices
         per_batch = storefront_prices_metadata(guarded, priced.released, batches)

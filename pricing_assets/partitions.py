@@ -1,4 +1,4 @@
-"""Partitions of the pricing location, the backfill policy of batch assets, and shared warehouse keys."""
+"""Partitions of the pricing location and the backfill policy of batch assets."""
 
 import polars as pl
 from dagster import AssetKey, BackfillPolicy, DailyPartitionsDefinition, StaticPartitionsDefinition
@@ -9,8 +9,6 @@ from pricing_assets.logic.batching import batch_keys, in_batches
 HISTORY_START = "2026-01-01"
 # One run may cover many batches (a backfill), paying process start-up once instead of per batch.
 BATCH_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=16)
-# The storefront's acknowledged state (storefront_sync), read by the guard and the approvals too.
-LEDGER_KEY = ["storefront_sync"]
 
 
 def catalog_batch_partitions(n: int) -> StaticPartitionsDefinition:

@@ -36,22 +36,14 @@ from dagster import (
     sensor,
 )
 
+from resources.push_state import MARK_SCHEMA
 from resources.runtime import RuntimeConfig
 from resources.schemas import UTC_TS
 from resources.storefront import IN_DOUBT
-from resources.warehouse import Warehouse
 
 RECONCILE_JOB_NAME = "storefront_reconcile_job"
 RECONCILE_SENSOR_NAME = "storefront_reconcile"
 RECONCILE_INTERVAL_SECONDS = 30
-# Internal state, not an analyst table: <WAREHOUSE_DIR>/_reconcile/storefront_sync/<batch>.parquet.
-MARKS_KEY = ["_reconcile", "storefront_sync"]
-MARK_SCHEMA: dict[str, pl.DataType] = {
-    "sku": pl.String(),
-    "version": pl.Int64(),  # the ledger version the storefront was found not to show
-    "kind": pl.String(),  # missing | price | available | supplier
-    "detected_at": UTC_TS,
-}
 DRIFT_KINDS = ("missing", "price", "available", "supplier")
 # Range tags: the same way Dagster (and the sweep) runs one job over many partitions.
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -105,28 +97,6 @@ def find_drift(ledger: pl.DataFrame, live: pl.DataFrame, now: datetime) -> pl.Da
         .select([pl.col(name).cast(dtype) for name, dtype in MARK_SCHEMA.items()])
         .sort("sku")
     )
-
-
-def empty_marks() -> pl.DataFrame:
-    """No marks."""
-    return pl.DataFrame(schema=MARK_SCHEMA)
-
-
-class MarkStore:
-    """Per batch, the drifted SKUs still waiting for their repair push (_reconcile/storefront_sync)."""
-
-    def __init__(self, warehouse: Warehouse) -> None:
-        self._warehouse = warehouse
-
-    def load(self, batch: str) -> pl.DataFrame:
-        """The batch's open marks (MARK_SCHEMA), empty when never written."""
-        if not self._warehouse.exists(MARKS_KEY, batch):
-            return empty_marks()
-        return self._warehouse.read(MARKS_KEY, batch).select(list(MARK_SCHEMA))
-
-    def save(self, batch: str, marks: pl.DataFrame) -> None:
-        """Atomically replace the batch's marks."""
-        self._warehouse.write(marks.select(list(MARK_SCHEMA)), MARKS_KEY, batch)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
     AssetsDefinition,
     Config,
     Failure,
@@ -33,10 +34,10 @@ from pydantic import Field as PydanticField
 
 from pricing_assets import OWNERS
 from pricing_assets.checks import split_pushable
-from pricing_assets.partitions import BATCH_BACKFILL_POLICY, LEDGER_KEY
-from pricing_assets.reconcile import MarkStore, Repair, drift_counts, find_drift
+from pricing_assets.partitions import BATCH_BACKFILL_POLICY
+from pricing_assets.reconcile import Repair, drift_counts, find_drift
 from resources.partition_metadata import add_partition_metadata, batch_range, table_metadata
-from resources.push_lock import BatchLock, batch_lock_for
+from resources.push_state import JOURNAL_SCHEMA, LEDGER_KEY, PushJournal, PushState
 from resources.runtime import RuntimeConfig
 from resources.schemas import MONEY, UTC_TS, column_schema
 from resources.shopify import ShopifyStorefront, variants_from_catalog
@@ -54,6 +55,7 @@ from resources.storefront import (
 )
 from resources.warehouse import Warehouse
 
+CATALOG_KEY = AssetKey("catalog")
 # storefront_sync/<batch>: the storefront's acknowledged state per SKU (the push ledger).
 SYNC_SCHEMA: dict[str, pl.DataType] = {
     "sku": pl.String(),
@@ -71,10 +73,6 @@ SYNC_SCHEMA: dict[str, pl.DataType] = {
 }
 _COMPARED = ("price", "available", "supplier")
 LOGGED_WOULD_PUSH = 50
-# Internal state, not an analyst table: <WAREHOUSE_DIR>/_journal/storefront_sync/<batch>.parquet.
-JOURNAL_KEY = ["_journal", "storefront_sync"]
-# Push entries as sent, tagged with the request (chunk) they went in and its Idempotency-Key.
-JOURNAL_SCHEMA: dict[str, pl.DataType] = {"chunk": pl.Int64(), "key": pl.String(), **ENTRY_SCHEMA}
 
 
 def empty_ledger() -> pl.DataFrame:
@@ -145,30 +143,6 @@ def apply_acknowledged(ledger: pl.DataFrame, acknowledged: pl.DataFrame, now: da
     )
     kept = ledger.select(list(SYNC_SCHEMA)).join(rows.select("sku"), on="sku", how="anti")
     return pl.concat([kept, rows]).sort("sku")
-
-
-class PushJournal:
-    """Per batch, the chunks sent that the ledger may not show yet (_journal/storefront_sync/<batch>)."""
-
-    def __init__(self, warehouse: Warehouse, lock: BatchLock | None = None) -> None:
-        self._warehouse = warehouse
-        self._lock = lock
-
-    def exclusive(self, batch: str) -> AbstractContextManager[None]:
-        """Hold the batch's push lock (across processes and machines: resources/push_lock.py)."""
-        if self._lock is None:
-            self._lock = batch_lock_for(self._warehouse.local_root())
-        return self._lock("storefront_sync", batch)
-
-    def load(self, batch: str) -> pl.DataFrame:
-        """The batch's journal rows (JOURNAL_SCHEMA), empty when never written."""
-        if not self._warehouse.exists(JOURNAL_KEY, batch):
-            return pl.DataFrame(schema=JOURNAL_SCHEMA)
-        return self._warehouse.read(JOURNAL_KEY, batch).select(list(JOURNAL_SCHEMA))
-
-    def save(self, batch: str, rows: pl.DataFrame) -> None:
-        """Atomically replace the batch's journal."""
-        self._warehouse.write(rows.select(list(JOURNAL_SCHEMA)), JOURNAL_KEY, batch)
 
 
 @dataclass
@@ -449,7 +423,7 @@ def _open_pusher(
 ) -> AbstractContextManager[StorefrontPusher]:
     if adapter == "shopify":
         # Shopify addresses variants, not SKUs: the catalog maps one to the other.
-        return shopify.open_pusher(variants_from_catalog(warehouse.read(["catalog"])))
+        return shopify.open_pusher(variants_from_catalog(warehouse.read(CATALOG_KEY.path)))
     return storefront.open_pusher()
 
 
@@ -560,6 +534,8 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         kinds={"polars", "parquet", "http"},
         metadata=column_schema(SYNC_SCHEMA, partition_column="batch"),
         pool="storefront",
+        # Read for Shopify's variant ids only, when the push opens; an input would load it every run.
+        deps=[CATALOG_KEY],
         check_specs=[
             AssetCheckSpec(
                 ACKNOWLEDGED_CHECK,
@@ -575,6 +551,7 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         storefront_prices: pl.DataFrame,
         storefront: Storefront,
         shopify: ShopifyStorefront,
+        push_state: PushState,
         warehouse: Warehouse,
         service_config: RuntimeConfig,
     ) -> Iterator[Any]:
@@ -600,8 +577,8 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
                     description=f"reconcile: cannot read what the storefront shows ({adapter}): {exc}"
                 ) from exc
             context.log.info(f"reconcile: the storefront ({adapter}) shows {live.height} SKUs")
-        journal = PushJournal(warehouse)
-        marks = MarkStore(warehouse)
+        journal = push_state.journal()
+        marks = push_state.marks()
         totals_stats = PushStats()
         results: list[BatchSync] = []
         per_batch: dict[str, dict[str, MetadataValue]] = {}
@@ -612,7 +589,7 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
             for batch in context.partition_keys:
                 batch_started = time.monotonic()
                 stats = PushStats()
-                previous = warehouse.read_partitions(LEDGER_KEY, [batch])
+                previous = push_state.ledger(batch)
                 ledger = empty_ledger() if previous is None else previous.select(list(SYNC_SCHEMA))
                 now = datetime.now(UTC)
                 stored = marks.load(batch)
@@ -697,17 +674,6 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
             metadata["skus_checked"] = MetadataValue.int(totals["skus_checked"])
             metadata["drift_found"] = MetadataValue.int(totals["drift_found"])
         ledgers = [outcome.ledger.with_columns(pl.lit(outcome.batch).alias("batch")) for outcome in results]
-        if failed and not service.dry_run:
-            # A failed step's output is discarded, but what the storefront did acknowledge must be
-            # recorded for the guard and analysts: write the ledgers here, then fail visibly.
-            for outcome, frame in zip(results, ledgers, strict=True):
-                warehouse.write(frame, LEDGER_KEY, outcome.batch)
-            errors = sorted({error for outcome in results for error in outcome.errors})
-            yield acknowledgement_check(results)
-            raise Failure(
-                description=f"{failed} prices still pending for the next sync: {'; '.join(errors[:3])}",
-                metadata=metadata,
-            )
         blocked_by_batch = dict(blocked.group_by("batch").len().iter_rows()) if blocked.height else {}
         for outcome, frame in zip(results, ledgers, strict=True):
             own = per_batch[outcome.batch]
@@ -718,6 +684,8 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         add_partition_metadata(context, per_batch)
         if would_push:
             context.log.info(f"dry run: would push {len(would_push)} prices in all")
+        # The ledger is written by the IO manager alone, also when some prices failed: what the
+        # storefront did acknowledge is recorded for the guard and analysts before the step fails.
         if not ledgers:
             yield Output(
                 empty_ledger().with_columns(pl.lit(None, dtype=pl.String).alias("batch")), metadata=run_facts
@@ -725,6 +693,12 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         else:
             yield Output(pl.concat(ledgers), metadata=run_facts)
         yield acknowledgement_check(results)
+        if failed and not service.dry_run:
+            errors = sorted({error for outcome in results for error in outcome.errors})
+            raise Failure(
+                description=f"{failed} prices still pending for the next sync: {'; '.join(errors[:3])}",
+                metadata=metadata,
+            )
 
     return storefront_sync
 

@@ -12,6 +12,7 @@ from pricing_assets.definitions import build_pricing_assets
 from pricing_assets.logic.batching import batch_index, batch_key
 from resources.cdn_file import CdnFile
 from resources.config import load_registry
+from resources.push_state import ApprovalLog, PushState
 from resources.runtime import RuntimeConfig
 from resources.shopify import ShopifyStorefront
 from resources.storefront import Storefront
@@ -26,6 +27,8 @@ def slice_resources(sandbox_url: str, warehouse_dir) -> dict[str, object]:
     return {
         "io_manager": WarehouseIOManager(base_dir=str(warehouse_dir)),
         "warehouse": Warehouse(base_dir=str(warehouse_dir)),
+        "push_state": PushState(base_dir=str(warehouse_dir)),
+        "approval_log": ApprovalLog(base_dir=str(warehouse_dir)),
         "service_config": RuntimeConfig(override_json=json.dumps(CONFIG)),
         "storefront": Storefront(url=f"{sandbox_url}/storefront", webhook_secret="sandbox-storefront-secret"),
         "suppliers": SupplierClients(),

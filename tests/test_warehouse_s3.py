@@ -33,15 +33,13 @@ from dagster import (
 )
 
 from pricing_assets.reconcile import (
-    MARK_SCHEMA,
     RECONCILE_JOB_NAME,
     RECONCILE_RUN_CONFIG,
-    MarkStore,
-    empty_marks,
 )
 from resources import warehouse as wh
 from resources.config import ConfigError, load_registry
 from resources.push_lock import batch_lock_for
+from resources.push_state import MARK_SCHEMA, MarkStore, empty_marks
 from resources.warehouse import Warehouse, WarehouseIOManager
 from tests.conftest import BUCKET, keys_under, s3_env
 

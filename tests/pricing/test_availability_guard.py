@@ -13,8 +13,8 @@ import pytest
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
 from pricing_assets.definitions import build_definitions_without_resources
-from pricing_assets.held import read_approvals
 from resources.config import load_registry
+from resources.push_state import ApprovalLog
 from resources.runtime import RuntimeConfig
 from resources.warehouse import Warehouse
 from tests.pricing.wiring import (
@@ -127,11 +127,11 @@ def test_an_approved_flip_is_pushed_as_unavailable_once(shop):
     shop.configure({**BASE, "staleness_ttl": "PT30M"})
     assert shop.sweep().success
     assert shop.run("approve_held_prices", {"ops": {"price_approvals": {"config": {"all": True}}}}).success
-    assert read_approvals(shop.warehouse).get_column("price").null_count() == 4
+    assert ApprovalLog(base_dir=shop.warehouse.base_dir).read().get_column("price").null_count() == 4
     assert shop.held().is_empty()
     assert shop.sweep().success
     assert shop.storefront() == dict.fromkeys(shop.skus, ("11.5000", False))
     # The approval is consumed: the SKUs are shown unavailable, so a later approval run prunes it.
     assert shop.run("approve_held_prices", {"ops": {"price_approvals": {"config": {"all": True}}}}).success
-    assert read_approvals(shop.warehouse).is_empty()
+    assert ApprovalLog(base_dir=shop.warehouse.base_dir).read().is_empty()
     assert Decimal(shop.storefront()[shop.skus[0]][0]) == Decimal("11.5")

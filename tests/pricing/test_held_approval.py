@@ -7,8 +7,9 @@ import pytest
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
 from pricing_assets.definitions import build_definitions_without_resources
-from pricing_assets.held import HELD_SCHEMA, read_approvals
+from pricing_assets.held import HELD_SCHEMA
 from resources.config import load_registry
+from resources.push_state import ApprovalLog
 from resources.warehouse import Warehouse
 from tests.pricing.wiring import (
     bind,
@@ -115,13 +116,13 @@ def test_big_change_is_held_then_approval_releases_exactly_that_change(shop):
     refused = shop.approve(skus=[a, "SKU-TYPO"])
     assert not refused.success
     assert "SKU-TYPO" in str(refused.failure_data_for_node("price_approvals").error)
-    assert read_approvals(shop.warehouse).is_empty()
+    assert ApprovalLog(base_dir=shop.warehouse.base_dir).read().is_empty()
 
     approved = shop.approve(skus=[a])
     assert approved.success
-    assert read_approvals(shop.warehouse).select("sku", "price", "last_pushed_price").rows() == [
-        (a, Decimal("23"), Decimal("11.5"))
-    ]
+    assert ApprovalLog(base_dir=shop.warehouse.base_dir).read().select(
+        "sku", "price", "last_pushed_price"
+    ).rows() == [(a, Decimal("23"), Decimal("11.5"))]
     assert shop.held().is_empty()  # approved, waiting for the next storefront_prices
 
     prices = shop.sweep()

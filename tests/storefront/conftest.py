@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 from dagster import AssetSpec, ExecuteInProcessResult, StaticPartitionsDefinition, materialize
 
-from pricing_assets.storefront_sync import JOURNAL_KEY, build_storefront_sync_asset
+from pricing_assets.storefront_sync import build_storefront_sync_asset
+from resources.push_state import JOURNAL_KEY, PushState
 from resources.runtime import RuntimeConfig
 from resources.schemas import STOREFRONT_PRICES_SCHEMA
 from resources.shopify import ShopifyStorefront
@@ -91,6 +92,7 @@ def sync(
     resources = {
         "io_manager": WarehouseIOManager(base_dir=str(warehouse_dir)),
         "warehouse": Warehouse(base_dir=str(warehouse_dir)),
+        "push_state": PushState(base_dir=str(warehouse_dir)),
         "service_config": RuntimeConfig(override_json=json.dumps(config or {})),
         "storefront": Storefront(
             url=f"{url}/storefront", webhook_secret=secret, push_adapter=adapter, **{**FAST, **storefront}

@@ -35,6 +35,7 @@ from pricing_assets.push_sensor import (
     producer_of,
     run_key,
 )
+from resources.push_state import PushState
 from resources.runtime import RuntimeConfig
 from resources.shopify import ShopifyStorefront
 from resources.storefront import Storefront
@@ -191,6 +192,7 @@ def test_sensor_targets_the_sync_job_and_definitions_validate():
     resources = {
         "io_manager": WarehouseIOManager(base_dir="unused"),
         "warehouse": Warehouse(base_dir="unused"),
+        "push_state": PushState(base_dir="unused"),
         "service_config": RuntimeConfig(),
         "storefront": Storefront(url="http://127.0.0.1:9", webhook_secret="unused"),
         "shopify": ShopifyStorefront(),

@@ -22,13 +22,13 @@ from dagster import (
 )
 
 from pricing_assets.reconcile import (
-    MARKS_KEY,
     RECONCILE_RUN_CONFIG,
     build_reconcile_job,
     build_reconcile_sensor,
     find_drift,
 )
 from pricing_assets.storefront_sync import SYNC_SCHEMA
+from resources.push_state import MARKS_KEY, PushState
 from resources.runtime import RuntimeConfig
 from resources.shopify import ShopifyStorefront
 from resources.storefront import Storefront
@@ -54,6 +54,7 @@ def reconcile(warehouse_dir: Path, url: str, *, adapter: str | None = None) -> E
     resources = {
         "io_manager": WarehouseIOManager(base_dir=str(warehouse_dir)),
         "warehouse": Warehouse(base_dir=str(warehouse_dir)),
+        "push_state": PushState(base_dir=str(warehouse_dir)),
         "service_config": RuntimeConfig(override_json=json.dumps({})),
         "storefront": Storefront(
             url=f"{url}/storefront", webhook_secret=SECRET, push_adapter=adapter, **FAST

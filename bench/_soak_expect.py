@@ -117,20 +117,14 @@ def best_offer(offers: Mapping[str, Offer], rules: Rules) -> tuple[str, Decimal]
     return None if best is None else (best[2], best[0])
 
 
-def _round(amount: Decimal, rules: Rules) -> Decimal:
+def _round(amount: Decimal, rules: Rules, mode: str = ROUND_HALF_UP) -> Decimal:
+    """The rules' rounding; `mode` (half up, or ceiling for the floor) for steps and cents. Ending .99
+    always rounds up."""
     if rules.rounding == "ending_99":
         return (amount - NINETY_NINE).to_integral_value(rounding=ROUND_CEILING) + NINETY_NINE
     if rules.rounding == "step":
-        return (amount / rules.step).to_integral_value(rounding=ROUND_HALF_UP) * rules.step
-    return amount.quantize(FOUR, rounding=ROUND_HALF_UP)
-
-
-def _round_up(amount: Decimal, rules: Rules) -> Decimal:
-    if rules.rounding == "ending_99":
-        return (amount - NINETY_NINE).to_integral_value(rounding=ROUND_CEILING) + NINETY_NINE
-    if rules.rounding == "step":
-        return (amount / rules.step).to_integral_value(rounding=ROUND_CEILING) * rules.step
-    return amount.quantize(FOUR, rounding=ROUND_CEILING)
+        return (amount / rules.step).to_integral_value(rounding=mode) * rules.step
+    return amount.quantize(FOUR, rounding=mode)
 
 
 def storefront_price(cost: Decimal, sku: str, category: str | None, rules: Rules) -> Decimal:
@@ -143,7 +137,7 @@ def storefront_price(cost: Decimal, sku: str, category: str | None, rules: Rules
         percent = rules.percent
     rounded = _round(cost * (1 + percent / 100), rules)
     floor = cost * (1 + rules.min_margin)
-    return rounded if rounded >= floor else _round_up(floor, rules)
+    return rounded if rounded >= floor else _round(floor, rules, ROUND_CEILING)
 
 
 def expected_entry(sku: str, category: str | None, offers: Mapping[str, Offer], rules: Rules) -> Expected:

@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-import yaml
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
@@ -32,16 +31,14 @@ from pricing_assets.alerts import (
     record_success,
 )
 from pricing_assets.definitions import build_defs
-from pricing_assets.logic.batching import assign_batches
 from pricing_assets.partitions import catalog_batch_partitions, offers_key
 from pricing_assets.supplier_offers import build_supplier_offer_assets
 from resources.config import load_registry
 from resources.runtime import RuntimeConfig
-from resources.schemas import CATALOG_SCHEMA
 from resources.suppliers import SupplierClients
 from resources.warehouse import Warehouse, WarehouseIOManager
 from sandbox.alerts import DEFAULT_TOKEN
-from tests.suppliers.conftest import FAST_LIMIT, FAST_RETRY, SANDBOX_WORLD
+from tests.suppliers.conftest import world_catalog, write_registry_file
 
 BATCHES = 4
 PARTITIONS = catalog_batch_partitions(BATCHES)
@@ -129,30 +126,16 @@ def test_the_outbox_is_bounded_and_counts_what_it_dropped():
 # ------------------------------------------------------------------ the sensor on a real instance
 
 
-def world_catalog() -> pl.DataFrame:
-    rows = [{name: row[name] for name in CATALOG_SCHEMA} for row in SANDBOX_WORLD.catalog]
-    return assign_batches(pl.DataFrame(rows, schema=CATALOG_SCHEMA), BATCHES)
-
-
 @asset(name="catalog")
 def catalog_stub() -> pl.DataFrame:
     """The sandbox world's catalog, standing in for the catalog asset."""
-    return world_catalog()
+    return world_catalog(BATCHES)
 
 
 @pytest.fixture
 def registry_file(tmp_path: Path) -> Path:
     """The packaged registry's REST suppliers with fast retries."""
-    raw = load_registry().model_dump(mode="json", exclude={"source"})
-    raw["catalog_batches"] = BATCHES
-    raw["suppliers"] = [
-        {**entry, "retry": FAST_RETRY.model_dump(), "rate_limit": FAST_LIMIT.model_dump()}
-        for entry in raw["suppliers"]
-        if entry["kind"] != "cdn_file"
-    ]
-    path = tmp_path / "suppliers.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_registry_file(tmp_path, BATCHES)
 
 
 class Deployment:

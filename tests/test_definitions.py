@@ -11,6 +11,19 @@ from dagster import AssetKey
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def python(code: str, warnings: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`code` run by a fresh interpreter at the repository root with `-W warnings` (env: inherited)."""
+    return subprocess.run(
+        [sys.executable, "-W", warnings, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+
 def test_pricing_location_has_contract_assets():
     from pricing_assets.definitions import build_defs
 
@@ -69,14 +82,7 @@ def test_dagster_definitions_validate_workspace(tmp_path):
 def test_both_code_locations_load_without_a_deprecation_warning():
     """Dagster's deprecated API (e.g. `define_asset_job(partitions_def=...)`) fails this load."""
     code = "import pricing_assets.definitions as p, orders_assets.definitions as o; p.defs(); o.defs()"
-    result = subprocess.run(
-        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = python(code, "error::DeprecationWarning")
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -95,15 +101,7 @@ def test_importing_the_locations_reads_no_registry(tmp_path):
         "except Exception as exc:\n"
         "    print(type(exc).__name__, exc)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "SUPPLIER_REGISTRY": str(missing)},
-    )
+    result = python(code, "error::DeprecationWarning", env={**os.environ, "SUPPLIER_REGISTRY": str(missing)})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == f"ConfigError {missing}: supplier registry not found"
 
@@ -121,12 +119,5 @@ def test_the_loaders_build_once_and_the_package_attribute_is_the_built_location(
 def test_loading_both_locations_shows_no_warning_at_all():
     """What a user sees at start-up: no deprecation, supersession, beta or preview warning, nor any other."""
     code = "import pricing_assets.definitions as p, orders_assets.definitions as o; p.defs(); o.defs()"
-    result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = python(code, "error")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -37,7 +37,7 @@ from pricing_assets.reconcile import (
     RECONCILE_RUN_CONFIG,
 )
 from resources import warehouse as wh
-from resources.config import ConfigError, load_registry
+from resources.config import ConfigError
 from resources.push_lock import batch_lock_for
 from resources.push_state import MARK_SCHEMA, MarkStore, empty_marks
 from resources.warehouse import Warehouse, WarehouseIOManager
@@ -388,22 +388,9 @@ def test_a_store_without_its_backend_is_a_configuration_error(location):
 
 def pricing_on_s3(s3_root: str, sandbox, config: dict) -> tuple[Definitions, DagsterInstance]:
     """The pricing definitions over 4 batches on the S3 warehouse and the sandbox, catalog loaded."""
-    from pricing_assets.definitions import build_definitions_without_resources
-    from tests.pricing.wiring import bind, resources
+    from tests.pricing.wiring import pricing_with_catalog
 
-    registry = load_registry().model_copy(update={"catalog_batches": 4})
-    defs = bind(
-        build_definitions_without_resources(registry),
-        resources(s3_root, config=config, storefront_url=f"{sandbox.url}/storefront"),
-    )
-    instance = DagsterInstance.ephemeral()
-    catalog = defs.resolve_assets_def("catalog").key
-    assert (
-        defs.resolve_implicit_global_asset_job_def()
-        .execute_in_process(instance=instance, asset_selection=[catalog])
-        .success
-    )
-    return defs, instance
+    return pricing_with_catalog(s3_root, batches=4, config=config, storefront_url=f"{sandbox.url}/storefront")
 
 
 def test_pricing_assets_materialize_into_the_bucket(s3_root, bucket, sandbox):

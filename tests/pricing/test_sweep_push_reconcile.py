@@ -19,21 +19,18 @@ import pytest
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
-    DagsterInstance,
     RunRequest,
     SensorResult,
     SkipReason,
     build_sensor_context,
 )
 
-from pricing_assets.definitions import build_definitions_without_resources
 from pricing_assets.partitions import offers_key
 from pricing_assets.push_sensor import SYNC_JOB_NAME
 from pricing_assets.reconcile import RECONCILE_JOB_NAME, RECONCILE_RUN_CONFIG, RECONCILE_SENSOR_NAME
 from pricing_assets.sweep import CYCLE_JOB_NAME, RANGE_END_TAG, RANGE_START_TAG
-from resources.config import load_registry
 from resources.runtime import RuntimeConfig
-from tests.pricing.wiring import bind, resources
+from tests.pricing.wiring import pricing_with_catalog
 
 BATCHES = 16
 CONFIG = {"suppliers": {"gamma": {"enabled": False}}}  # two live suppliers keep the test fast
@@ -42,17 +39,8 @@ CONFIG = {"suppliers": {"gamma": {"enabled": False}}}  # two live suppliers keep
 @pytest.fixture
 def flow(sandbox, warehouse_dir):
     """Pricing definitions over 16 batches bound to the sandbox, an instance, and the catalog loaded."""
-    registry = load_registry().model_copy(update={"catalog_batches": BATCHES})
-    defs = bind(
-        build_definitions_without_resources(registry),
-        resources(warehouse_dir, config=CONFIG, storefront_url=f"{sandbox.url}/storefront"),
-    )
-    instance = DagsterInstance.ephemeral()
-    catalog = defs.resolve_assets_def("catalog").key
-    assert (
-        defs.resolve_implicit_global_asset_job_def()
-        .execute_in_process(instance=instance, asset_selection=[catalog])
-        .success
+    defs, instance = pricing_with_catalog(
+        warehouse_dir, batches=BATCHES, config=CONFIG, storefront_url=f"{sandbox.url}/storefront"
     )
     keys = defs.resolve_job_def("price_sweep_job").partitions_def.get_partition_keys()
     return defs, instance, keys

@@ -12,8 +12,9 @@ from typing import Any
 import polars as pl
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Definitions
 
-from pricing_assets.definitions import default_resources
+from pricing_assets.definitions import build_definitions_without_resources, default_resources
 from pricing_assets.logic.batching import assign_batches, batch_index, batch_key
+from resources.config import load_registry
 from resources.push_state import ApprovalLog, PushState
 from resources.runtime import RuntimeConfig
 from resources.schemas import CATALOG_SCHEMA, MONEY, OFFERS_SCHEMA
@@ -25,7 +26,7 @@ WEBHOOK_SECRET = "sandbox-storefront-secret"
 
 
 def resources(
-    warehouse_dir: Path,
+    warehouse_dir: Path | str,
     *,
     config: dict[str, Any] | None = None,
     storefront_url: str = "http://127.0.0.1:9/storefront",
@@ -48,6 +49,26 @@ def resources(
 def bind(defs: Definitions, bound: dict[str, Any]) -> Definitions:
     """The definitions with resources bound."""
     return Definitions.merge(defs, Definitions(resources=bound))
+
+
+def pricing_with_catalog(
+    warehouse_dir: Path | str, *, batches: int, config: dict[str, Any], storefront_url: str
+) -> tuple[Definitions, DagsterInstance]:
+    """The pricing location over `batches` catalog batches with these resources (`resources`), and an
+    ephemeral instance in which the catalog is already materialized."""
+    registry = load_registry().model_copy(update={"catalog_batches": batches})
+    defs = bind(
+        build_definitions_without_resources(registry),
+        resources(warehouse_dir, config=config, storefront_url=storefront_url),
+    )
+    instance = DagsterInstance.ephemeral()
+    catalog = defs.resolve_assets_def("catalog").key
+    assert (
+        defs.resolve_implicit_global_asset_job_def()
+        .execute_in_process(instance=instance, asset_selection=[catalog])
+        .success
+    )
+    return defs, instance
 
 
 def skus_in_batch(batch: str, n_batches: int, count: int, prefix: str = "SKU-") -> list[str]:

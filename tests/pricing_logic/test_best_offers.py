@@ -111,10 +111,15 @@ def offer(sku: str, supplier: str, price: str, **extra: Any) -> dict[str, Any]:
     return base | extra
 
 
-def run(catalog: list[dict[str, Any]], offers: list[dict[str, Any]], **kwargs: Any) -> list[dict[str, Any]]:
+def selected(catalog: list[dict[str, Any]], offers: list[dict[str, Any]], **kwargs: Any) -> pl.DataFrame:
+    """select_best_offers over these rows, at NOW with TTL; suppliers s1..s3 and FX unless given."""
     params = {"supplier_order": ["s1", "s2", "s3"], "enabled": {"s1", "s2", "s3"}, "fx": FX, "now": NOW}
     params |= {"staleness_ttl": TTL} | kwargs
-    result = select_best_offers(catalog_frame(catalog), offers_frame(offers), **params)
+    return select_best_offers(catalog_frame(catalog), offers_frame(offers), **params)
+
+
+def run(catalog: list[dict[str, Any]], offers: list[dict[str, Any]], **kwargs: Any) -> list[dict[str, Any]]:
+    result = selected(catalog, offers, **kwargs)
     assert result.schema == pl.Schema(BEST_OFFERS_SCHEMA)
     return result.to_dicts()
 
@@ -186,15 +191,7 @@ def test_matches_reference(
     # "zeta" is left out of the registry order sometimes: it must then rank after, by id.
     registry_order = [s for s in order if s != "zeta"] if len(enabled) % 2 else list(order)
     expected = reference(catalog, offers, registry_order, enabled, fx, NOW, TTL)
-    got = select_best_offers(
-        catalog_frame(catalog),
-        offers_frame(offers),
-        supplier_order=registry_order,
-        enabled=enabled,
-        fx=fx,
-        now=NOW,
-        staleness_ttl=TTL,
-    )
+    got = selected(catalog, offers, supplier_order=registry_order, enabled=enabled, fx=fx)
     assert got.schema == pl.Schema(BEST_OFFERS_SCHEMA)
     assert got.to_dicts() == [{name: row[name] for name in BEST_OFFERS_SCHEMA} for row in expected]
 
@@ -462,15 +459,7 @@ def test_debug_explanation_agrees_with_the_selection(
     # the best cost is the cheapest explained candidate, and the offer count their distinct suppliers.
     explained = explain_candidates(offers_frame(offers), enabled=enabled, fx=fx, now=NOW, staleness_ttl=TTL)
     candidates = explained.filter(pl.col("excluded").is_null())
-    got = select_best_offers(
-        catalog_frame(catalog),
-        offers_frame(offers),
-        supplier_order=SUPPLIERS,
-        enabled=enabled,
-        fx=fx,
-        now=NOW,
-        staleness_ttl=TTL,
-    )
+    got = selected(catalog, offers, supplier_order=SUPPLIERS, enabled=enabled, fx=fx)
     for row in got.iter_rows(named=True):
         own = candidates.filter(pl.col("sku") == row["sku"])
         assert row["available"] == (own.height > 0)

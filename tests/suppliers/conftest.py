@@ -1,14 +1,20 @@
-"""Fixtures for supplier feed tests: the packaged registry tuned for fast retries, and a fetch helper."""
+"""Fixtures for supplier feed tests: the packaged registry tuned for fast retries, and a fetch helper; the
+sandbox world's catalog and a fast registry file for tests that materialize the supplier assets."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
+import yaml
 
+from pricing_assets.logic.batching import assign_batches
 from resources.config import RateLimitConfig, Registry, RetryConfig, SupplierEntry, load_registry
+from resources.schemas import CATALOG_SCHEMA
 from resources.suppliers import FetchResult, clear_token_cache, fetch_supplier_offers
 from sandbox.world import World
 
@@ -16,6 +22,27 @@ from sandbox.world import World
 SANDBOX_WORLD = World(seed=7, catalog_size=400)
 FAST_RETRY = RetryConfig(max_attempts=3, backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
 FAST_LIMIT = RateLimitConfig(requests_per_second=1000, burst=100, max_in_flight=8)
+
+
+def world_catalog(batches: int) -> pl.DataFrame:
+    """The sandbox world's catalog in `batches` catalog batches (what the catalog asset would hold)."""
+    rows = [{name: row[name] for name in CATALOG_SCHEMA} for row in SANDBOX_WORLD.catalog]
+    return assign_batches(pl.DataFrame(rows, schema=CATALOG_SCHEMA), batches)
+
+
+def write_registry_file(folder: Path, batches: int) -> Path:
+    """The packaged registry's REST suppliers with fast retries over `batches` catalog batches, as a YAML
+    file in `folder`."""
+    raw = load_registry().model_dump(mode="json", exclude={"source"})
+    raw["catalog_batches"] = batches
+    raw["suppliers"] = [
+        {**entry, "retry": FAST_RETRY.model_dump(), "rate_limit": FAST_LIMIT.model_dump()}
+        for entry in raw["suppliers"]
+        if entry["kind"] != "cdn_file"
+    ]
+    path = folder / "suppliers.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 @pytest.fixture(autouse=True)

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
-import yaml
 from dagster import AssetKey, DagsterInstance, asset, materialize
 
-from pricing_assets.logic.batching import assign_batches
 from pricing_assets.partitions import catalog_batch_partitions, offers_key
 from pricing_assets.supplier_offers import build_supplier_offer_assets
 from resources.config import Registry, load_registry
 from resources.runtime import RuntimeConfig
-from resources.schemas import CATALOG_SCHEMA, OFFERS_SCHEMA, QUARANTINE_SCHEMA
+from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA
 from resources.suppliers import SupplierClients
 from resources.warehouse import Warehouse, WarehouseIOManager
-from tests.suppliers.conftest import FAST_LIMIT, FAST_RETRY, SANDBOX_WORLD
+from tests.suppliers.conftest import SANDBOX_WORLD, world_catalog, write_registry_file
 
 BATCHES = 4
 PARTITIONS = catalog_batch_partitions(BATCHES)
@@ -31,56 +31,35 @@ PLOTTABLE = ("rows", "rejected", "rejected_share", "skus")
 FETCH_STATS = ("requests", "retries", "throttled", "latency_p50_ms", "latency_p95_ms", "duration_s")
 
 
-def world_catalog() -> pl.DataFrame:
-    rows = [{name: row[name] for name in CATALOG_SCHEMA} for row in SANDBOX_WORLD.catalog]
-    return assign_batches(pl.DataFrame(rows, schema=CATALOG_SCHEMA), BATCHES)
-
-
 @asset(name="catalog")
 def catalog_stub() -> pl.DataFrame:
     """Stand-in for the catalog asset (which reads the storefront): the sandbox world's catalog."""
-    return world_catalog()
+    return world_catalog(BATCHES)
 
 
 def batch_skus(batch: str) -> set[str]:
-    catalog = world_catalog()
+    catalog = world_catalog(BATCHES)
     return set(catalog.filter((pl.col("batch") == batch) & pl.col("active"))["sku"])
 
 
+@dataclass(kw_only=True)
 class _Harness:
-    def __init__(
-        self, *, run, warehouse: Warehouse, registry: Registry, feeds: list, instance: DagsterInstance
-    ) -> None:
-        self.run = run
-        self.warehouse = warehouse
-        self.registry = registry
-        self.feeds = feeds
-        self.instance = instance
-
-
-def write_registry_file(folder: Path) -> Path:
-    """The packaged registry's REST suppliers with fast retries, as a YAML file in `folder`."""
-    raw = load_registry().model_dump(mode="json", exclude={"source"})
-    raw["catalog_batches"] = BATCHES
-    raw["suppliers"] = [
-        {**entry, "retry": FAST_RETRY.model_dump(), "rate_limit": FAST_LIMIT.model_dump()}
-        for entry in raw["suppliers"]
-        if entry["kind"] != "cdn_file"
-    ]
-    path = folder / "suppliers.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    run: Callable[..., Any]
+    warehouse: Warehouse
+    registry: Registry
+    feeds: list
+    instance: DagsterInstance
 
 
 @pytest.fixture
 def registry_file(tmp_path: Path) -> Path:
     """The packaged registry's REST suppliers with fast retries, as a YAML file."""
-    return write_registry_file(tmp_path)
+    return write_registry_file(tmp_path, BATCHES)
 
 
 def harness_for(sandbox, tmp_path: Path) -> _Harness:
     """Materialize supplier assets for a batch in one instance, with the catalog already there."""
-    registry_file = write_registry_file(tmp_path)
+    registry_file = write_registry_file(tmp_path, BATCHES)
     registry = load_registry(registry_file)
     feeds = build_supplier_offer_assets(registry, PARTITIONS)
     instance = DagsterInstance.ephemeral()

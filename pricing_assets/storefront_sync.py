@@ -9,7 +9,7 @@ left out of the diff, so no change ever travels under two keys."""
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -214,100 +214,80 @@ def sync_batch(
     two overlapping syncs of one batch never both diff it (whatever the concurrency pools say): the
     second one finds the first one's chunks in the journal and resends them under their keys.
     """
-    arguments = {"journal": journal, "pusher": pusher, "push_batch_size": push_batch_size}
-    arguments |= {"dry_run": dry_run, "stats": stats, "now": now, "may_send": may_send}
-    if dry_run:  # writes no journal and sends nothing: nothing to protect
-        return _sync_batch(batch, targets, ledger, **arguments)
-    with journal.exclusive(batch):
-        return _sync_batch(batch, targets, ledger, **arguments)
+    # A dry run writes no journal and sends nothing: nothing to protect.
+    with nullcontext() if dry_run else journal.exclusive(batch):
+        run = _BatchDelivery(
+            batch, ledger, pusher, stats, sending=may_send and not dry_run and pusher is not None
+        )
+        result = run.result
+        on_disk = journal.load(batch)
+        outstanding_rows = unconfirmed(on_disk, ledger)
+        outstanding = _journaled_chunks(batch, outstanding_rows)
 
+        # 1. Whatever was sent before and is not in the ledger goes first, with its journaled key.
+        for chunk_id, chunk in outstanding:
+            if run.sending:
+                result.counts["resent_chunks"] += 1
+                run.deliver(chunk_id, chunk, resend=True)
+                continue
+            run.keep.add(chunk_id)
+            run.leave_pending(chunk, IN_DOUBT, "sent earlier, outcome not confirmed")
+        resent = run.acknowledged_rows(outstanding_rows) if outstanding else outstanding_rows.clear()
+        ledger = apply_acknowledged(ledger, resent, now)
 
-def _sync_batch(
-    batch: str,
-    targets: pl.DataFrame,
-    ledger: pl.DataFrame,
-    *,
-    journal: PushJournal,
-    pusher: StorefrontPusher | None,
-    push_batch_size: int,
-    dry_run: bool,
-    stats: PushStats,
-    now: datetime,
-    may_send: bool = True,
-) -> BatchSync:
-    """sync_batch, with the batch's push lock held."""
-    run = _BatchDelivery(
-        batch, ledger, pusher, stats, sending=may_send and not dry_run and pusher is not None
-    )
-    result = run.result
-    on_disk = journal.load(batch)
-    outstanding_rows = unconfirmed(on_disk, ledger)
-    outstanding = _journaled_chunks(batch, outstanding_rows)
+        # 2. The diff against what is acknowledged now, without SKUs still pending from step 1 (in doubt,
+        #    or refused: the same content would be refused again now).
+        pending = run.pending
+        changes = compute_changes(targets, ledger)
+        if pending:
+            changes = changes.filter(~pl.col("sku").is_in(list(pending)))
+        held = targets.filter(pl.col("held"))
+        result.counts["held"] += held.height
+        settled = targets.filter(~pl.col("held")).join(changes.select("sku"), on="sku", how="anti")
+        result.counts["unchanged"] += settled.filter(~pl.col("sku").is_in(list(pending))).height
+        for sku, price, reason in held.select("sku", "price", "hold_reason").iter_rows():
+            pending.setdefault(sku, Pending("held", price, reason))
+        first_id = int(on_disk.get_column("chunk").max() or 0) + 1 if on_disk.height else 0
+        entries = entry_frame(changes)
+        new_chunks = [
+            (first_id + index, PushChunk.build(batch, entries.slice(start, push_batch_size)))
+            for index, start in enumerate(range(0, entries.height, push_batch_size))
+        ]
 
-    # 1. Whatever was sent before and is not in the ledger goes first, with its journaled key.
-    for chunk_id, chunk in outstanding:
-        if run.sending:
-            result.counts["resent_chunks"] += 1
-            run.deliver(chunk_id, chunk, resend=True)
-            continue
-        run.keep.add(chunk_id)
-        run.leave_pending(chunk, IN_DOUBT, "sent earlier, outcome not confirmed")
-    resent = run.acknowledged_rows(outstanding_rows) if outstanding else outstanding_rows.clear()
-    ledger = apply_acknowledged(ledger, resent, now)
-
-    # 2. The diff against what is acknowledged now, without SKUs still pending from step 1 (in doubt,
-    #    or refused: the same content would be refused again now).
-    pending = run.pending
-    changes = compute_changes(targets, ledger)
-    if pending:
-        changes = changes.filter(~pl.col("sku").is_in(list(pending)))
-    held = targets.filter(pl.col("held"))
-    result.counts["held"] += held.height
-    settled = targets.filter(~pl.col("held")).join(changes.select("sku"), on="sku", how="anti")
-    result.counts["unchanged"] += settled.filter(~pl.col("sku").is_in(list(pending))).height
-    for sku, price, reason in held.select("sku", "price", "hold_reason").iter_rows():
-        pending.setdefault(sku, Pending("held", price, reason))
-    first_id = int(on_disk.get_column("chunk").max() or 0) + 1 if on_disk.height else 0
-    entries = entry_frame(changes)
-    new_chunks = [
-        (first_id + index, PushChunk.build(batch, entries.slice(start, push_batch_size)))
-        for index, start in enumerate(range(0, entries.height, push_batch_size))
-    ]
-
-    if dry_run:
-        would = [outstanding_rows.drop("chunk", "key"), entries]
-        result.would_push = pl.concat(would).to_dicts()
-        result.counts["would_push"] += len(result.would_push)
-        for sku, price in entries.select("sku", "price").iter_rows():
-            pending[sku] = Pending("would_push", price)
+        if dry_run:
+            would = [outstanding_rows.drop("chunk", "key"), entries]
+            result.would_push = pl.concat(would).to_dicts()
+            result.counts["would_push"] += len(result.would_push)
+            for sku, price in entries.select("sku", "price").iter_rows():
+                pending[sku] = Pending("would_push", price)
+            result.ledger = mark_pending(ledger, pending)
+            return result
+        index = pl.int_range(0, entries.height, dtype=pl.Int64, eager=True) // push_batch_size
+        keys = pl.Series("key", [chunk.key for _, chunk in new_chunks], dtype=pl.String)
+        new_rows = entries.with_columns(chunk=index + first_id, key=keys.gather(index)).select(
+            list(JOURNAL_SCHEMA)
+        )
+        if new_chunks and run.sending:
+            # Write-ahead: the journal holds each chunk before the storefront can possibly apply it.
+            on_disk = pl.concat([outstanding_rows.filter(pl.col("chunk").is_in(list(run.keep))), new_rows])
+            journal.save(batch, on_disk)
+        for chunk_id, chunk in new_chunks:
+            if run.sending:
+                run.deliver(chunk_id, chunk, resend=False)
+                continue
+            run.leave_pending(chunk, DEFERRED, "not sent: the storefront is unavailable")
+        # Acknowledged chunks stay journaled until the next sync finds them in the written ledger:
+        # a crash before then resends them under the same key instead of re-diffing them.
+        final = pl.concat([outstanding_rows, new_rows]).filter(pl.col("chunk").is_in(list(run.keep)))
+        if run.partial_keep:
+            final = pl.concat([final, *(part.select(list(JOURNAL_SCHEMA)) for part in run.partial_keep)])
+        if not final.equals(on_disk):
+            journal.save(batch, final)
+        fresh = run.acknowledged_rows(new_rows)
+        ledger = apply_acknowledged(ledger, fresh, now)
+        result.counts["pushed"] += resent.height + fresh.height
         result.ledger = mark_pending(ledger, pending)
         return result
-    index = pl.int_range(0, entries.height, dtype=pl.Int64, eager=True) // push_batch_size
-    keys = pl.Series("key", [chunk.key for _, chunk in new_chunks], dtype=pl.String)
-    new_rows = entries.with_columns(chunk=index + first_id, key=keys.gather(index)).select(
-        list(JOURNAL_SCHEMA)
-    )
-    if new_chunks and run.sending:
-        # Write-ahead: the journal holds each chunk before the storefront can possibly apply it.
-        on_disk = pl.concat([outstanding_rows.filter(pl.col("chunk").is_in(list(run.keep))), new_rows])
-        journal.save(batch, on_disk)
-    for chunk_id, chunk in new_chunks:
-        if run.sending:
-            run.deliver(chunk_id, chunk, resend=False)
-            continue
-        run.leave_pending(chunk, DEFERRED, "not sent: the storefront is unavailable")
-    # Acknowledged chunks stay journaled until the next sync finds them in the written ledger:
-    # a crash before then resends them under the same key instead of re-diffing them.
-    final = pl.concat([outstanding_rows, new_rows]).filter(pl.col("chunk").is_in(list(run.keep)))
-    if run.partial_keep:
-        final = pl.concat([final, *(part.select(list(JOURNAL_SCHEMA)) for part in run.partial_keep)])
-    if not final.equals(on_disk):
-        journal.save(batch, final)
-    fresh = run.acknowledged_rows(new_rows)
-    ledger = apply_acknowledged(ledger, fresh, now)
-    result.counts["pushed"] += resent.height + fresh.height
-    result.ledger = mark_pending(ledger, pending)
-    return result
 
 
 class _BatchDelivery:

@@ -58,12 +58,12 @@ from dagster import (
 from bench._harness import line, scaled
 from bench._sweep_location import DEPLOYED_JOB, FORKSERVER_JOB, IN_PROCESS_JOB
 from bench.best_offers import CURRENCIES, FX, NOW, SUPPLIERS, iter_data
+from pricing_assets.best_offers import read_supplier_offers
 from pricing_assets.checks import split_pushable
 from pricing_assets.logic.batching import assign_batches
 from pricing_assets.logic.best_offers import select_best_offers
 from pricing_assets.logic.guard import check_no_nonpositive_price, check_not_below_floor
 from pricing_assets.logic.pricing import price_offers
-from pricing_assets.offers import read_supplier_offers
 from pricing_assets.partitions import catalog_batch_partitions
 from pricing_assets.supplier_files import read_cached_offers, write_cached_offers
 from pricing_assets.sweep import (

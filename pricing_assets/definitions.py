@@ -10,6 +10,7 @@ from pathlib import Path
 from dagster import AssetKey, AssetsDefinition, AssetSelection, BetaWarning, Definitions, definitions
 
 from pricing_assets.alerts import AlertWebhook, build_alert_sensor
+from pricing_assets.best_offers import build_best_offers_asset
 from pricing_assets.catalog import build_catalog_asset
 from pricing_assets.checks import build_storefront_price_checks
 from pricing_assets.debug import build_debug_job
@@ -20,10 +21,10 @@ from pricing_assets.history_assets import (
     build_price_history_job,
     build_price_history_schedule,
 )
-from pricing_assets.offers import build_best_offers_asset, build_storefront_prices_asset
 from pricing_assets.partitions import catalog_batch_partitions
 from pricing_assets.push_sensor import build_storefront_push_sensor, build_storefront_sync_job
 from pricing_assets.reconcile import build_reconcile_job, build_reconcile_sensor
+from pricing_assets.storefront_prices import build_storefront_prices_asset
 from pricing_assets.storefront_sync import build_storefront_sync_asset
 from pricing_assets.supplier_files import build_supplier_file_assets, build_supplier_file_schedule
 from pricing_assets.supplier_offers import build_supplier_offer_assets

@@ -201,7 +201,7 @@ def test_rejected_share_over_threshold_fails_and_publishes_nothing(harness, sand
 
 
 def best_offers_asset(harness):
-    from pricing_assets.offers import build_best_offers_asset
+    from pricing_assets.best_offers import build_best_offers_asset
 
     return build_best_offers_asset(harness.registry, PARTITIONS)
 

@@ -61,7 +61,8 @@ class TcpProxy:
                     if not data:
                         return
                     (upstream if source is client else client).sendall(data)
-        except OSError:
+        except (OSError, ValueError):
+            # cut() closed the pair from another thread: select sees fd -1 (ValueError) or a dead socket.
             return
         finally:
             self._close(client, upstream)

@@ -14,6 +14,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Definitions
 
 from pricing_assets.definitions import default_resources
 from pricing_assets.logic.batching import assign_batches, batch_index, batch_key
+from resources.cdn_state import CdnCacheState
 from resources.runtime import RuntimeConfig
 from resources.schemas import CATALOG_SCHEMA, MONEY, OFFERS_SCHEMA
 from resources.storefront import Storefront
@@ -36,6 +37,7 @@ def resources(
         **default_resources(),
         "io_manager": WarehouseIOManager(base_dir=str(warehouse_dir)),
         "warehouse": Warehouse(base_dir=str(warehouse_dir)),
+        "cdn_state": CdnCacheState(base_dir=str(warehouse_dir)),
         "service_config": RuntimeConfig(override_json=json.dumps(config or {})),
         "storefront": Storefront(url=storefront_url, webhook_secret=WEBHOOK_SECRET),
         "suppliers": suppliers or SupplierClients(),

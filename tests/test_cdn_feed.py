@@ -672,6 +672,10 @@ def test_the_quarantine_is_the_asset_second_output_and_follows_the_cached_file(f
         == 3
     )
     quarantine_file = Path(str(feed.warehouse.path(sf.quarantine_key("delta"))))
+    [asset] = sf.build_supplier_file_assets(make_registry(feed.sandbox.url))
+    declared = asset.specs_by_key[dg.AssetKey(QUARANTINE_KEY)].metadata["dagster/column_schema"]
+    stored = pl.read_parquet_schema(quarantine_file)
+    assert [(c.name, c.type) for c in declared.columns] == [(n, str(t)) for n, t in stored.items()]
     written = quarantine_file.read_bytes()
     # Unchanged file (304): the quarantine still describes the cache, so it is neither written nor reported.
     unchanged = feed.run()

@@ -299,6 +299,10 @@ def test_quarantine_is_its_own_asset_with_each_batch_row_count(harness, sandbox)
         assert set(stored.get_column("batch")) <= {event.partition}
         heights.append(stored.height)
     assert sum(heights) == sandbox.counters()["alpha.bad_rows"] > 0
+    # The files have the columns the asset declares to the catalog.
+    [feed] = [a for a in harness.feeds if quarantine_asset_key("alpha") in a.keys]
+    declared = feed.specs_by_key[quarantine_asset_key("alpha")].metadata["dagster/column_schema"]
+    assert [(c.name, c.type) for c in declared.columns] == [(n, str(t)) for n, t in stored.schema.items()]
 
 
 def test_refused_offers_still_materialize_their_quarantine(harness, sandbox):

@@ -30,6 +30,7 @@ from pricing_assets.supplier_files import build_supplier_file_assets, build_supp
 from pricing_assets.supplier_offers import build_supplier_offer_assets
 from pricing_assets.sweep import build_cycle_job, build_price_sweep_sensor, build_sweep_job
 from resources.cdn_file import CdnFile
+from resources.cdn_state import CdnCacheState
 from resources.config import Registry, load_registry
 from resources.push_state import ApprovalLog, PushState
 from resources.runtime import RuntimeConfig
@@ -50,6 +51,7 @@ def default_resources(registry_path: str | None = None) -> dict[str, object]:
         "storefront": Storefront.from_env(),
         "suppliers": SupplierClients(registry_path=registry_path),
         "cdn_files": CdnFile(),
+        "cdn_state": CdnCacheState(),
         "shopify": ShopifyStorefront(),
         "alert_webhook": AlertWebhook(),
     }
@@ -89,10 +91,14 @@ def build_definitions_without_resources(registry: Registry) -> Definitions:
     """Assets, jobs, schedules and sensors: everything but the resources."""
     batches = catalog_batch_partitions(registry.catalog_batches)
     assets = build_pricing_assets(registry)
-    file_assets = [a for a in assets if a.key.path[0] == "supplier_files"]
-    offer_keys = [a.key for a in assets if a.key.path[0] == "supplier_offers"]
+    # A supplier step is a multi-asset (offers + quarantine, or cache + quarantine): keys, not `.key`.
+    file_assets = [a for a in assets if any(k.path[0] == "supplier_files" for k in a.keys)]
+    # The quarantine is written by the same step as the offers, so the sweep materializes both.
+    supplier_keys = [
+        k for a in assets for k in a.keys if k.path[0] in ("supplier_offers", "supplier_quarantine")
+    ]
     sweep_selection = AssetSelection.assets(
-        *offer_keys, AssetKey("best_offers"), AssetKey("storefront_prices")
+        *supplier_keys, AssetKey("best_offers"), AssetKey("storefront_prices")
     )
     sweep_job = build_sweep_job(sweep_selection)
     cycle_job = build_cycle_job(sweep_selection | AssetSelection.assets(AssetKey("storefront_sync")))

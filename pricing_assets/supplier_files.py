@@ -1,11 +1,12 @@
 """`supplier_files/<supplier>`: encrypted CDN price files, downloaded, decrypted and cached as Parquet.
 
-One unpartitioned asset per `cdn_file` supplier in the registry. A run does a conditional GET; an
-unchanged file (304, or the same bytes) is not decrypted again. A new file is decrypted, parsed,
-validated and written atomically; on any failure the previous Parquet stays and the run fails with a
-`dagster.Failure` naming the cause. `supplier_offers/<supplier>` batch slices read the cache through
-`read_cached_offers` (no network). State (ETag, Last-Modified, content hash, when the CDN last
-confirmed the file) lives in a JSON sidecar next to the Parquet.
+One unpartitioned multi-asset per `cdn_file` supplier in the registry: the cache and, as its second
+output, `supplier_files_quarantine/<supplier>` (the rows the cached file had rejected). A run does a
+conditional GET; an unchanged file (304, or the same bytes) is not decrypted again. A new file is
+decrypted, parsed, validated and written atomically; on any failure the previous Parquet stays and the
+run fails with a `dagster.Failure` naming the cause. `supplier_offers/<supplier>` batch slices read the
+cache through `read_cached_offers` (no network). State (ETag, Last-Modified, content hash, when the CDN
+last confirmed the file) lives behind the `cdn_state` resource (`_cdn_state/<supplier>.json`).
 """
 
 import hashlib
@@ -22,6 +23,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetOut,
     AssetsDefinition,
     AssetSelection,
     Config,
@@ -30,9 +32,10 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
+    Output,
     ScheduleDefinition,
-    asset,
     define_asset_job,
+    multi_asset,
 )
 from pydantic import Field
 
@@ -41,13 +44,16 @@ from pricing_assets.logic.batching import assign_batches, in_batches
 from resources.cdn_crypto import BadRowsError, CdnFeedError, CdnHttpError, ShrunkFileError
 from resources.cdn_file import CdnFile, check_sku_shrink
 from resources.cdn_parse import PriceFile, decrypt_price_file
+from resources.cdn_state import CdnCacheState
 from resources.config import ConfigError, Registry, SupplierEntry
 from resources.runtime import RuntimeConfig
-from resources.schemas import OFFERS_SCHEMA, UTC_TS, column_schema, empty_frame
+from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA, UTC_TS, column_schema, empty_frame
 from resources.warehouse import Warehouse
 
 KEY_PREFIX = "supplier_files"
-STATE_NAME = "state"
+# Output names of the supplier file multi-asset.
+CACHE_OUTPUT = "cache"
+QUARANTINE_OUTPUT = "quarantine"
 SCHEDULE_CRON = "*/30 * * * *"
 
 
@@ -118,6 +124,7 @@ def cache_price_file(
 
     A file the supplier publishes no checksum or signature for must keep the previous file's SKUs
     (up to `max_sku_shrink_share`), unless an operator accepted exactly this file (`accept_sha256`).
+    The rejected rows come back in the result: the asset publishes them as its quarantine output.
     """
     assert entry.cdn is not None, "only cdn_file suppliers have files"
     with path.open("rb") as source:
@@ -137,8 +144,6 @@ def cache_price_file(
             else None
         )
         check_sku_shrink(previous, price_file.offers, max_share=entry.cdn.max_sku_shrink_share, sha256=sha256)
-    # Quarantine first: the offers write is the one that makes the new file current.
-    warehouse.write(price_file.quarantine, quarantine_key(entry.id))
     write_cached_offers(warehouse, entry.id, price_file.offers, catalog_batches)
     return price_file
 
@@ -152,13 +157,15 @@ def read_cached_offers(
     catalog_batches: int | None = None,
     staleness_ttl: timedelta | None = None,
     now: datetime | None = None,
+    cdn_state: CdnCacheState | None = None,
 ) -> pl.DataFrame:
     """The cached offers for these SKUs (OFFERS_SCHEMA), no network; empty when nothing is cached.
 
     fetched_at is when the CDN last confirmed the file (a 304 counts), so offers age out only when
     the feed stops confirming them. With staleness_ttl, offers older than that are left out. With the
     run's `batches` (of `catalog_batches`), only their row groups are read when the cache is laid out
-    for that many batches; the SKUs still decide which rows come back.
+    for that many batches; the SKUs still decide which rows come back. The state is `cdn_state`'s,
+    by default the one kept in this warehouse.
     """
     key = cache_key(supplier_id)
     path = warehouse.path(key)
@@ -174,7 +181,7 @@ def read_cached_offers(
         offers = scan.filter(pl.col("sku").is_in(wanted)).collect()
     else:
         offers = warehouse.read(key).filter(pl.col("sku").is_in(wanted))
-    state = warehouse.read_json(key, STATE_NAME) or {}
+    state = (cdn_state or CdnCacheState(base_dir=warehouse.base_dir)).load(supplier_id)
     if state.get("confirmed_at"):
         confirmed = datetime.fromisoformat(state["confirmed_at"])
         # max(): a refresh writes the Parquet before the state, so the state may be the older one.
@@ -209,18 +216,21 @@ def _refresh(
     known_currencies: Collection[str],
     catalog_batches: int,
     warehouse: Warehouse,
+    cdn_state: CdnCacheState,
     service_config: RuntimeConfig,
     cdn_files: CdnFile,
     accept_sha256: str | None = None,
-) -> MaterializeResult:
+) -> Iterator[MaterializeResult | Output]:
+    """The cache's materialization and, for a newly accepted file, its quarantine output."""
     config = service_config.load()
+    key = cache_key(entry.id)
     if not config.enabled(entry.id):
         context.log.info(f"supplier {entry.id} is disabled in SERVICE_CONFIG: file not fetched")
         # Nothing fetched, nothing to check; a check output is yielded all the same.
         skipped = integrity_check(entry, passed=True, note="skipped: supplier disabled")
-        return MaterializeResult(metadata={"skipped": "disabled"}, check_results=[skipped])
-    key = cache_key(entry.id)
-    state: dict[str, Any] = warehouse.read_json(key, STATE_NAME) or {}
+        yield MaterializeResult(asset_key=key, metadata={"skipped": "disabled"}, check_results=[skipped])
+        return
+    state = cdn_state.load(entry.id)
     has_cache = warehouse.exists(key)
     now = datetime.now(UTC)
     started = time.perf_counter()
@@ -246,9 +256,11 @@ def _refresh(
                     last_modified=download.last_modified or state.get("last_modified"),
                     last_error=None,
                 )
-                warehouse.write_json(state, key, STATE_NAME)
+                cdn_state.save(entry.id, state)
                 context.log.info(f"{entry.id}: file unchanged (HTTP {download.status_code}), not decrypted")
-                return MaterializeResult(
+                # The quarantine is not written: it still describes the cached file.
+                yield MaterializeResult(
+                    asset_key=key,
                     metadata={
                         "unchanged": True,
                         "http_status": download.status_code,
@@ -262,6 +274,7 @@ def _refresh(
                         integrity_check(entry, passed=True, note="unchanged: the cached file stays")
                     ],
                 )
+                return
             assert download.path is not None
             verified = cdn_files.verify(entry, download)  # before anything is decrypted or cached
             price_file = cache_price_file(
@@ -279,7 +292,7 @@ def _refresh(
     except (CdnFeedError, ConfigError) as exc:
         cause = exc.cause if isinstance(exc, CdnFeedError) else "config"
         state["last_error"] = {"cause": cause, "message": str(exc), "at": now.isoformat()}
-        warehouse.write_json(state, key, STATE_NAME)
+        cdn_state.save(entry.id, state)
         kept = "previous cache kept" if has_cache else "no previous cache"
         held = {"held_sha256": exc.sha256} if isinstance(exc, ShrunkFileError) and exc.sha256 else {}
         raise Failure(
@@ -299,14 +312,17 @@ def _refresh(
         "quarantined": price_file.quarantine.height,
         "last_error": None,
     }
-    warehouse.write_json(state, key, STATE_NAME)
-    reasons = price_file.quarantine.get_column("reason").value_counts(sort=True).head(10)
-    return MaterializeResult(
+    cdn_state.save(entry.id, state)
+    reasons = MetadataValue.json(
+        dict(price_file.quarantine.get_column("reason").value_counts(sort=True).head(10).rows())
+    )
+    yield MaterializeResult(
+        asset_key=key,
         metadata={
             "unchanged": False,
             "rows": price_file.offers.height,
             "quarantined": price_file.quarantine.height,
-            "quarantine_reasons": MetadataValue.json(dict(reasons.rows())),
+            "quarantine_reasons": reasons,
             "bytes": download.size,
             "plaintext_bytes": price_file.plaintext_bytes,
             "base64": price_file.base64,
@@ -319,6 +335,13 @@ def _refresh(
         },
         data_version=DataVersion(download.sha256 or now.isoformat()),
         check_results=[integrity_check(entry, passed=True, verified=verified, accepted=bool(accept_sha256))],
+    )
+    # The accepted file's rejected rows (the IO manager writes them; an empty frame replaces old rejects).
+    yield Output(
+        price_file.quarantine,
+        output_name=QUARANTINE_OUTPUT,
+        metadata={"reasons": reasons, "sha256": str(download.sha256)},
+        data_version=DataVersion(download.sha256 or now.isoformat()),
     )
 
 
@@ -348,6 +371,7 @@ def integrity_check(
         }
     return AssetCheckResult(
         check_name=INTEGRITY_CHECK,
+        asset_key=AssetKey(cache_key(entry.id)),
         passed=passed,
         severity=AssetCheckSeverity.ERROR,
         description=None if failure is None else failure.description,
@@ -369,52 +393,93 @@ def _build_one(
     entry: SupplierEntry, known_currencies: Collection[str], catalog_batches: int
 ) -> AssetsDefinition:
     assert entry.cdn is not None
+    key = AssetKey(cache_key(entry.id))
 
-    @asset(
-        key=AssetKey(cache_key(entry.id)),
-        pool=entry.pool,
-        group_name="supplier_feeds",
-        owners=OWNERS,
-        kinds={"polars", "parquet", "http"},
-        description=(
-            f"Supplier {entry.id}'s encrypted CDN price file ({entry.cdn.kdf}/{entry.cdn.digest}), "
-            "decrypted, validated and cached as Parquet."
-        ),
-        # The cache holds the whole file's offers in the offers contract, laid out by catalog batch.
-        metadata={
-            "supplier": entry.id,
-            "cdn_path": entry.cdn.path,
-            **column_schema({**OFFERS_SCHEMA, **LAYOUT_COLUMNS}),
+    @multi_asset(
+        # The op keeps the name the single asset had (step keys, run history, failure lookups).
+        name=key.to_python_identifier(),
+        outs={
+            CACHE_OUTPUT: AssetOut(
+                key=key,
+                group_name="supplier_feeds",
+                owners=OWNERS,
+                kinds={"polars", "parquet", "http"},
+                description=(
+                    f"Supplier {entry.id}'s encrypted CDN price file ({entry.cdn.kdf}/{entry.cdn.digest}), "
+                    "decrypted, validated and cached as Parquet."
+                ),
+                # The cache holds the whole file's offers in the offers contract, laid out by catalog batch.
+                metadata={
+                    "supplier": entry.id,
+                    "cdn_path": entry.cdn.path,
+                    **column_schema({**OFFERS_SCHEMA, **LAYOUT_COLUMNS}),
+                },
+            ),
+            QUARANTINE_OUTPUT: AssetOut(
+                key=AssetKey(quarantine_key(entry.id)),
+                group_name="supplier_feeds",
+                owners=OWNERS,
+                kinds={"polars", "parquet", "http"},
+                description=f"Rows of supplier {entry.id}'s cached CDN file that failed validation, one "
+                "reason each (rewritten with each newly accepted file).",
+                # Not written when the file is unchanged, refused or not fetched: it describes the cache.
+                is_required=False,
+                metadata={"supplier": entry.id, **column_schema(QUARANTINE_SCHEMA)},
+            ),
         },
+        pool=entry.pool,
         check_specs=[
             AssetCheckSpec(
                 INTEGRITY_CHECK,
-                asset=AssetKey(cache_key(entry.id)),
+                asset=key,
                 description="The file matches the supplier's checksum or signature; without them, it kept "
                 "the previous file's SKUs (else it is held, not cached).",
             )
         ],
+        # The cache can be refreshed alone (runs and launches that name only `supplier_files/<id>`);
+        # the quarantine cannot: it is the rejects of the file being cached, so it needs the cache.
+        can_subset=True,
     )
     def supplier_file(
         context: AssetExecutionContext,
         config: SupplierFileConfig,
         warehouse: Warehouse,
+        cdn_state: CdnCacheState,
         service_config: RuntimeConfig,
         cdn_files: CdnFile,
     ) -> Iterator[Any]:
-        """The supplier's decrypted price file as validated offers, cached as Parquet."""
+        """The supplier's decrypted price file as validated offers cached as Parquet, and its rejects."""
         accept = config.accept_sha256.strip() or None
+        selected = context.selected_asset_keys
+        if key not in selected:
+            raise Failure(
+                description=f"supplier_files_quarantine/{entry.id} holds the rejects of the file being "
+                f"cached: materialize it with supplier_files/{entry.id}"
+            )
+        with_quarantine = AssetKey(quarantine_key(entry.id)) in selected
         try:
-            yield _refresh(
+            for event in _refresh(
                 context,
                 entry,
                 known_currencies,
                 catalog_batches,
                 warehouse,
+                cdn_state,
                 service_config,
                 cdn_files,
                 accept,
-            )
+            ):
+                if (
+                    isinstance(event, Output)
+                    and event.output_name == QUARANTINE_OUTPUT
+                    and not with_quarantine
+                ):
+                    context.log.warning(
+                        f"supplier_files_quarantine/{entry.id} not selected: the new file's rejects are "
+                        "not written (select both to keep them in step with the cache)"
+                    )
+                    continue
+                yield event
         except Failure as failure:
             cause = failure.metadata.get("cause")
             if cause is not None and cause.value in _INTEGRITY_CAUSES:
@@ -425,7 +490,7 @@ def _build_one(
 
 
 def build_supplier_file_assets(registry: Registry) -> list[AssetsDefinition]:
-    """One `supplier_files/<id>` asset per `cdn_file` supplier in the registry."""
+    """One `supplier_files/<id>` + `supplier_files_quarantine/<id>` multi-asset per `cdn_file` supplier."""
     known = set(registry.fx_rates())
     return [
         _build_one(entry, known, registry.catalog_batches)

@@ -1,23 +1,26 @@
-"""`supplier_offers/<supplier>`: one asset per REST supplier of the registry, partitioned by catalog batch."""
+"""`supplier_offers/<supplier>` and `supplier_quarantine/<supplier>`: one multi-asset per REST supplier of
+the registry, partitioned by catalog batch (the offers and the rows rejected from the same fetch)."""
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
 from dagster import (
+    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
+    AssetOut,
     AssetsDefinition,
     FreshnessPolicy,
     MetadataValue,
     Output,
     PartitionsDefinition,
-    asset,
+    multi_asset,
 )
 
 from pricing_assets import OWNERS
@@ -64,6 +67,16 @@ def fetch_priority(kind: str) -> int:
 def quarantine_key_path(supplier_id: str) -> list[str]:
     """Warehouse key path of a supplier's quarantined rows (one file per batch)."""
     return ["supplier_quarantine", supplier_id]
+
+
+def quarantine_asset_key(supplier_id: str) -> AssetKey:
+    """The asset key of a supplier's quarantined rows, the second output of its offers step."""
+    return AssetKey(quarantine_key_path(supplier_id))
+
+
+# Output names of the supplier multi-asset.
+OFFERS_OUTPUT = "offers"
+QUARANTINE_OUTPUT = "quarantine"
 
 
 def freshness_policy(entry: SupplierEntry) -> FreshnessPolicy:
@@ -130,6 +143,49 @@ def offers_partition_metadata(
     return out
 
 
+def quarantine_partition_metadata(
+    quarantine: pl.DataFrame, batches: list[str], *, warehouse: Warehouse, key_path: list[str]
+) -> dict[str, dict[str, MetadataValue]]:
+    """Each batch's own rejected rows and their reasons (the IO manager's `rows` are the run's)."""
+    parts = split_by_partition(quarantine, "batch", batches)
+    return {
+        batch: {
+            **table_metadata(warehouse, key_path, batch, parts[batch].height),
+            "reasons": MetadataValue.md(_reasons_table(parts[batch])),
+        }
+        for batch in batches
+    }
+
+
+def _selected_only(context: AssetExecutionContext, events: Iterable[Any]) -> Iterator[Any]:
+    """The step's events for what the run selected: the UI may materialize one of the two tables.
+
+    Dagster refuses an Output of an unselected asset; a result of an unselected check is kept with a
+    warning, so both are left out here.
+    """
+    outputs = context.op_execution_context.selected_output_names
+    checks = context.selected_asset_check_keys
+    for event in events:
+        if isinstance(event, Output) and event.output_name not in outputs:
+            continue
+        if (
+            isinstance(event, AssetCheckResult)
+            and event.asset_key is not None
+            and event.check_name is not None
+            and AssetCheckKey(event.asset_key, event.check_name) not in checks
+        ):
+            continue
+        yield event
+
+
+def _add_metadata(
+    context: AssetExecutionContext, per_batch: dict[str, dict[str, Any]], asset_key: AssetKey
+) -> None:
+    """Per-batch metadata of one of the step's assets, when the run materializes it."""
+    if asset_key in context.selected_asset_keys:
+        add_partition_metadata(context, per_batch, asset_key=asset_key)
+
+
 def fetch_metadata(stats: dict[str, float | int], batches: list[str], skus: int) -> dict[str, MetadataValue]:
     """The run's fetch (requests, retries, latency, ...): one fetch served every batch of the run."""
     return {
@@ -143,19 +199,52 @@ def fetch_metadata(stats: dict[str, float | int], batches: list[str], skus: int)
 def build_supplier_offers_asset(
     entry: SupplierEntry, partitions_def: PartitionsDefinition
 ) -> AssetsDefinition:
-    """The `supplier_offers/<id>` asset for one REST supplier, with its reachability, rejects and
-    freshness checks."""
+    """The `supplier_offers/<id>` and `supplier_quarantine/<id>` assets of one REST supplier (one step),
+    with the offers' reachability, rejects and freshness checks."""
     key = offers_key(entry.id)
+    quarantine_key = quarantine_asset_key(entry.id)
 
-    @asset(
-        key=key,
-        group_name="supplier_feeds",
-        description=f"Validated offers of supplier {entry.id} ({entry.kind}) for the batch's active SKUs.",
+    @multi_asset(
+        # The op keeps the name the single asset had (step keys, run history, failure lookups).
+        name=key.to_python_identifier(),
+        outs={
+            OFFERS_OUTPUT: AssetOut(
+                key=key,
+                group_name="supplier_feeds",
+                description=f"Validated offers of supplier {entry.id} ({entry.kind}) for the batch's "
+                "active SKUs.",
+                # No Output when the offers are refused (too many rejects): the last good files stay.
+                is_required=False,
+                freshness_policy=freshness_policy(entry),
+                owners=OWNERS,
+                kinds={"polars", "parquet", "http"},
+                metadata={
+                    "supplier": entry.id,
+                    "adapter": entry.kind,
+                    "pool": entry.pool,
+                    **column_schema(OFFERS_SCHEMA, partition_column="batch"),
+                },
+            ),
+            QUARANTINE_OUTPUT: AssetOut(
+                key=quarantine_key,
+                group_name="supplier_feeds",
+                description=f"Rows of supplier {entry.id} rejected by validation in the batch's last "
+                "fetch, one reason each (written even when its offers were refused, to say why).",
+                # Not written during an outage or while disabled: the last fetch's rejects stay.
+                is_required=False,
+                owners=OWNERS,
+                kinds={"polars", "parquet", "http"},
+                metadata={
+                    "supplier": entry.id,
+                    "adapter": entry.kind,
+                    **column_schema(QUARANTINE_SCHEMA, partition_column="batch"),
+                },
+            ),
+        },
         partitions_def=partitions_def,
         backfill_policy=BATCH_BACKFILL_POLICY,
         ins={"catalog": AssetIn("catalog")},
         pool=entry.pool,
-        freshness_policy=freshness_policy(entry),
         check_specs=[
             AssetCheckSpec(
                 REACHABLE_CHECK,
@@ -172,15 +261,8 @@ def build_supplier_offers_asset(
             ),
             AssetCheckSpec(FRESH_CHECK, asset=key, blocking=False, description=FRESH_CHECK_DESCRIPTION),
         ],
-        output_required=False,
-        owners=OWNERS,
-        kinds={"polars", "parquet", "http"},
-        metadata={
-            "supplier": entry.id,
-            "adapter": entry.kind,
-            "pool": entry.pool,
-            **column_schema(OFFERS_SCHEMA, partition_column="batch"),
-        },
+        # Either table can be materialized alone from the UI; jobs select both (one fetch writes both).
+        can_subset=True,
         op_tags={
             PRIORITY_TAG: str(fetch_priority(entry.kind)),
             CELERY_PRIORITY_TAG: str(CELERY_DEFAULT_PRIORITY + fetch_priority(entry.kind)),
@@ -193,106 +275,125 @@ def build_supplier_offers_asset(
         warehouse: Warehouse,
         service_config: RuntimeConfig,
     ) -> Iterator[Any]:
-        """One supplier's normalized, validated offers for the run's catalog batches."""
-        config = service_config.load()
-        batches = list(context.partition_keys)
-
-        def freshness(written: dict[str, datetime] | None = None) -> AssetCheckResult:
-            """offers_fresh over every batch on file; `written`: what this run wrote (newest fetched_at
-            per batch with offers), replacing the run's batches on file."""
-            state = evaluate_freshness(
-                warehouse,
-                entry.id,
-                now=datetime.now(UTC),
-                ttl=config.staleness_ttl,
-                observed=written,
-                replaced=batches if written is not None else (),
-            )
-            if not state.passed:
-                context.log.error(state.description(entry.id))
-            return freshness_result(key, entry.id, state)
-
-        if not config.enabled(entry.id):
-            context.log.warning(f"supplier {entry.id} is disabled in {config.source}: skipped")
-            skipped = {"skipped": MetadataValue.text("disabled")}
-            yield from _unchanged(key, skipped, reachable=None)
-            # Switched off on purpose: its old files are not used, so their age is no alarm.
-            yield AssetCheckResult(check_name=FRESH_CHECK, asset_key=key, passed=True, metadata=skipped)
-            return
-        batch_catalog = active_batch_skus(catalog, batches)
-        asked = skus_per_batch(batch_catalog, batches)
-        skus = batch_catalog.get_column("sku").to_list()
-        try:
-            result = suppliers.fetch_offers(entry.id, skus)
-        except SupplierError as exc:
-            context.log.error(f"{exc}; its last good offers stay in place")
-            outage: dict[str, Any] = {
-                "outage": MetadataValue.text(str(exc)),
-                "endpoint": MetadataValue.text(exc.endpoint or ""),
-                "status": MetadataValue.int(exc.status or 0),
-            }
-            add_partition_metadata(
-                context, {batch: {"skus": MetadataValue.int(asked[batch])} for batch in batches}
-            )
-            stats = exc.stats.as_metadata() if exc.stats is not None else {}
-            yield from _unchanged(
-                key, outage, reachable=False, check_extra=fetch_metadata(stats, batches, len(skus))
-            )
-            yield freshness()
-            return
-        offers, quarantine = attach_batches(result, batch_catalog, batches)
-        for batch in batches:
-            # Every batch of the run is written, empty or not, so a re-run replaces stale rejects.
-            warehouse.write(quarantine.filter(pl.col("batch") == batch), quarantine_key_path(entry.id), batch)
-        share = result.rejected_share
-        limit = float(config.quarantine_max_share)
-        per_batch = offers_partition_metadata(
-            offers, quarantine, asked, fetched_at=result.fetched_at, warehouse=warehouse, key_path=key.path
+        """One supplier's normalized, validated offers and its rejected rows for the run's catalog batches."""
+        yield from _selected_only(
+            context, _fetch(context, entry, catalog, suppliers, warehouse, service_config)
         )
-        worst = max(batches, key=lambda batch: per_batch[batch]["rejected_share"].value)
-        check_metadata = {
-            "rejected": MetadataValue.int(quarantine.height),
-            "rows": MetadataValue.int(offers.height),
-            "rejected_share": MetadataValue.float(round(share, 6)),
-            "max_share": MetadataValue.float(limit),
-            "batches": MetadataValue.text(batch_range(batches)),
-            "worst_batch": MetadataValue.text(worst),
-            "worst_batch_rejected_share": per_batch[worst]["rejected_share"],
-        }
-        reachable = AssetCheckResult(
-            check_name=REACHABLE_CHECK,
-            asset_key=key,
-            passed=True,
-            metadata=fetch_metadata(
-                {**result.stats.as_metadata(), "unrequested": result.unrequested}, batches, len(skus)
-            ),
-        )
-        if share > limit:
-            context.log.error(
-                f"supplier {entry.id}: {quarantine.height} of {quarantine.height + offers.height} rows "
-                f"rejected ({share:.1%} > {limit:.1%}); offers not published, previous files kept"
-            )
-            # No Output: the blocking check fails the step and the last good offers stay in place.
-            yield reachable
-            yield AssetCheckResult(
-                check_name=REJECTED_SHARE_CHECK,
-                asset_key=key,
-                passed=False,
-                severity=AssetCheckSeverity.ERROR,
-                metadata=check_metadata,
-            )
-            yield freshness()
-            return
-        add_partition_metadata(context, per_batch)
-        yield Output(offers)
-        yield reachable
-        yield AssetCheckResult(
-            check_name=REJECTED_SHARE_CHECK, asset_key=key, passed=True, metadata=check_metadata
-        )
-        # Every batch of the run was just written with this fetch's time (an empty batch has no offers).
-        yield freshness({batch: result.fetched_at for batch in batches if per_batch[batch]["rows"].value})
 
     return supplier_offers
+
+
+def _fetch(
+    context: AssetExecutionContext,
+    entry: SupplierEntry,
+    catalog: pl.LazyFrame,
+    suppliers: SupplierClients,
+    warehouse: Warehouse,
+    service_config: RuntimeConfig,
+) -> Iterator[Any]:
+    """The step's events for every output and check; `_selected_only` keeps the selected ones."""
+    key = offers_key(entry.id)
+    quarantine_key = quarantine_asset_key(entry.id)
+    config = service_config.load()
+    batches = list(context.partition_keys)
+
+    def freshness(written: dict[str, datetime] | None = None) -> AssetCheckResult:
+        """offers_fresh over every batch on file; `written`: what this run wrote (newest fetched_at
+        per batch with offers), replacing the run's batches on file."""
+        state = evaluate_freshness(
+            warehouse,
+            entry.id,
+            now=datetime.now(UTC),
+            ttl=config.staleness_ttl,
+            observed=written,
+            replaced=batches if written is not None else (),
+        )
+        if not state.passed:
+            context.log.error(state.description(entry.id))
+        return freshness_result(key, entry.id, state)
+
+    if not config.enabled(entry.id):
+        context.log.warning(f"supplier {entry.id} is disabled in {config.source}: skipped")
+        skipped = {"skipped": MetadataValue.text("disabled")}
+        yield from _unchanged(key, skipped, reachable=None)
+        # Switched off on purpose: its old files are not used, so their age is no alarm.
+        yield AssetCheckResult(check_name=FRESH_CHECK, asset_key=key, passed=True, metadata=skipped)
+        return
+    batch_catalog = active_batch_skus(catalog, batches)
+    asked = skus_per_batch(batch_catalog, batches)
+    skus = batch_catalog.get_column("sku").to_list()
+    try:
+        result = suppliers.fetch_offers(entry.id, skus)
+    except SupplierError as exc:
+        context.log.error(f"{exc}; its last good offers stay in place")
+        outage: dict[str, Any] = {
+            "outage": MetadataValue.text(str(exc)),
+            "endpoint": MetadataValue.text(exc.endpoint or ""),
+            "status": MetadataValue.int(exc.status or 0),
+        }
+        _add_metadata(context, {batch: {"skus": MetadataValue.int(asked[batch])} for batch in batches}, key)
+        stats = exc.stats.as_metadata() if exc.stats is not None else {}
+        yield from _unchanged(
+            key, outage, reachable=False, check_extra=fetch_metadata(stats, batches, len(skus))
+        )
+        yield freshness()
+        return
+    offers, quarantine = attach_batches(result, batch_catalog, batches)
+    share = result.rejected_share
+    limit = float(config.quarantine_max_share)
+    per_batch = offers_partition_metadata(
+        offers, quarantine, asked, fetched_at=result.fetched_at, warehouse=warehouse, key_path=key.path
+    )
+    worst = max(batches, key=lambda batch: per_batch[batch]["rejected_share"].value)
+    check_metadata = {
+        "rejected": MetadataValue.int(quarantine.height),
+        "rows": MetadataValue.int(offers.height),
+        "rejected_share": MetadataValue.float(round(share, 6)),
+        "max_share": MetadataValue.float(limit),
+        "batches": MetadataValue.text(batch_range(batches)),
+        "worst_batch": MetadataValue.text(worst),
+        "worst_batch_rejected_share": per_batch[worst]["rejected_share"],
+    }
+    reachable = AssetCheckResult(
+        check_name=REACHABLE_CHECK,
+        asset_key=key,
+        passed=True,
+        metadata=fetch_metadata(
+            {**result.stats.as_metadata(), "unrequested": result.unrequested}, batches, len(skus)
+        ),
+    )
+    # The quarantine first, refused offers or not: it is what explains a refusal. The IO manager
+    # writes every batch of the run, empty or not, so a re-run replaces stale rejects.
+    _add_metadata(
+        context,
+        quarantine_partition_metadata(quarantine, batches, warehouse=warehouse, key_path=quarantine_key.path),
+        quarantine_key,
+    )
+    yield Output(quarantine, output_name=QUARANTINE_OUTPUT)
+    if share > limit:
+        context.log.error(
+            f"supplier {entry.id}: {quarantine.height} of {quarantine.height + offers.height} rows "
+            f"rejected ({share:.1%} > {limit:.1%}); offers not published, previous files kept"
+        )
+        # No offers Output: the blocking check fails the step and the last good offers stay in place.
+        yield reachable
+        yield AssetCheckResult(
+            check_name=REJECTED_SHARE_CHECK,
+            asset_key=key,
+            passed=False,
+            severity=AssetCheckSeverity.ERROR,
+            metadata=check_metadata,
+        )
+        yield freshness()
+        return
+    _add_metadata(context, per_batch, key)
+    yield Output(offers, output_name=OFFERS_OUTPUT)
+    yield reachable
+    yield AssetCheckResult(
+        check_name=REJECTED_SHARE_CHECK, asset_key=key, passed=True, metadata=check_metadata
+    )
+    # Every batch of the run was just written with this fetch's time (an empty batch has no offers).
+    yield freshness({batch: result.fetched_at for batch in batches if per_batch[batch]["rows"].value})
 
 
 def _unchanged(
@@ -308,7 +409,7 @@ def _unchanged(
     ages them out by fetched_at); an Output is still yielded because a missing one would make Dagster
     skip best_offers in the same run, and one supplier must never hold up the others.
     """
-    yield Output(None, metadata=metadata)
+    yield Output(None, output_name=OFFERS_OUTPUT, metadata=metadata)
     check_metadata = {**metadata, **(check_extra or {})}
     if reachable is False:
         yield AssetCheckResult(
@@ -339,7 +440,8 @@ def _reasons_table(quarantine: pl.DataFrame) -> str:
 def build_supplier_offer_assets(
     registry: Registry, partitions_def: PartitionsDefinition
 ) -> list[AssetsDefinition]:
-    """One `supplier_offers/<id>` asset per REST supplier of the registry (file suppliers: elsewhere)."""
+    """One `supplier_offers/<id>` + `supplier_quarantine/<id>` multi-asset per REST supplier of the registry
+    (file suppliers: elsewhere)."""
     return [
         build_supplier_offers_asset(entry, partitions_def)
         for entry in registry.suppliers

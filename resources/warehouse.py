@@ -295,8 +295,28 @@ class Warehouse(ConfigurableResource):
 
     def write_json(self, payload: Any, key_path: Sequence[str], name: str) -> None:
         """Atomically write a small JSON sidecar (state such as ETags) beside a table."""
-        path = self.root().joinpath(*key_path[:-1], f"{key_path[-1]}.{name}.json")
-        write_bytes_atomic(json.dumps(payload, sort_keys=True, default=str).encode(), path)
+        self.write_json_file(payload, [*key_path[:-1], f"{key_path[-1]}.{name}.json"])
+
+    def write_json_file(self, payload: Any, parts: Sequence[str]) -> None:
+        """Atomically write a small JSON file at <root>/<parts...> (a state folder's file)."""
+        write_bytes_atomic(json.dumps(payload, sort_keys=True, default=str).encode(), self._file(parts))
+
+    def read_json_file(self, parts: Sequence[str]) -> Any | None:
+        """Read a JSON file at <root>/<parts...>, or None if it was never written."""
+        path = self._file(parts)
+        if _local_target(path) is None:
+            try:
+                return json.loads(_get_object(path))
+            except FileNotFoundError:
+                return None
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _file(self, parts: Sequence[str]) -> UPath:
+        """<root>/<parts...>, refusing segments that would leave the warehouse."""
+        for part in parts:
+            if part in {"", ".", ".."} or "/" in part or "\\" in part:
+                raise ValueError(f"unsafe path segment {part!r} in warehouse file {list(parts)!r}")
+        return self.root().joinpath(*parts)
 
     def remove_orphan_temp_files(self) -> list[Path]:
         """Maintenance: delete every temp file under the warehouse that no live writer holds."""
@@ -311,13 +331,7 @@ class Warehouse(ConfigurableResource):
 
     def read_json(self, key_path: Sequence[str], name: str) -> Any | None:
         """Read a JSON sidecar, or None if it was never written."""
-        path = self.root().joinpath(*key_path[:-1], f"{key_path[-1]}.{name}.json")
-        if _local_target(path) is None:
-            try:
-                return json.loads(_get_object(path))
-            except FileNotFoundError:
-                return None
-        return json.loads(path.read_text()) if path.exists() else None
+        return self.read_json_file([*key_path[:-1], f"{key_path[-1]}.{name}.json"])
 
 
 class _RecentOutputs:

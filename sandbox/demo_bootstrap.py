@@ -27,6 +27,7 @@ from pricing_assets.logic.batching import batch_keys
 from pricing_assets.logic.history import update_price_history
 from resources.config import Registry, load_registry
 from resources.schemas import OFFERS_SCHEMA, empty_frame
+from resources.suppliers import REST_KINDS
 from resources.warehouse import Warehouse
 from sandbox.bootstrap import demo_days
 from sandbox.dagster_ui import RANGE_END_TAG, RANGE_START_TAG, DagsterUi, UiError
@@ -103,8 +104,12 @@ class Bootstrap:
                     self.log(f"could not restart {HISTORY_SCHEDULE}: {exc} (switch it on under Automation)")
 
     def _run_all(self) -> None:
+        # Each supplier step writes its quarantine table too: selected with it, so it is written.
         files = [
-            ["supplier_files", entry.id] for entry in self.registry.suppliers if entry.kind == "cdn_file"
+            [prefix, entry.id]
+            for entry in self.registry.suppliers
+            if entry.kind == "cdn_file"
+            for prefix in ("supplier_files", "supplier_files_quarantine")
         ]
         self._run("catalog and CDN files", "pricing", assets=[["catalog"], *files])
         days = demo_days(datetime.now(UTC))
@@ -113,7 +118,10 @@ class Bootstrap:
             fetched = self._run(
                 f"every supplier's offers, {len(batches)} batches",
                 "pricing",
-                assets=[["supplier_offers", supplier] for supplier in self.registry.order],
+                assets=[
+                    *(["supplier_offers", supplier] for supplier in self.registry.order),
+                    *(["supplier_quarantine", e.id] for e in self.registry.suppliers if e.kind in REST_KINDS),
+                ],
                 tags={RANGE_START_TAG: batches[0], RANGE_END_TAG: batches[-1]},
             )
             offers = read_current_offers(self.warehouse, self.registry.order)

@@ -30,6 +30,7 @@ from resources.schemas import (
     COLUMN_SCHEMA_KEY,
     OFFERS_SCHEMA,
     PRICE_HISTORY_SCHEMA,
+    QUARANTINE_SCHEMA,
     STOREFRONT_PRICES_SCHEMA,
     table_schema,
 )
@@ -44,6 +45,9 @@ PRICING_TABLES: dict[str, dict[str, pl.DataType]] = {
     # The CDN cache: the offers, laid out by catalog batch (the batch and the batch count it is for).
     "supplier_files/delta": {**OFFERS_SCHEMA, **BATCH_COLUMN, "catalog_batches": pl.Int32()},
     **{f"supplier_offers/{s}": BATCHED_OFFERS for s in ("alpha", "beta", "gamma", "delta")},
+    # The rows each supplier step rejected: per batch for the REST suppliers, the cached file's for delta.
+    **{f"supplier_quarantine/{s}": {**QUARANTINE_SCHEMA, **BATCH_COLUMN} for s in ("alpha", "beta", "gamma")},
+    "supplier_files_quarantine/delta": QUARANTINE_SCHEMA,
     "best_offers": {**BEST_OFFERS_SCHEMA, **BATCH_COLUMN},
     # storefront_prices keeps best_offers' columns and adds the price ones.
     "storefront_prices": {**BEST_OFFERS_SCHEMA, **BATCH_COLUMN, **STOREFRONT_PRICES_SCHEMA},

@@ -176,7 +176,8 @@ def test_openssl_cli_file_is_cached_with_exactly_its_rows(mode: str, encoding: s
     # The offers contract, then the layout: each row's batch of 4, sorted by it (docs/cdn_feed.md).
     assert cached.schema == pl.Schema({**OFFERS_SCHEMA, "batch": pl.String(), "catalog_batches": pl.Int32()})
     assert cached.get_column("batch").is_sorted() and set(cached.get_column("catalog_batches")) == {4}
-    assert warehouse.read(quarantine_key("delta")).height == 0
+    # The rejects come back to the asset, which publishes them as its quarantine output.
+    assert result.quarantine.height == 0 and not warehouse.exists(quarantine_key("delta"))
     assert result.base64 is (encoding != "raw")
     # Wrong base64 setting stated explicitly fails loudly instead of decoding garbage.
     wrong_encoding = cdn_config(**kdf, base64="no" if encoding != "raw" else "yes")

@@ -27,15 +27,17 @@ from pricing_assets import supplier_files as sf
 from resources.cdn_crypto import CdnHttpError, IntegrityError, TooLargeError, TruncatedError
 from resources.cdn_download import CdnFileClient
 from resources.cdn_file import CdnFile, verify_checksum, verify_signature
+from resources.cdn_state import CdnCacheState
 from resources.config import Registry, RetryConfig
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA
-from resources.warehouse import Warehouse
+from resources.warehouse import Warehouse, WarehouseIOManager
 from sandbox.cdn import signing_public_key_pem
 from tests.conftest import SANDBOX_ENV, Sandbox
 
 PASSPHRASE = SANDBOX_ENV["DELTA_CDN_PASSPHRASE"]
 KEY = ["supplier_files", "delta"]
+QUARANTINE_KEY = ["supplier_files_quarantine", "delta"]
 
 
 def make_registry(url: str, catalog_batches: int = 16, **cdn: Any) -> Registry:
@@ -77,6 +79,7 @@ class Feed:
     def __init__(self, sandbox: Sandbox, tmp_path: Path) -> None:
         self.sandbox = sandbox
         self.warehouse = Warehouse(base_dir=str(tmp_path / "warehouse"))
+        self.cdn_state = CdnCacheState(base_dir=str(tmp_path / "warehouse"))
         self.tmp_dir = tmp_path / "downloads"
         self.tmp_dir.mkdir()
         self.service_config = "{}"
@@ -84,20 +87,22 @@ class Feed:
     def run(self, catalog_batches: int = 16, **cdn: Any) -> dg.ExecuteInProcessResult:
         """Materialize the asset once (not raising on failure)."""
         assets = sf.build_supplier_file_assets(make_registry(self.sandbox.url, catalog_batches, **cdn))
-        return dg.materialize(
-            assets,
-            resources={
-                "warehouse": self.warehouse,
-                "service_config": RuntimeConfig(override_json=self.service_config),
-                "cdn_files": CdnFile(tmp_dir=str(self.tmp_dir)),
-            },
-            raise_on_error=False,
-        )
+        return dg.materialize(assets, resources=self.resources(), raise_on_error=False)
+
+    def resources(self) -> dict[str, Any]:
+        """The asset's resources, pointed at the temp warehouse."""
+        return {
+            "io_manager": WarehouseIOManager(base_dir=str(self.warehouse.root())),
+            "warehouse": self.warehouse,
+            "cdn_state": self.cdn_state,
+            "service_config": RuntimeConfig(override_json=self.service_config),
+            "cdn_files": CdnFile(tmp_dir=str(self.tmp_dir)),
+        }
 
     def metadata(self, result: dg.ExecuteInProcessResult) -> dict[str, Any]:
         """The materialization's metadata as plain values."""
         assert result.success, self.failure(result)
-        [event] = result.get_asset_materialization_events()
+        [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.path == KEY]
         return {k: v.value for k, v in event.materialization.metadata.items()}
 
     @staticmethod
@@ -114,8 +119,8 @@ class Feed:
         return Path(str(self.warehouse.path(KEY))).read_bytes()
 
     def state(self) -> dict[str, Any]:
-        """The JSON sidecar."""
-        return self.warehouse.read_json(KEY, "state") or {}
+        """The cache's state (the cdn_state resource's)."""
+        return self.cdn_state.load("delta")
 
     def served_rows(self) -> list[tuple[str, Decimal, str, int | None]]:
         """What the sandbox serves right now, decrypted by the real openssl CLI (the oracle)."""
@@ -332,7 +337,7 @@ def test_a_304_keeps_the_cached_offers_fresh(feed: Feed) -> None:
 def test_assets_schedule_and_pool_follow_the_registry() -> None:
     registry = make_registry("http://127.0.0.1:9")
     assets = sf.build_supplier_file_assets(registry)
-    assert [a.key for a in assets] == [dg.AssetKey(["supplier_files", "delta"])]
+    assert [a.keys for a in assets] == [{dg.AssetKey(KEY), dg.AssetKey(QUARANTINE_KEY)}]
     assert [a.op.pool for a in assets] == ["supplier_delta"]
     schedule = sf.build_supplier_file_schedule(assets)
     assert schedule.cron_schedule == "*/30 * * * *"
@@ -342,12 +347,13 @@ def test_assets_schedule_and_pool_follow_the_registry() -> None:
         schedules=[schedule],
         resources={
             "warehouse": Warehouse(base_dir="/nonexistent"),
+            "cdn_state": CdnCacheState(base_dir="/nonexistent"),
             "service_config": RuntimeConfig(),
             "cdn_files": CdnFile(),
         },
     )
     job = defs.resolve_job_def(schedule.job_name)
-    assert set(job.asset_layer.executable_asset_keys) == {dg.AssetKey(["supplier_files", "delta"])}
+    assert set(job.asset_layer.executable_asset_keys) == {dg.AssetKey(KEY), dg.AssetKey(QUARANTINE_KEY)}
     no_files = Registry.model_validate(
         {"suppliers": [{"id": "alpha", "kind": "rest_batch", "base_url": "http://127.0.0.1:9"}]}
     )
@@ -611,11 +617,7 @@ def test_without_a_checksum_a_file_that_lost_many_skus_is_held_until_accepted(fe
     # A small shrink is normal catalog churn; and the held file goes through when accepted exactly.
     accepted = dg.materialize(
         sf.build_supplier_file_assets(make_registry(feed.sandbox.url)),
-        resources={
-            "warehouse": feed.warehouse,
-            "service_config": RuntimeConfig(override_json="{}"),
-            "cdn_files": CdnFile(tmp_dir=str(feed.tmp_dir)),
-        },
+        resources=feed.resources(),
         run_config={"ops": {"supplier_files__delta": {"config": {"accept_sha256": sha}}}},
     )
     assert accepted.success and check_result(accepted).passed
@@ -650,3 +652,80 @@ def test_signatures_made_by_the_openssl_cli_verify(tmp_path: Path) -> None:
     verify_checksum(sha, f"{sha}  prices.csv.enc\n".encode(), source="test")
     with pytest.raises(IntegrityError, match="does not hold a SHA-256"):
         verify_checksum(sha, b"<html>not found</html>", source="test")
+
+
+# ---------------------------------------------------------------- quarantine output, state resource
+
+
+def quarantine_events(result: dg.ExecuteInProcessResult) -> list[Any]:
+    """The run's materializations of supplier_files_quarantine/delta."""
+    return [e for e in result.get_asset_materialization_events() if e.asset_key.path == QUARANTINE_KEY]
+
+
+def test_the_quarantine_is_the_asset_second_output_and_follows_the_cached_file(feed: Feed) -> None:
+    feed.sandbox.control(faults={"delta": {"bad_rows": 3}})
+    first = feed.run()
+    [event] = quarantine_events(first)
+    assert (
+        event.materialization.metadata["rows"].value
+        == feed.warehouse.read(sf.quarantine_key("delta")).height
+        == 3
+    )
+    quarantine_file = Path(str(feed.warehouse.path(sf.quarantine_key("delta"))))
+    [asset] = sf.build_supplier_file_assets(make_registry(feed.sandbox.url))
+    declared = asset.specs_by_key[dg.AssetKey(QUARANTINE_KEY)].metadata["dagster/column_schema"]
+    stored = pl.read_parquet_schema(quarantine_file)
+    assert [(c.name, c.type) for c in declared.columns] == [(n, str(t)) for n, t in stored.items()]
+    written = quarantine_file.read_bytes()
+    # Unchanged file (304): the quarantine still describes the cache, so it is neither written nor reported.
+    unchanged = feed.run()
+    assert feed.metadata(unchanged)["unchanged"] is True and quarantine_events(unchanged) == []
+    assert quarantine_file.read_bytes() == written
+    # A refused file leaves both the cache and its quarantine as they were.
+    feed.sandbox.control(faults={"delta": {"bad_rows": 100_000}})
+    refused = feed.run()
+    assert not refused.success and quarantine_events(refused) == []
+    assert quarantine_file.read_bytes() == written
+    # A newly accepted clean file replaces the rejects with an empty table.
+    feed.sandbox.control(faults={"delta": None})
+    httpx.post(f"{feed.sandbox.url}/cdn/delta/regenerate", timeout=10).raise_for_status()
+    clean = feed.run()
+    [event] = quarantine_events(clean)
+    assert event.materialization.metadata["rows"].value == 0
+    assert feed.warehouse.read(sf.quarantine_key("delta")).height == 0
+
+
+def test_the_state_lives_in_the_state_folder_not_beside_the_cache(feed: Feed) -> None:
+    meta = feed.metadata(feed.run())
+    root = Path(str(feed.warehouse.root()))
+    stored = json.loads((root / "_cdn_state" / "delta.json").read_text())
+    assert stored["etag"] == meta["etag"] and stored["rows"] == meta["rows"]
+    assert not (root / "supplier_files" / "delta.state.json").exists()
+    assert feed.cdn_state.path("delta") == str(root / "_cdn_state" / "delta.json")
+
+
+def test_a_deployment_state_at_the_old_location_keeps_the_conditional_get(feed: Feed) -> None:
+    """A cache whose state is still `supplier_files/<id>.state.json` (written before `_cdn_state/`)."""
+    first = feed.metadata(feed.run())
+    root = Path(str(feed.warehouse.root()))
+    new = root / "_cdn_state" / "delta.json"
+    legacy = root / "supplier_files" / "delta.state.json"
+    legacy.write_bytes(new.read_bytes())
+    new.unlink()
+    assert feed.state()["etag"] == first["etag"]  # read from the old location
+    meta = feed.metadata(feed.run())
+    # The old state's ETag and settings made the request conditional: a 304, nothing decrypted.
+    assert meta["unchanged"] is True and meta["http_status"] == 304
+    assert json.loads(new.read_text())["etag"] == first["etag"]  # saved at the new location from now on
+
+
+def test_the_cache_can_be_refreshed_alone_but_not_the_quarantine(feed: Feed) -> None:
+    assets = sf.build_supplier_file_assets(make_registry(feed.sandbox.url))
+    cache_only = dg.materialize(assets, selection=[dg.AssetKey(KEY)], resources=feed.resources())
+    assert [e.asset_key for e in cache_only.get_asset_materialization_events()] == [dg.AssetKey(KEY)]
+    assert feed.warehouse.exists(KEY) and not feed.warehouse.exists(QUARANTINE_KEY)
+    alone = dg.materialize(
+        assets, selection=[dg.AssetKey(QUARANTINE_KEY)], resources=feed.resources(), raise_on_error=False
+    )
+    assert not alone.success
+    assert "materialize it with supplier_files/delta" in feed.failure(alone)

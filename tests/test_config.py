@@ -290,7 +290,7 @@ def test_a_config_error_fails_the_supplier_step_before_any_fetch_with_file_and_k
 ):
     """Through materialize: the step's failure says file and key on its first line; alpha got no request."""
     registry = load_registry()
-    assets = {a.key.to_user_string(): a for a in build_pricing_assets(registry)}
+    assets = {key.to_user_string(): a for a in build_pricing_assets(registry) for key in a.keys}
     warehouse = Warehouse(base_dir=str(tmp_path / "warehouse"))
     warehouse.write(
         pl.DataFrame({"sku": ["SKU-000001"], "active": [True], "batch": ["batch-000"]}), ["catalog"]

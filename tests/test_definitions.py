@@ -36,6 +36,9 @@ def test_pricing_location_has_contract_assets():
         AssetKey("storefront_sync"),
         *(AssetKey(["supplier_offers", s]) for s in ("alpha", "beta", "gamma", "delta")),
         AssetKey(["supplier_files", "delta"]),
+        # The quarantine tables: second outputs of the supplier steps (issue 14).
+        *(AssetKey(["supplier_quarantine", s]) for s in ("alpha", "beta", "gamma")),
+        AssetKey(["supplier_files_quarantine", "delta"]),
     }
     assert expected <= keys
     batch_keys = defs.resolve_assets_def("best_offers").partitions_def.get_partition_keys()
@@ -121,3 +124,16 @@ def test_loading_both_locations_shows_no_warning_at_all():
     code = "import pricing_assets.definitions as p, orders_assets.definitions as o; p.defs(); o.defs()"
     result = python(code, "error")
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_supplier_jobs_write_the_quarantine_with_its_supplier_step():
+    """The quarantine tables are written in the supplier steps, so the jobs running them select them."""
+    from pricing_assets.definitions import build_defs
+
+    defs = build_defs()
+    quarantine = {AssetKey(["supplier_quarantine", s]) for s in ("alpha", "beta", "gamma")}
+    for name in ("price_sweep_job", "price_cycle_job"):
+        keys = set(defs.resolve_job_def(name).asset_layer.executable_asset_keys)
+        assert quarantine | {AssetKey(["supplier_offers", "alpha"])} <= keys, name
+    files = set(defs.resolve_job_def("supplier_files_job").asset_layer.executable_asset_keys)
+    assert files == {AssetKey(["supplier_files", "delta"]), AssetKey(["supplier_files_quarantine", "delta"])}

@@ -6,7 +6,7 @@ import json
 import math
 from decimal import ROUND_HALF_UP, Decimal
 
-from dagster import AssetSelection, materialize
+from dagster import AssetKey, AssetSelection, materialize
 
 from pricing_assets.definitions import build_pricing_assets
 from pricing_assets.logic.batching import batch_index, batch_key
@@ -55,13 +55,13 @@ def expected_prices(batch: str) -> dict[str, Decimal]:
 
 
 def test_slice_pushes_exactly_the_expected_signed_prices(sandbox, warehouse_dir):
-    assets_by_key = {a.key.to_user_string(): a for a in build_pricing_assets(load_registry())}
+    assets_by_key = {key.to_user_string(): a for a in build_pricing_assets(load_registry()) for key in a.keys}
     resources = slice_resources(sandbox.url, warehouse_dir)
     catalog = materialize([assets_by_key["catalog"]], resources=resources)
     assert catalog.success
     selection = ["supplier_offers/alpha", "best_offers", "storefront_prices", "storefront_sync"]
     assets = [assets_by_key["catalog"], *(assets_by_key[key] for key in selection)]
-    only_slice = AssetSelection.assets(*[assets_by_key[key].key for key in selection])
+    only_slice = AssetSelection.assets(*[AssetKey.from_user_string(key) for key in selection])
     result = materialize(assets, partition_key="batch-000", resources=resources, selection=only_slice)
     assert result.success
 

@@ -28,7 +28,7 @@ from pricing_assets.held import APPROVE_JOB_NAME, HELD_JOB_NAME
 from pricing_assets.history_assets import HISTORY_JOB_NAME
 from pricing_assets.push_sensor import SYNC_JOB_NAME
 from pricing_assets.sweep import CYCLE_JOB_NAME
-from resources import push_state
+from resources import cdn_state, push_state
 from resources.config import load_registry
 from resources.orders_db import OrdersDatabase
 from resources.runtime import RuntimeConfig
@@ -45,7 +45,10 @@ ORDERS_ASSETS_PARTITIONED = ["orders", "order_rejects", "order_allocations", "sa
 
 def state_folders() -> dict[str, str]:
     """Each documented state folder (first path segment) and the resource that owns it."""
-    return {folder: "PushState" for folder in push_state.STATE_FOLDERS}
+    return {
+        **{folder: "PushState" for folder in push_state.STATE_FOLDERS},
+        cdn_state.STATE_FOLDER: "CdnCacheState",
+    }
 
 
 def owners_of(relative: str, assets: dict[AssetKey, AssetsDefinition]) -> list[str]:

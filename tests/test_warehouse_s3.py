@@ -400,7 +400,11 @@ def test_pricing_assets_materialize_into_the_bucket(s3_root, bucket, sandbox):
         s3_root, sandbox, {"suppliers": {"beta": {"enabled": False}, "gamma": {"enabled": False}}}
     )
     files = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, asset_selection=[AssetKey(["supplier_files", "delta"])]
+        instance=instance,
+        asset_selection=[
+            AssetKey(["supplier_files", "delta"]),
+            AssetKey(["supplier_files_quarantine", "delta"]),
+        ],
     )
     assert files.success
     result = defs.resolve_job_def("price_sweep_job").execute_in_process(
@@ -412,7 +416,8 @@ def test_pricing_assets_materialize_into_the_bucket(s3_root, bucket, sandbox):
     for key in (
         "catalog.parquet",
         "supplier_files/delta.parquet",
-        "supplier_files/delta.state.json",
+        "supplier_files_quarantine/delta.parquet",
+        "_cdn_state/delta.json",
         "supplier_offers/alpha/batch-000.parquet",
         "supplier_offers/delta/batch-000.parquet",
         "best_offers/batch-000.parquet",

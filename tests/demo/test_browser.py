@@ -44,7 +44,10 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-TRY_IT = 'key:"supplier_offers/*" or key:"best_offers" or key:"storefront_prices" or key:"storefront_sync"'
+TRY_IT = (
+    'key:"supplier_offers/*" or key:"supplier_quarantine/*" or key:"best_offers" or key:"storefront_prices" '
+    'or key:"storefront_sync"'
+)
 RUN_SECONDS = 300
 # The UI's pages fetch their data over GraphQL after the page loads: on a busy 2-core machine the
 # asset list took just over Playwright's default 5 s to render (it was there a moment later).

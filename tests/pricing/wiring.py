@@ -14,6 +14,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Definitions
 
 from pricing_assets.definitions import build_definitions_without_resources, default_resources
 from pricing_assets.logic.batching import assign_batches, batch_index, batch_key
+from resources.cdn_state import CdnCacheState
 from resources.config import load_registry
 from resources.push_state import ApprovalLog, PushState
 from resources.runtime import RuntimeConfig
@@ -40,6 +41,7 @@ def resources(
         "warehouse": Warehouse(base_dir=str(warehouse_dir)),
         "push_state": PushState(base_dir=str(warehouse_dir)),
         "approval_log": ApprovalLog(base_dir=str(warehouse_dir)),
+        "cdn_state": CdnCacheState(base_dir=str(warehouse_dir)),
         "service_config": RuntimeConfig(override_json=json.dumps(config or {})),
         "storefront": Storefront(url=storefront_url, webhook_secret=WEBHOOK_SECRET),
         "suppliers": suppliers or SupplierClients(),

@@ -14,7 +14,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, asset, materialize
 
 from pricing_assets.partitions import catalog_batch_partitions, offers_key
-from pricing_assets.supplier_offers import build_supplier_offer_assets
+from pricing_assets.supplier_offers import build_supplier_offer_assets, quarantine_asset_key
 from resources.config import Registry, load_registry
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA
@@ -83,7 +83,9 @@ def harness_for(sandbox, tmp_path: Path) -> _Harness:
         tags: dict[str, str] | None = None,
         extra: list | None = None,
     ):
-        selection = [offers_key(s) for s in suppliers] + [a.key for a in extra or []]
+        # Both tables of each supplier step, as the sweep selects them.
+        selection = [key for s in suppliers for key in (offers_key(s), quarantine_asset_key(s))]
+        selection += [a.key for a in extra or []]
         return materialize(
             [catalog_stub, *feeds, *(extra or [])],
             selection=selection,
@@ -109,20 +111,25 @@ def harness(sandbox, tmp_path: Path) -> _Harness:
     return harness_for(sandbox, tmp_path)
 
 
-def materializations(result) -> dict[str, Any]:
+def materializations(result, table: str | None = None) -> dict[str, Any]:
+    """Materializations by last key segment (supplier or asset name), quarantine tables left out unless
+    `table` names the key's first segment."""
     return {
-        event.asset_key.path[-1]: event.materialization for event in result.get_asset_materialization_events()
+        event.asset_key.path[-1]: event.materialization
+        for event in result.get_asset_materialization_events()
+        if (event.asset_key.path[0] == table if table else event.asset_key.path[0] != "supplier_quarantine")
     }
 
 
 def test_definitions_carry_pool_freshness_partitions_and_blocking_check(registry_file):
-    feeds = {a.key: a for a in build_supplier_offer_assets(load_registry(registry_file), PARTITIONS)}
+    built = build_supplier_offer_assets(load_registry(registry_file), PARTITIONS)
+    feeds = {key: a for a in built for key in a.keys if key.path[0] == "supplier_offers"}
     assert set(feeds) == {offers_key(s) for s in ("alpha", "beta", "gamma")}
     alpha = feeds[offers_key("alpha")]
     assert alpha.op.pool == "supplier_alpha"
     assert alpha.partitions_def == PARTITIONS
     assert alpha.backfill_policy.max_partitions_per_run == 16
-    spec = next(iter(alpha.specs))
+    spec = next(spec for spec in alpha.specs if spec.key == offers_key("alpha"))
     assert spec.freshness_policy.fail_window.to_timedelta() == timedelta(minutes=30)
     assert spec.freshness_policy.warn_window.to_timedelta() == timedelta(minutes=10)
     checks = {spec.name: spec.blocking for spec in alpha.check_specs}
@@ -245,3 +252,102 @@ def test_disabled_supplier_is_skipped_visibly_and_left_out_of_best_offers(harnes
     assert "beta" not in set(chosen["supplier"].drop_nulls())
     assert "beta" not in set(chosen["runner_up_supplier"].drop_nulls())
     assert "alpha" in set(chosen["supplier"].drop_nulls())
+
+
+def test_quarantine_is_its_own_asset_with_each_batch_row_count(harness, sandbox):
+    sandbox.control(faults={"alpha": {"bad_rows": 4}})
+    tags = {
+        "dagster/asset_partition_range_start": "batch-000",
+        "dagster/asset_partition_range_end": "batch-003",
+    }
+    result = harness.run(["alpha"], partition_key=None, tags=tags)
+    assert result.success
+    events = [
+        event
+        for event in result.get_asset_materialization_events()
+        if event.asset_key == quarantine_asset_key("alpha")
+    ]
+    assert sorted(event.partition for event in events) == PARTITIONS.get_partition_keys()
+    heights = []
+    for event in events:
+        stored = harness.warehouse.read(["supplier_quarantine", "alpha"], event.partition)
+        metadata = event.materialization.metadata
+        # Each batch's own count and file, not the run's total.
+        assert metadata["rows"].value == stored.height
+        assert metadata["path"].value.endswith(f"supplier_quarantine/alpha/{event.partition}.parquet")
+        assert set(stored.get_column("batch")) <= {event.partition}
+        heights.append(stored.height)
+    assert sum(heights) == sandbox.counters()["alpha.bad_rows"] > 0
+    # The files have the columns the asset declares to the catalog.
+    [feed] = [a for a in harness.feeds if quarantine_asset_key("alpha") in a.keys]
+    declared = feed.specs_by_key[quarantine_asset_key("alpha")].metadata["dagster/column_schema"]
+    assert [(c.name, c.type) for c in declared.columns] == [(n, str(t)) for n, t in stored.schema.items()]
+
+
+def test_refused_offers_still_materialize_their_quarantine(harness, sandbox):
+    sandbox.control(faults={"alpha": {"bad_rows": 1000}})
+    result = harness.run(["alpha"], service_config={"quarantine_max_share": "0.2"})
+    assert not result.success
+    assert "alpha" not in materializations(result)
+    [quarantine] = materializations(result, "supplier_quarantine").values()
+    stored = harness.warehouse.read(["supplier_quarantine", "alpha"], BATCH)
+    assert quarantine.metadata["rows"].value == stored.height > 0
+    assert not harness.warehouse.exists(["supplier_offers", "alpha"], BATCH)
+
+
+def test_a_rerun_replaces_the_batch_quarantine_even_when_empty(harness, sandbox):
+    sandbox.control(faults={"alpha": {"bad_rows": 4}})
+    assert harness.run(["alpha"]).success
+    assert harness.warehouse.read(["supplier_quarantine", "alpha"], BATCH).height > 0
+    sandbox.control(reset=True)
+    result = harness.run(["alpha"])
+    assert result.success
+    assert harness.warehouse.read(["supplier_quarantine", "alpha"], BATCH).height == 0
+    assert materializations(result, "supplier_quarantine")["alpha"].metadata["rows"].value == 0
+
+
+def test_an_outage_or_a_disabled_supplier_leaves_the_quarantine_as_it_was(harness, sandbox):
+    sandbox.control(faults={"alpha": {"bad_rows": 4}})
+    assert harness.run(["alpha"]).success
+    path = Path(str(harness.warehouse.path(["supplier_quarantine", "alpha"], BATCH)))
+    before = path.read_bytes()
+    sandbox.control(reset=True)
+    sandbox.control(faults={"alpha": {"outage": True, "retry_after": 0}})
+    down = harness.run(["alpha"])
+    assert down.success and "alpha" not in materializations(down, "supplier_quarantine")
+    disabled = harness.run(["alpha"], service_config={"suppliers": {"alpha": {"enabled": False}}})
+    assert disabled.success and "alpha" not in materializations(disabled, "supplier_quarantine")
+    assert path.read_bytes() == before
+
+
+def test_either_table_can_be_materialized_alone(harness, sandbox):
+    sandbox.control(faults={"alpha": {"bad_rows": 4}})
+    # harness.run selects both tables; one of them is selected here.
+    resources = {
+        "io_manager": WarehouseIOManager(base_dir=str(harness.warehouse.root())),
+        "warehouse": harness.warehouse,
+        "service_config": RuntimeConfig(),
+        "suppliers": SupplierClients(registry_path=harness.registry.source),
+    }
+    only_quarantine = materialize(
+        [catalog_stub, *harness.feeds],
+        selection=[quarantine_asset_key("alpha")],
+        partition_key=BATCH,
+        resources=resources,
+        instance=harness.instance,
+    )
+    assert [e.asset_key for e in only_quarantine.get_asset_materialization_events()] == [
+        quarantine_asset_key("alpha")
+    ]
+    assert only_quarantine.get_asset_check_evaluations() == []
+    assert not harness.warehouse.exists(["supplier_offers", "alpha"], BATCH)
+    assert harness.warehouse.read(["supplier_quarantine", "alpha"], BATCH).height > 0
+    only_offers = materialize(
+        [catalog_stub, *harness.feeds],
+        selection=[offers_key("alpha")],
+        partition_key=BATCH,
+        resources=resources,
+        instance=harness.instance,
+    )
+    assert [e.asset_key for e in only_offers.get_asset_materialization_events()] == [offers_key("alpha")]
+    assert harness.warehouse.exists(["supplier_offers", "alpha"], BATCH)

@@ -59,12 +59,14 @@ def supplier_entry() -> SupplierEntry:
 def project(encrypted: Path, workdir: Path) -> int:
     """The asset's code path from downloaded file to cached Parquet; returns the rows cached."""
     from pricing_assets.supplier_files import cache_price_file
+    from resources.cdn_state import CdnCacheState
 
     price_file = cache_price_file(
         encrypted,
         supplier_entry(),
         passphrase=PASSPHRASE.encode(),
         warehouse=Warehouse(base_dir=str(workdir / "warehouse")),
+        cdn_state=CdnCacheState(base_dir=str(workdir / "warehouse")),
         fetched_at=datetime.now(UTC),
         known_currencies={"EUR"},
         quarantine_max_share=0.2,

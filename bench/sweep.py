@@ -65,7 +65,7 @@ from pricing_assets.logic.best_offers import select_best_offers
 from pricing_assets.logic.guard import check_no_nonpositive_price, check_not_below_floor
 from pricing_assets.logic.pricing import price_offers
 from pricing_assets.partitions import catalog_batch_partitions
-from pricing_assets.supplier_files import read_cached_offers, write_cached_offers
+from pricing_assets.supplier_files import read_cached_offers
 from pricing_assets.sweep import (
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -73,6 +73,7 @@ from pricing_assets.sweep import (
     build_price_sweep_sensor,
     build_sweep_job,
 )
+from resources.cdn_state import write_cached_offers
 from resources.config import Registry, ServiceConfig, load_registry
 from resources.push_state import ApprovalLog, PushState
 from resources.runtime import RuntimeConfig

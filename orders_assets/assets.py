@@ -28,7 +28,7 @@ from resources.config import load_registry
 from resources.orders_db import OrdersDatabase
 from resources.partition_metadata import add_partition_metadata, split_by_partition, table_metadata
 from resources.schemas import column_schema
-from resources.warehouse import Warehouse
+from resources.warehouse import WarehouseTables
 
 GROUP = "orders"
 # Who answers for the location's assets (the catalog's owners field).
@@ -72,7 +72,7 @@ def _store_currency(config: OrdersIngestConfig) -> str:
     return config.store_currency or load_registry().store_currency
 
 
-def _known_skus(warehouse: Warehouse) -> pl.Series:
+def _known_skus(warehouse: WarehouseTables) -> pl.Series:
     if not warehouse.exists(CATALOG.path):
         raise FileNotFoundError(
             f"no catalog at {warehouse.path(CATALOG.path)}: materialize the pricing location's `catalog` "
@@ -81,7 +81,7 @@ def _known_skus(warehouse: Warehouse) -> pl.Series:
     return warehouse.read(CATALOG.path).get_column("sku")
 
 
-def history_window(warehouse: Warehouse, days: list[str]) -> dict[str, str | None]:
+def history_window(warehouse: WarehouseTables, days: list[str]) -> dict[str, str | None]:
     """The `price_history` partition each order day reads (None: no history on or before it).
 
     `price_history/<day>` holds every offer valid at some instant of that day (docs/pricing.md), so a
@@ -137,7 +137,7 @@ def ingest_orders(
     context: AssetExecutionContext,
     config: OrdersIngestConfig,
     orders_db: OrdersDatabase,
-    warehouse: Warehouse,
+    warehouse: WarehouseTables,
 ) -> Iterator[Output | AssetCheckResult]:
     """Read the window's orders from the database and split them into accepted lines and rejects."""
     window = context.partition_time_window
@@ -208,7 +208,7 @@ def order_allocations(
     context: AssetExecutionContext,
     config: AllocationConfig,
     orders: pl.DataFrame,
-    warehouse: Warehouse,
+    warehouse: WarehouseTables,
 ) -> Iterator[Output | AssetCheckResult]:
     """Each accepted line routed first come first served to the cheapest supplier with stock, or
     backordered; never more units than a supplier's stock snapshot had."""
@@ -274,7 +274,7 @@ def order_allocations(
     metadata=column_schema(schemas.SALES_REPORT_SCHEMA),
 )
 def sales_report(
-    context: AssetExecutionContext, order_allocations: pl.DataFrame, warehouse: Warehouse
+    context: AssetExecutionContext, order_allocations: pl.DataFrame, warehouse: WarehouseTables
 ) -> pl.DataFrame:
     """Per day x SKU x supplier: orders, units, revenue, cost at order time and margin (placed and paid
     orders only; cancelled and refunded orders leave it)."""
@@ -299,7 +299,7 @@ def sales_report(
     kinds=KINDS,
     metadata=column_schema(schemas.SALES_SUMMARY_SCHEMA),
 )
-def sales_summary(config: SummaryConfig, warehouse: Warehouse) -> Output[pl.DataFrame]:
+def sales_summary(config: SummaryConfig, warehouse: WarehouseTables) -> Output[pl.DataFrame]:
     """Rolling per-day totals of the latest report days, as a table, a markdown view and plot numbers."""
     summary = sales.sales_summary(warehouse.read_partitions(["sales_report"]), window_days=config.window_days)
     return Output(summary.frame, metadata={"summary": MetadataValue.md(summary.markdown), **summary.metrics})

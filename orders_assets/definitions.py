@@ -10,7 +10,7 @@ from dagster import BetaWarning, Definitions, definitions
 from orders_assets.schedules import orders_hourly, orders_job
 from orders_assets.sensors import orders_late_changes
 from resources.orders_db import OrdersDatabase
-from resources.warehouse import Warehouse, WarehouseIOManager
+from resources.warehouse import WarehouseIOManager, WarehouseTables
 
 with warnings.catch_warnings():
     # Only the `backfill_policy` parameter of `@asset` carries a beta marker; BackfillPolicy itself is
@@ -29,7 +29,7 @@ def build_defs() -> Definitions:
         resources={
             # Everything resolves its location (WAREHOUSE_DIR, ORDERS_DB_URL) when a run starts.
             "io_manager": WarehouseIOManager(),
-            "warehouse": Warehouse(),
+            "warehouse": WarehouseTables(),
             "orders_db": OrdersDatabase(),
         },
     )

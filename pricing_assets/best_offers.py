@@ -26,10 +26,12 @@ from resources.schemas import (
     column_schema,
     empty_frame,
 )
-from resources.warehouse import Warehouse, scan_parquet
+from resources.warehouse import WarehouseTables, scan_parquet
 
 
-def read_supplier_offers(warehouse: Warehouse, supplier_ids: list[str], batches: list[str]) -> pl.DataFrame:
+def read_supplier_offers(
+    warehouse: WarehouseTables, supplier_ids: list[str], batches: list[str]
+) -> pl.DataFrame:
     """Every supplier's last good offers for the batches (a supplier down keeps its previous file)."""
     frames = []
     for supplier_id in supplier_ids:
@@ -92,7 +94,9 @@ def best_offers_metadata(
     return out
 
 
-def offers_per_batch(warehouse: Warehouse, supplier_ids: list[str], batches: list[str]) -> dict[str, int]:
+def offers_per_batch(
+    warehouse: WarehouseTables, supplier_ids: list[str], batches: list[str]
+) -> dict[str, int]:
     """How many supplier offers each batch has on file (row counts from the Parquet footers)."""
     counts = dict.fromkeys(batches, 0)
     for supplier_id in supplier_ids:
@@ -120,7 +124,7 @@ def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefini
     def best_offers(
         context: AssetExecutionContext,
         catalog: pl.LazyFrame,
-        warehouse: Warehouse,
+        warehouse: WarehouseTables,
         service_config: RuntimeConfig,
     ) -> pl.DataFrame:
         """Cheapest available offer per SKU, chosen supplier, runner-up, offer count and spread."""

@@ -27,7 +27,7 @@ from dagster import (
 from pricing_assets.logic.guard import check_no_nonpositive_price, check_not_below_floor, nonpositive_price
 from pricing_assets.logic.markup import below_floor
 from resources.runtime import RuntimeConfig
-from resources.warehouse import Warehouse
+from resources.warehouse import WarehouseTables
 
 NONPOSITIVE_CHECK = "no_nonpositive_price"
 FLOOR_CHECK = "not_below_floor"
@@ -48,7 +48,7 @@ def _metadata(details: dict[str, Any], frame: pl.DataFrame) -> dict[str, Metadat
     return out
 
 
-def run_prices(context: AssetCheckExecutionContext, warehouse: Warehouse) -> pl.DataFrame:
+def run_prices(context: AssetCheckExecutionContext, warehouse: WarehouseTables) -> pl.DataFrame:
     """`storefront_prices` of the run's partitions (every partition when the run has none)."""
     partitioned = context.has_partition_key or context.has_partition_key_range
     keys = sorted(context.partition_keys) if partitioned else None
@@ -95,7 +95,9 @@ def build_storefront_price_checks() -> list[AssetChecksDefinition]:
         blocking=True,
         description="No SKU gets a price of zero or less (unavailable SKUs have no price).",
     )
-    def no_nonpositive_price(context: AssetCheckExecutionContext, warehouse: Warehouse) -> AssetCheckResult:
+    def no_nonpositive_price(
+        context: AssetCheckExecutionContext, warehouse: WarehouseTables
+    ) -> AssetCheckResult:
         """Every priced SKU of the run's batches has a positive price."""
         storefront_prices = run_prices(context, warehouse)
         passed, details = check_no_nonpositive_price(storefront_prices)
@@ -118,7 +120,7 @@ def build_storefront_price_checks() -> list[AssetChecksDefinition]:
     )
     def not_below_floor(
         context: AssetCheckExecutionContext,
-        warehouse: Warehouse,
+        warehouse: WarehouseTables,
         service_config: RuntimeConfig,
     ) -> AssetCheckResult:
         """Every priced SKU of the run's batches is at or above its margin floor."""

@@ -45,7 +45,7 @@ from resources.push_state import ApprovalLog, PushState
 from resources.runtime import RuntimeConfig
 from resources.schemas import CATALOG_SCHEMA, OFFERS_SCHEMA, QUARANTINE_SCHEMA, empty_frame
 from resources.suppliers import REST_KINDS, SupplierClients, SupplierError
-from resources.warehouse import Warehouse
+from resources.warehouse import WarehouseTables
 
 DEBUG_JOB_NAME = "debug_sku"
 TRACE_OP = "trace_sku"
@@ -102,7 +102,9 @@ def explain_candidates(
     )
 
 
-def _catalog_row(warehouse: Warehouse, sku: str, batches: int, context: OpExecutionContext) -> pl.DataFrame:
+def _catalog_row(
+    warehouse: WarehouseTables, sku: str, batches: int, context: OpExecutionContext
+) -> pl.DataFrame:
     """The SKU's catalog row (with batch) from the warehouse; a SKU missing from the catalog fails."""
     if warehouse.exists(["catalog"]):
         row = warehouse.read(["catalog"]).filter(pl.col("sku") == sku)
@@ -125,7 +127,7 @@ def fetch_stage(
     registry: Registry,
     settings: ServiceConfig,
     suppliers: SupplierClients,
-    warehouse: Warehouse,
+    warehouse: WarehouseTables,
 ) -> Fetched:
     """The SKU's catalog row and every enabled supplier's validated offer for it, logged."""
     catalog = _catalog_row(warehouse, sku, registry.catalog_batches, context)
@@ -263,7 +265,7 @@ def build_debug_job(registry: Registry) -> JobDefinition:
         context: OpExecutionContext,
         config: DebugSkuConfig,
         suppliers: SupplierClients,
-        warehouse: Warehouse,
+        warehouse: WarehouseTables,
         push_state: PushState,
         approval_log: ApprovalLog,
         service_config: RuntimeConfig,

@@ -37,14 +37,14 @@ from resources.runtime import RuntimeConfig
 from resources.shopify import ShopifyStorefront
 from resources.storefront import Storefront
 from resources.suppliers import SupplierClients
-from resources.warehouse import Warehouse, WarehouseIOManager
+from resources.warehouse import WarehouseIOManager, WarehouseTables
 
 
 def default_resources(registry_path: str | None = None) -> dict[str, object]:
     """Resources for a deployment: everything outside the process is configured from the environment."""
     return {
         "io_manager": WarehouseIOManager(),
-        "warehouse": Warehouse(),
+        "warehouse": WarehouseTables(),
         "push_state": PushState(),
         "approval_log": ApprovalLog(),
         "service_config": RuntimeConfig(registry_path=registry_path),

@@ -31,7 +31,7 @@ from resources.config import Registry, SupplierEntry
 from resources.partition_metadata import add_partition_metadata, split_by_partition, table_metadata
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, column_schema
-from resources.warehouse import Warehouse
+from resources.warehouse import WarehouseTables
 
 
 def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> AssetsDefinition:
@@ -60,7 +60,7 @@ def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> As
     def file_offers(
         context: AssetExecutionContext,
         catalog: pl.LazyFrame,
-        warehouse: Warehouse,
+        warehouse: WarehouseTables,
         service_config: RuntimeConfig,
     ) -> Iterator[Any]:
         """The cached file's offers for the run's active batch SKUs (stale ones age out in best_offers)."""

@@ -36,7 +36,7 @@ from pricing_assets import OWNERS
 from pricing_assets.logic.guard import CHANGE_KEY, approved_changes, release_held
 from resources.push_state import APPROVALS_SCHEMA, LEDGER_KEY, ApprovalLog, PushState
 from resources.schemas import MONEY, UTC_TS, column_schema
-from resources.warehouse import Warehouse
+from resources.warehouse import WarehouseTables
 
 HELD_KEY = AssetKey("held_price_changes")
 APPROVALS_KEY = AssetKey("price_approvals")
@@ -59,7 +59,7 @@ HELD_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def current_holds(warehouse: Warehouse) -> pl.DataFrame:
+def current_holds(warehouse: WarehouseTables) -> pl.DataFrame:
     """Every row the guard holds in the latest `storefront_prices` of each batch (no held_since)."""
     prices = warehouse.read_partitions(STOREFRONT_PRICES_KEY.path)
     columns = [name for name in HELD_SCHEMA if name != "held_since"]
@@ -161,7 +161,7 @@ class ApprovalConfig(Config):
 def price_approvals(
     context: AssetExecutionContext,
     config: ApprovalConfig,
-    warehouse: Warehouse,
+    warehouse: WarehouseTables,
     approval_log: ApprovalLog,
     push_state: PushState,
 ) -> pl.DataFrame:
@@ -207,7 +207,7 @@ def price_approvals(
     description="Price changes the guard holds back, across all batches, waiting for approval.",
 )
 def held_price_changes(
-    context: AssetExecutionContext, warehouse: Warehouse, approval_log: ApprovalLog
+    context: AssetExecutionContext, warehouse: WarehouseTables, approval_log: ApprovalLog
 ) -> pl.DataFrame:
     """Every change held now and not yet approved, with why and since when."""
     holds = current_holds(warehouse)

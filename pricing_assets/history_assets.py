@@ -37,14 +37,14 @@ from pricing_assets.logic.history import combine_partitions, day_slice, update_p
 from pricing_assets.partitions import daily_partitions
 from resources.config import Registry
 from resources.schemas import OFFERS_SCHEMA, PRICE_HISTORY_SCHEMA, column_schema, empty_frame
-from resources.warehouse import Warehouse
+from resources.warehouse import WarehouseTables
 
 PRICE_HISTORY_KEY = AssetKey("price_history")
 HISTORY_JOB_NAME = "price_history_job"
 HISTORY_SCHEDULE_CRON = "*/5 * * * *"
 
 
-def read_current_offers(warehouse: Warehouse, supplier_ids: list[str]) -> pl.DataFrame:
+def read_current_offers(warehouse: WarehouseTables, supplier_ids: list[str]) -> pl.DataFrame:
     """Every supplier's last good offers across all batches (suppliers with no files are left out)."""
     frames = []
     for supplier_id in supplier_ids:
@@ -54,13 +54,13 @@ def read_current_offers(warehouse: Warehouse, supplier_ids: list[str]) -> pl.Dat
     return pl.concat(frames) if frames else empty_frame(OFFERS_SCHEMA)
 
 
-def written_days(warehouse: Warehouse) -> list[str]:
+def written_days(warehouse: WarehouseTables) -> list[str]:
     """The `price_history` partitions written so far, oldest first."""
     folder = warehouse.root().joinpath(*PRICE_HISTORY_KEY.path)
     return sorted(path.stem for path in folder.glob("*.parquet")) if folder.exists() else []
 
 
-def read_history(warehouse: Warehouse, day: date) -> pl.DataFrame | None:
+def read_history(warehouse: WarehouseTables, day: date) -> pl.DataFrame | None:
     """The part of the log a run of `day` needs, one row per (sku, supplier, valid_from); None if empty.
 
     Today (or any day at or after the last written one): that day's file if written, else the latest
@@ -123,7 +123,7 @@ def build_price_history_asset(registry: Registry) -> AssetsDefinition:
         # Runs read the log and rewrite a day: two at once could each miss the other's changes.
         pool="price_history",
     )
-    def price_history(context: AssetExecutionContext, warehouse: Warehouse) -> pl.DataFrame:
+    def price_history(context: AssetExecutionContext, warehouse: WarehouseTables) -> pl.DataFrame:
         """Supplier offers valid during the day (valid_from/valid_to): a row per change per SKU x supplier."""
         day = date.fromisoformat(context.partition_key)
         now = datetime.now(UTC)

@@ -18,7 +18,7 @@ import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue
 
 from pricing_assets.partitions import offers_key
-from resources.warehouse import Warehouse, scan_parquet
+from resources.warehouse import WarehouseTables, scan_parquet
 
 FRESH_CHECK = "offers_fresh"
 FRESH_CHECK_DESCRIPTION = (
@@ -79,7 +79,7 @@ class Freshness:
 
 
 def newest_fetch_by_batch(
-    warehouse: Warehouse, supplier: str, skip: Sequence[str] = ()
+    warehouse: WarehouseTables, supplier: str, skip: Sequence[str] = ()
 ) -> dict[str, datetime]:
     """Per batch file of `supplier_offers/<supplier>` (but `skip`), the newest fetched_at (empty
     batches left out)."""
@@ -98,7 +98,7 @@ def newest_fetch_by_batch(
 
 
 def evaluate_freshness(
-    warehouse: Warehouse,
+    warehouse: WarehouseTables,
     supplier: str,
     *,
     now: datetime,

@@ -21,7 +21,7 @@ from resources.schemas import (
     STOREFRONT_PRICES_SCHEMA,
     column_schema,
 )
-from resources.warehouse import Warehouse
+from resources.warehouse import WarehouseTables
 
 
 def storefront_prices_metadata(
@@ -90,7 +90,7 @@ def build_storefront_prices_asset(
     def storefront_prices(
         context: AssetExecutionContext,
         best_offers: pl.DataFrame,
-        warehouse: Warehouse,
+        warehouse: WarehouseTables,
         push_state: PushState,
         approval_log: ApprovalLog,
         service_config: RuntimeConfig,

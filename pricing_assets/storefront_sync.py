@@ -53,7 +53,7 @@ from resources.storefront import (
     Storefront,
     StorefrontPusher,
 )
-from resources.warehouse import Warehouse
+from resources.warehouse import WarehouseTables
 
 CATALOG_KEY = AssetKey("catalog")
 # storefront_sync/<batch>: the storefront's acknowledged state per SKU (the push ledger).
@@ -399,7 +399,7 @@ def mark_pending(ledger: pl.DataFrame, pending: Mapping[str, Pending]) -> pl.Dat
 
 
 def _open_pusher(
-    adapter: str, storefront: Storefront, shopify: ShopifyStorefront, warehouse: Warehouse
+    adapter: str, storefront: Storefront, shopify: ShopifyStorefront, warehouse: WarehouseTables
 ) -> AbstractContextManager[StorefrontPusher]:
     if adapter == "shopify":
         # Shopify addresses variants, not SKUs: the catalog maps one to the other.
@@ -532,7 +532,7 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         storefront: Storefront,
         shopify: ShopifyStorefront,
         push_state: PushState,
-        warehouse: Warehouse,
+        warehouse: WarehouseTables,
         service_config: RuntimeConfig,
     ) -> Iterator[Any]:
         """What the storefront has acknowledged per SKU, after pushing only what changed, exactly once."""

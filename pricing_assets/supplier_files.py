@@ -40,15 +40,15 @@ from dagster import (
 from pydantic import Field
 
 from pricing_assets import OWNERS
-from pricing_assets.logic.batching import assign_batches, in_batches
+from pricing_assets.logic.batching import in_batches
 from resources.cdn_crypto import BadRowsError, CdnFeedError, CdnHttpError, ShrunkFileError
 from resources.cdn_file import CdnFile, check_sku_shrink
 from resources.cdn_parse import PriceFile, decrypt_price_file
-from resources.cdn_state import CdnCacheState
+from resources.cdn_state import LAYOUT_COLUMNS, CdnCacheState
 from resources.config import ConfigError, Registry, SupplierEntry
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA, UTC_TS, column_schema, empty_frame
-from resources.warehouse import Warehouse
+from resources.warehouse import WarehouseTables
 
 KEY_PREFIX = "supplier_files"
 # Output names of the supplier file multi-asset.
@@ -65,27 +65,6 @@ def cache_key(supplier_id: str) -> list[str]:
 def quarantine_key(supplier_id: str) -> list[str]:
     """Warehouse key path of the rows the last accepted file had rejected."""
     return ["supplier_files_quarantine", supplier_id]
-
-
-# The cache's layout columns beside the offers contract: each row's catalog batch, and the number of
-# batches it was computed for (a registry with another count reads the whole file instead).
-LAYOUT_COLUMNS: dict[str, pl.DataType] = {"batch": pl.String(), "catalog_batches": pl.Int32()}
-
-
-def write_cached_offers(
-    warehouse: Warehouse, supplier_id: str, offers: pl.DataFrame, catalog_batches: int
-) -> None:
-    """Publish a supplier's offers as its cache, sorted by catalog batch, about one row group per batch."""
-    # Measured (bench scale): every sweep run scanned each supplier's whole cached file for its own
-    # batches, so a sweep read runs x catalog rows. Laid out by batch, a run's range filter skips the
-    # other batches' row groups on their min/max statistics.
-    laid_out = (
-        assign_batches(offers.select(list(OFFERS_SCHEMA)), catalog_batches)
-        .with_columns(pl.lit(catalog_batches, dtype=pl.Int32).alias("catalog_batches"))
-        .sort("batch", "sku", maintain_order=True)
-    )
-    rows_per_batch = max(1, -(-laid_out.height // catalog_batches))
-    warehouse.write(laid_out, cache_key(supplier_id), row_group_size=rows_per_batch)
 
 
 def _laid_out_for(scan: pl.LazyFrame, catalog_batches: int) -> bool:
@@ -112,7 +91,8 @@ def cache_price_file(
     entry: SupplierEntry,
     *,
     passphrase: bytes,
-    warehouse: Warehouse,
+    warehouse: WarehouseTables,
+    cdn_state: CdnCacheState,
     fetched_at: datetime,
     known_currencies: Collection[str],
     quarantine_max_share: float,
@@ -144,12 +124,12 @@ def cache_price_file(
             else None
         )
         check_sku_shrink(previous, price_file.offers, max_share=entry.cdn.max_sku_shrink_share, sha256=sha256)
-    write_cached_offers(warehouse, entry.id, price_file.offers, catalog_batches)
+    cdn_state.publish(entry.id, price_file.offers, catalog_batches)
     return price_file
 
 
 def read_cached_offers(
-    warehouse: Warehouse,
+    warehouse: WarehouseTables,
     supplier_id: str,
     skus: Sequence[str] | pl.Series,
     *,
@@ -215,7 +195,7 @@ def _refresh(
     entry: SupplierEntry,
     known_currencies: Collection[str],
     catalog_batches: int,
-    warehouse: Warehouse,
+    warehouse: WarehouseTables,
     cdn_state: CdnCacheState,
     service_config: RuntimeConfig,
     cdn_files: CdnFile,
@@ -282,6 +262,7 @@ def _refresh(
                 entry,
                 passphrase=passphrase,
                 warehouse=warehouse,
+                cdn_state=cdn_state,
                 fetched_at=now,
                 known_currencies=known_currencies,
                 quarantine_max_share=float(config.quarantine_max_share),
@@ -443,7 +424,7 @@ def _build_one(
     def supplier_file(
         context: AssetExecutionContext,
         config: SupplierFileConfig,
-        warehouse: Warehouse,
+        warehouse: WarehouseTables,
         cdn_state: CdnCacheState,
         service_config: RuntimeConfig,
         cdn_files: CdnFile,

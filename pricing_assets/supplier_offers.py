@@ -41,7 +41,7 @@ from resources.partition_metadata import (
 from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA, column_schema
 from resources.suppliers import REST_KINDS, FetchResult, SupplierClients, SupplierError
-from resources.warehouse import Warehouse
+from resources.warehouse import WarehouseTables
 
 REJECTED_SHARE_CHECK = "rejected_share"
 REACHABLE_CHECK = "supplier_reachable"
@@ -120,7 +120,7 @@ def offers_partition_metadata(
     skus: dict[str, int],
     *,
     fetched_at: datetime,
-    warehouse: Warehouse,
+    warehouse: WarehouseTables,
     key_path: list[str],
 ) -> dict[str, dict[str, MetadataValue]]:
     """Each batch's own numbers: its offers, SKUs asked, rejects and their reasons (not the run's)."""
@@ -144,7 +144,7 @@ def offers_partition_metadata(
 
 
 def quarantine_partition_metadata(
-    quarantine: pl.DataFrame, batches: list[str], *, warehouse: Warehouse, key_path: list[str]
+    quarantine: pl.DataFrame, batches: list[str], *, warehouse: WarehouseTables, key_path: list[str]
 ) -> dict[str, dict[str, MetadataValue]]:
     """Each batch's own rejected rows and their reasons (the IO manager's `rows` are the run's)."""
     parts = split_by_partition(quarantine, "batch", batches)
@@ -272,7 +272,7 @@ def build_supplier_offers_asset(
         context: AssetExecutionContext,
         catalog: pl.LazyFrame,
         suppliers: SupplierClients,
-        warehouse: Warehouse,
+        warehouse: WarehouseTables,
         service_config: RuntimeConfig,
     ) -> Iterator[Any]:
         """One supplier's normalized, validated offers and its rejected rows for the run's catalog batches."""
@@ -288,7 +288,7 @@ def _fetch(
     entry: SupplierEntry,
     catalog: pl.LazyFrame,
     suppliers: SupplierClients,
-    warehouse: Warehouse,
+    warehouse: WarehouseTables,
     service_config: RuntimeConfig,
 ) -> Iterator[Any]:
     """The step's events for every output and check; `_selected_only` keeps the selected ones."""

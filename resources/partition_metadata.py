@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 from dagster import AssetExecutionContext, AssetKey, MetadataValue
 
-from resources.warehouse import Warehouse
+from resources.warehouse import WarehouseTables
 
 
 def split_by_partition(frame: pl.DataFrame, column: str, keys: Sequence[str]) -> dict[str, pl.DataFrame]:
@@ -31,7 +31,7 @@ def split_by_partition(frame: pl.DataFrame, column: str, keys: Sequence[str]) ->
 
 
 def table_metadata(
-    warehouse: Warehouse, key_path: Sequence[str], partition: str, rows: int
+    warehouse: WarehouseTables, key_path: Sequence[str], partition: str, rows: int
 ) -> dict[str, MetadataValue]:
     """What the IO manager reports for a run, for one partition: its rows and its file."""
     path = str(warehouse.path(key_path, partition))

@@ -231,8 +231,12 @@ def partition_column(partitions_def: PartitionsDefinition | None) -> str:
     return "day" if isinstance(partitions_def, TimeWindowPartitionsDefinition) else "batch"
 
 
-class Warehouse(ConfigurableResource):
-    """Direct access to the warehouse for assets that keep state beside their table (caches, ledgers)."""
+class WarehouseTables(ConfigurableResource):
+    """Read-only access to asset tables: what asset code gets (resource key `warehouse`).
+
+    Asset code reads the tables of the assets it declares as deps; it never writes: each table's
+    writer is its asset's IO manager, and internal state has its own resource (docs/architecture.md §6).
+    """
 
     base_dir: str | None = None
 
@@ -247,19 +251,6 @@ class Warehouse(ConfigurableResource):
     def path(self, key_path: Sequence[str], partition: str | None = None) -> UPath:
         """The contract path of a table."""
         return table_path(self.root(), key_path, partition)
-
-    def write(
-        self,
-        frame: pl.DataFrame,
-        key_path: Sequence[str],
-        partition: str | None = None,
-        *,
-        row_group_size: int | None = None,
-    ) -> UPath:
-        """Atomically write a table at its contract path and return the path."""
-        path = self.path(key_path, partition)
-        write_parquet_atomic(frame, path, row_group_size=row_group_size)
-        return path
 
     def read(self, key_path: Sequence[str], partition: str | None = None) -> pl.DataFrame:
         """Read a table at its contract path."""
@@ -292,6 +283,23 @@ class Warehouse(ConfigurableResource):
             except FileNotFoundError:
                 continue  # a partition not written yet
         return pl.concat(frames, how="diagonal_relaxed") if frames else None
+
+
+class Warehouse(WarehouseTables):
+    """Reads and writes: for the IO manager, the state resources and maintenance, never asset code."""
+
+    def write(
+        self,
+        frame: pl.DataFrame,
+        key_path: Sequence[str],
+        partition: str | None = None,
+        *,
+        row_group_size: int | None = None,
+    ) -> UPath:
+        """Atomically write a table at its contract path and return the path."""
+        path = self.path(key_path, partition)
+        write_parquet_atomic(frame, path, row_group_size=row_group_size)
+        return path
 
     def write_json(self, payload: Any, key_path: Sequence[str], name: str) -> None:
         """Atomically write a small JSON sidecar (state such as ETags) beside a table."""

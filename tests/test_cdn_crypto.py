@@ -32,6 +32,7 @@ from resources.cdn_crypto import (
     encrypt_openssl,
 )
 from resources.cdn_parse import STOCK_NOT_INTEGER, decrypt_price_file, parse_price_file
+from resources.cdn_state import CdnCacheState
 from resources.config import CdnFileConfig, SupplierEntry
 from resources.offer_validation import validate_offers
 from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA
@@ -166,6 +167,7 @@ def test_openssl_cli_file_is_cached_with_exactly_its_rows(mode: str, encoding: s
         supplier(cfg),
         passphrase=PASSPHRASE.encode(),
         warehouse=warehouse,
+        cdn_state=CdnCacheState(base_dir=warehouse.base_dir),
         fetched_at=FETCHED_AT,
         known_currencies=KNOWN,
         quarantine_max_share=0.0,

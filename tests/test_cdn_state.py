@@ -9,8 +9,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pricing_assets.supplier_files import read_cached_offers, write_cached_offers
-from resources.cdn_state import CdnCacheState
+from pricing_assets.supplier_files import read_cached_offers
+from resources.cdn_state import CdnCacheState, write_cached_offers
 from resources.schemas import OFFERS_SCHEMA
 from resources.warehouse import Warehouse
 

@@ -9,7 +9,8 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from pricing_assets.logic.batching import assign_batches
-from pricing_assets.supplier_files import cache_key, read_cached_offers, write_cached_offers
+from pricing_assets.supplier_files import cache_key, read_cached_offers
+from resources.cdn_state import write_cached_offers
 from resources.schemas import OFFERS_SCHEMA
 from resources.warehouse import Warehouse
 

@@ -1,7 +1,6 @@
 """`supplier_offers/<id>` for file suppliers: batch slices of the cached CDN file, no network."""
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
@@ -22,8 +21,7 @@ from pricing_assets import OWNERS
 from pricing_assets.offers_freshness import (
     FRESH_CHECK,
     FRESH_CHECK_DESCRIPTION,
-    evaluate_freshness,
-    freshness_result,
+    check_freshness,
 )
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, active_batch_skus, offers_key
 from pricing_assets.supplier_files import cache_key, read_cached_offers
@@ -107,17 +105,15 @@ def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> As
                 check_name=FRESH_CHECK, asset_key=key, passed=True, metadata={"skipped": "disabled"}
             )
             return
-        state = evaluate_freshness(
+        yield check_freshness(
+            context,
             warehouse,
+            key,
             entry.id,
-            now=datetime.now(UTC),
             ttl=config.staleness_ttl,
-            observed={batch: at for batch, at in written.items() if at is not None},
+            written={batch: at for batch, at in written.items() if at is not None},
             replaced=batches,
         )
-        if not state.passed:
-            context.log.error(state.description(entry.id))
-        yield freshness_result(key, entry.id, state)
 
     return file_offers
 

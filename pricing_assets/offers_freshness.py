@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, AssetKey, MetadataValue
 
 from pricing_assets.partitions import offers_key
 from resources.warehouse import WarehouseTables, scan_parquet
@@ -124,3 +124,23 @@ def freshness_result(key: AssetKey, supplier: str, freshness: Freshness) -> Asse
         description=freshness.description(supplier),
         metadata=freshness.metadata(),
     )
+
+
+def check_freshness(
+    context: AssetExecutionContext,
+    warehouse: WarehouseTables,
+    key: AssetKey,
+    supplier: str,
+    *,
+    ttl: timedelta,
+    written: Mapping[str, datetime] | None = None,
+    replaced: Sequence[str] = (),
+) -> AssetCheckResult:
+    """`offers_fresh` over every batch on file now, `written` replacing the `replaced` batches; a
+    failure is logged as an error too (the run's log is where an operator looks first)."""
+    state = evaluate_freshness(
+        warehouse, supplier, now=datetime.now(UTC), ttl=ttl, observed=written, replaced=replaced
+    )
+    if not state.passed:
+        context.log.error(state.description(supplier))
+    return freshness_result(key, supplier, state)

@@ -2,7 +2,7 @@
 the registry, partitioned by catalog batch (the offers and the rows rejected from the same fetch)."""
 
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -27,8 +27,7 @@ from pricing_assets import OWNERS
 from pricing_assets.offers_freshness import (
     FRESH_CHECK,
     FRESH_CHECK_DESCRIPTION,
-    evaluate_freshness,
-    freshness_result,
+    check_freshness,
 )
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, active_batch_skus, offers_key
 from resources.config import Registry, SupplierEntry
@@ -300,17 +299,15 @@ def _fetch(
     def freshness(written: dict[str, datetime] | None = None) -> AssetCheckResult:
         """offers_fresh over every batch on file; `written`: what this run wrote (newest fetched_at
         per batch with offers), replacing the run's batches on file."""
-        state = evaluate_freshness(
+        return check_freshness(
+            context,
             warehouse,
+            key,
             entry.id,
-            now=datetime.now(UTC),
             ttl=config.staleness_ttl,
-            observed=written,
+            written=written,
             replaced=batches if written is not None else (),
         )
-        if not state.passed:
-            context.log.error(state.description(entry.id))
-        return freshness_result(key, entry.id, state)
 
     if not config.enabled(entry.id):
         context.log.warning(f"supplier {entry.id} is disabled in {config.source}: skipped")

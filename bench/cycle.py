@@ -67,8 +67,8 @@ from pricing_assets.storefront_sync import compute_changes, entry_frame
 from pricing_assets.supplier_files import cache_key, read_cached_offers
 from pricing_assets.sweep import CYCLE_JOB_NAME, RANGE_END_TAG, RANGE_START_TAG, SweepCursor
 from resources.config import Registry, ServiceConfig, load_registry
-from resources.runtime import RuntimeConfig
 from resources.schemas import MONEY, OFFERS_SCHEMA
+from resources.service_config import ServiceConfigResource
 from resources.storefront import PushChunk, PushStats, Storefront
 from resources.suppliers import SupplierClients
 from resources.warehouse import Warehouse
@@ -599,7 +599,7 @@ def _measure(n: int, repeats: int, share: float, extra_config: dict[str, Any]) -
         # The baseline reads the same settings in this process.
         os.environ["BULK_SANDBOX_KEY"] = API_KEY
         registry = load_registry(registry_path)
-        config = RuntimeConfig(override_json=json.dumps(service_config)).load()
+        config = ServiceConfigResource(override_json=json.dumps(service_config)).load()
         direct = Storefront(url=f"{sandbox.url}/sf/direct", webhook_secret=SECRET)
         deployment = Deployment(folder, env)
         deployment.start()

@@ -76,7 +76,7 @@ from pricing_assets.sweep import (
 from resources.cdn_state import write_cached_offers
 from resources.config import Registry, ServiceConfig, load_registry
 from resources.push_state import ApprovalLog, PushState
-from resources.runtime import RuntimeConfig
+from resources.service_config import ServiceConfigResource
 from resources.warehouse import Warehouse
 
 NAME = "sweep"
@@ -168,7 +168,7 @@ def sensor_plan(partitions: StaticPartitionsDefinition, sweep_minutes: int) -> l
     job = build_sweep_job(AssetSelection.assets("best_offers"))
     ticks = iter(range(0, 10**9, 3600))  # each evaluation an hour later: every tick is due
     sensor = build_price_sweep_sensor(job, partitions, clock=lambda: float(next(ticks)))
-    config = RuntimeConfig(override_json=json.dumps({"sweep_minutes": sweep_minutes}))
+    config = ServiceConfigResource(override_json=json.dumps({"sweep_minutes": sweep_minutes}))
     cursor: str | None = None
     requests: list[RunRequest] = []
     for _ in range(len(partitions.get_partition_keys())):
@@ -406,7 +406,7 @@ def measure(
     plan = backfill_plan(partitions, per_run) if per_run else sensor_plan(partitions, sweep_minutes)
     ranges = ranges_of(plan, partitions.get_partition_keys())
     with deployment(n) as deployed:
-        config = RuntimeConfig(override_json=json.dumps(SERVICE_CONFIG)).load()
+        config = ServiceConfigResource(override_json=json.dumps(SERVICE_CONFIG)).load()
         project: list[SweepTiming] = []
         baseline: list[float] = []
         # Warm-up: file cache and lazy imports.

@@ -19,13 +19,13 @@ from pricing_assets.logic.best_offers import select_best_offers
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, offers_key
 from resources.config import Registry
 from resources.partition_metadata import add_partition_metadata, table_metadata
-from resources.runtime import RuntimeConfig
 from resources.schemas import (
     BEST_OFFERS_SCHEMA,
     OFFERS_SCHEMA,
     column_schema,
     empty_frame,
 )
+from resources.service_config import ServiceConfigResource
 from resources.warehouse import WarehouseTables, scan_parquet
 
 
@@ -125,7 +125,7 @@ def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefini
         context: AssetExecutionContext,
         catalog: pl.LazyFrame,
         warehouse: WarehouseTables,
-        service_config: RuntimeConfig,
+        service_config: ServiceConfigResource,
     ) -> pl.DataFrame:
         """Cheapest available offer per SKU, chosen supplier, runner-up, offer count and spread."""
         config = service_config.load()

@@ -26,7 +26,7 @@ from dagster import (
 
 from pricing_assets.logic.guard import check_no_nonpositive_price, check_not_below_floor, nonpositive_price
 from pricing_assets.logic.markup import below_floor
-from resources.runtime import RuntimeConfig
+from resources.service_config import ServiceConfigResource
 from resources.warehouse import WarehouseTables
 
 NONPOSITIVE_CHECK = "no_nonpositive_price"
@@ -121,7 +121,7 @@ def build_storefront_price_checks() -> list[AssetChecksDefinition]:
     def not_below_floor(
         context: AssetCheckExecutionContext,
         warehouse: WarehouseTables,
-        service_config: RuntimeConfig,
+        service_config: ServiceConfigResource,
     ) -> AssetCheckResult:
         """Every priced SKU of the run's batches is at or above its margin floor."""
         storefront_prices = run_prices(context, warehouse)

@@ -42,8 +42,8 @@ from pricing_assets.logic.pricing import price_offers
 from pricing_assets.supplier_files import read_cached_offers
 from resources.config import Registry, ServiceConfig
 from resources.push_state import ApprovalLog, PushState
-from resources.runtime import RuntimeConfig
 from resources.schemas import CATALOG_SCHEMA, OFFERS_SCHEMA, QUARANTINE_SCHEMA, empty_frame
+from resources.service_config import ServiceConfigResource
 from resources.suppliers import REST_KINDS, SupplierClients, SupplierError
 from resources.warehouse import WarehouseTables
 
@@ -268,7 +268,7 @@ def build_debug_job(registry: Registry) -> JobDefinition:
         warehouse: WarehouseTables,
         push_state: PushState,
         approval_log: ApprovalLog,
-        service_config: RuntimeConfig,
+        service_config: ServiceConfigResource,
     ) -> None:
         """Trace one SKU through the pricing path; writes and pushes nothing."""
         sku = config.sku.strip()

@@ -33,7 +33,7 @@ from resources.cdn_file import CdnFile
 from resources.cdn_state import CdnCacheState
 from resources.config import Registry, load_registry
 from resources.push_state import ApprovalLog, PushState
-from resources.runtime import RuntimeConfig
+from resources.service_config import ServiceConfigResource
 from resources.shopify import ShopifyStorefront
 from resources.storefront import Storefront
 from resources.suppliers import SupplierClients
@@ -47,7 +47,7 @@ def default_resources(registry_path: str | None = None) -> dict[str, object]:
         "warehouse": WarehouseTables(),
         "push_state": PushState(),
         "approval_log": ApprovalLog(),
-        "service_config": RuntimeConfig(registry_path=registry_path),
+        "service_config": ServiceConfigResource(registry_path=registry_path),
         "storefront": Storefront.from_env(),
         "suppliers": SupplierClients(registry_path=registry_path),
         "cdn_files": CdnFile(),

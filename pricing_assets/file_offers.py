@@ -27,8 +27,8 @@ from pricing_assets.partitions import BATCH_BACKFILL_POLICY, active_batch_skus, 
 from pricing_assets.supplier_files import cache_key, read_cached_offers
 from resources.config import Registry, SupplierEntry
 from resources.partition_metadata import add_partition_metadata, split_by_partition, table_metadata
-from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, column_schema
+from resources.service_config import ServiceConfigResource
 from resources.warehouse import WarehouseTables
 
 
@@ -59,7 +59,7 @@ def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> As
         context: AssetExecutionContext,
         catalog: pl.LazyFrame,
         warehouse: WarehouseTables,
-        service_config: RuntimeConfig,
+        service_config: ServiceConfigResource,
     ) -> Iterator[Any]:
         """The cached file's offers for the run's active batch SKUs (stale ones age out in best_offers)."""
         config = service_config.load()

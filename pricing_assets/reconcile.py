@@ -37,8 +37,8 @@ from dagster import (
 )
 
 from resources.push_state import MARK_SCHEMA
-from resources.runtime import RuntimeConfig
 from resources.schemas import UTC_TS
+from resources.service_config import ServiceConfigResource
 from resources.storefront import IN_DOUBT
 
 RECONCILE_JOB_NAME = "storefront_reconcile_job"
@@ -220,7 +220,7 @@ def build_reconcile_sensor(
         description="Once per sweep period: compare the storefront with the ledger and repair drift.",
     )
     def storefront_reconcile(
-        context: SensorEvaluationContext, service_config: RuntimeConfig
+        context: SensorEvaluationContext, service_config: ServiceConfigResource
     ) -> SensorResult | SkipReason:
         """One reconcile run per period, none while one is still queued or running."""
         period = service_config.load().sweep_minutes * 60

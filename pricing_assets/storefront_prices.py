@@ -15,12 +15,12 @@ from pricing_assets.partitions import BATCH_BACKFILL_POLICY
 from resources.config import Registry
 from resources.partition_metadata import add_partition_metadata, table_metadata
 from resources.push_state import FEEDBACK_METADATA_KEY, ApprovalLog, PushState, feedback_markdown
-from resources.runtime import RuntimeConfig
 from resources.schemas import (
     BEST_OFFERS_SCHEMA,
     STOREFRONT_PRICES_SCHEMA,
     column_schema,
 )
+from resources.service_config import ServiceConfigResource
 from resources.warehouse import WarehouseTables
 
 
@@ -93,7 +93,7 @@ def build_storefront_prices_asset(
         warehouse: WarehouseTables,
         push_state: PushState,
         approval_log: ApprovalLog,
-        service_config: RuntimeConfig,
+        service_config: ServiceConfigResource,
     ) -> pl.DataFrame:
         """The price each SKU should show, in the store currency, with held changes flagged."""
         config = service_config.load()

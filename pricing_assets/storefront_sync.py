@@ -38,8 +38,8 @@ from pricing_assets.partitions import BATCH_BACKFILL_POLICY
 from pricing_assets.reconcile import Repair, drift_counts, find_drift
 from resources.partition_metadata import add_partition_metadata, batch_range, table_metadata
 from resources.push_state import JOURNAL_SCHEMA, LEDGER_KEY, PushJournal, PushState
-from resources.runtime import RuntimeConfig
 from resources.schemas import MONEY, UTC_TS, column_schema
+from resources.service_config import ServiceConfigResource
 from resources.shopify import ShopifyStorefront, variants_from_catalog
 from resources.storefront import (
     ACKNOWLEDGED,
@@ -533,7 +533,7 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
         shopify: ShopifyStorefront,
         push_state: PushState,
         warehouse: WarehouseTables,
-        service_config: RuntimeConfig,
+        service_config: ServiceConfigResource,
     ) -> Iterator[Any]:
         """What the storefront has acknowledged per SKU, after pushing only what changed, exactly once."""
         started = time.monotonic()

@@ -46,8 +46,8 @@ from resources.cdn_file import CdnFile, check_sku_shrink
 from resources.cdn_parse import PriceFile, decrypt_price_file
 from resources.cdn_state import LAYOUT_COLUMNS, CdnCacheState
 from resources.config import ConfigError, Registry, SupplierEntry
-from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA, UTC_TS, column_schema, empty_frame
+from resources.service_config import ServiceConfigResource
 from resources.warehouse import WarehouseTables
 
 KEY_PREFIX = "supplier_files"
@@ -197,7 +197,7 @@ def _refresh(
     catalog_batches: int,
     warehouse: WarehouseTables,
     cdn_state: CdnCacheState,
-    service_config: RuntimeConfig,
+    service_config: ServiceConfigResource,
     cdn_files: CdnFile,
     accept_sha256: str | None = None,
 ) -> Iterator[MaterializeResult | Output]:
@@ -426,7 +426,7 @@ def _build_one(
         config: SupplierFileConfig,
         warehouse: WarehouseTables,
         cdn_state: CdnCacheState,
-        service_config: RuntimeConfig,
+        service_config: ServiceConfigResource,
         cdn_files: CdnFile,
     ) -> Iterator[Any]:
         """The supplier's decrypted price file as validated offers cached as Parquet, and its rejects."""

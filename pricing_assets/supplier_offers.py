@@ -37,8 +37,8 @@ from resources.partition_metadata import (
     split_by_partition,
     table_metadata,
 )
-from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA, column_schema
+from resources.service_config import ServiceConfigResource
 from resources.suppliers import REST_KINDS, FetchResult, SupplierClients, SupplierError
 from resources.warehouse import WarehouseTables
 
@@ -272,7 +272,7 @@ def build_supplier_offers_asset(
         catalog: pl.LazyFrame,
         suppliers: SupplierClients,
         warehouse: WarehouseTables,
-        service_config: RuntimeConfig,
+        service_config: ServiceConfigResource,
     ) -> Iterator[Any]:
         """One supplier's normalized, validated offers and its rejected rows for the run's catalog batches."""
         yield from _selected_only(
@@ -288,7 +288,7 @@ def _fetch(
     catalog: pl.LazyFrame,
     suppliers: SupplierClients,
     warehouse: WarehouseTables,
-    service_config: RuntimeConfig,
+    service_config: ServiceConfigResource,
 ) -> Iterator[Any]:
     """The step's events for every output and check; `_selected_only` keeps the selected ones."""
     key = offers_key(entry.id)

@@ -31,7 +31,7 @@ from dagster import SensorDefinition as _SensorDefinition
 from pricing_assets.push_sensor import PUSHES_IN_RUN, PUSHES_IN_RUN_TAG
 from pricing_assets.reconcile import RECONCILE_RUN_CONFIG
 from pricing_assets.sweep_executor import sweep_executor
-from resources.runtime import RuntimeConfig
+from resources.service_config import ServiceConfigResource
 
 SWEEP_INTERVAL_SECONDS = 30
 MAX_RUNTIME_TAG = "dagster/max_runtime"
@@ -159,7 +159,7 @@ def build_price_sweep_sensor(
         description="Sweeps every catalog batch once per sweep_minutes, resuming from its cursor.",
     )
     def price_sweep(
-        context: SensorEvaluationContext, service_config: RuntimeConfig
+        context: SensorEvaluationContext, service_config: ServiceConfigResource
     ) -> SensorResult | SkipReason:
         """Launch the next range of batches and advance the cursor."""
         keys = partitions_def.get_partition_keys()

@@ -34,7 +34,7 @@ from pricing_assets.definitions import build_defs
 from pricing_assets.partitions import catalog_batch_partitions, offers_key
 from pricing_assets.supplier_offers import build_supplier_offer_assets
 from resources.config import load_registry
-from resources.runtime import RuntimeConfig
+from resources.service_config import ServiceConfigResource
 from resources.suppliers import SupplierClients
 from resources.warehouse import Warehouse, WarehouseIOManager
 from sandbox.alerts import DEFAULT_TOKEN
@@ -152,7 +152,7 @@ class Deployment:
         self.resources = {
             "io_manager": WarehouseIOManager(base_dir=warehouse_dir),
             "warehouse": Warehouse(base_dir=warehouse_dir),
-            "service_config": RuntimeConfig(override_json="{}"),
+            "service_config": ServiceConfigResource(override_json="{}"),
             "suppliers": SupplierClients(registry_path=str(registry_file)),
         }
         self.feeds = build_supplier_offer_assets(load_registry(registry_file), PARTITIONS)

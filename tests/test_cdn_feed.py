@@ -29,8 +29,8 @@ from resources.cdn_download import CdnFileClient
 from resources.cdn_file import CdnFile, verify_checksum, verify_signature
 from resources.cdn_state import CdnCacheState
 from resources.config import Registry, RetryConfig
-from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA
+from resources.service_config import ServiceConfigResource
 from resources.warehouse import Warehouse, WarehouseIOManager
 from sandbox.cdn import signing_public_key_pem
 from tests.conftest import SANDBOX_ENV, Sandbox
@@ -95,7 +95,7 @@ class Feed:
             "io_manager": WarehouseIOManager(base_dir=str(self.warehouse.root())),
             "warehouse": self.warehouse,
             "cdn_state": self.cdn_state,
-            "service_config": RuntimeConfig(override_json=self.service_config),
+            "service_config": ServiceConfigResource(override_json=self.service_config),
             "cdn_files": CdnFile(tmp_dir=str(self.tmp_dir)),
         }
 
@@ -348,7 +348,7 @@ def test_assets_schedule_and_pool_follow_the_registry() -> None:
         resources={
             "warehouse": Warehouse(base_dir="/nonexistent"),
             "cdn_state": CdnCacheState(base_dir="/nonexistent"),
-            "service_config": RuntimeConfig(),
+            "service_config": ServiceConfigResource(),
             "cdn_files": CdnFile(),
         },
     )

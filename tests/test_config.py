@@ -13,7 +13,7 @@ from dagster import AssetSpec, Failure, materialize
 
 from pricing_assets.definitions import build_pricing_assets
 from resources.config import ConfigError, ServiceConfig, expand_env, load_registry, load_service_config
-from resources.runtime import RuntimeConfig
+from resources.service_config import ServiceConfigResource
 from resources.suppliers import SupplierClients
 from resources.warehouse import Warehouse, WarehouseIOManager
 
@@ -147,7 +147,7 @@ def test_unknown_supplier_switch_is_named():
 
 
 def test_runtime_config_rereads_env_each_load(monkeypatch):
-    resource = RuntimeConfig()
+    resource = ServiceConfigResource()
     monkeypatch.setenv("SERVICE_CONFIG", json.dumps({"dry_run": False}))
     assert resource.load().dry_run is False
     monkeypatch.setenv("SERVICE_CONFIG", json.dumps({"dry_run": True}))
@@ -275,14 +275,14 @@ def test_unknown_supplier_is_rejected_when_the_config_is_read(tmp_path):
     with pytest.raises(ConfigError, match=named):
         load_service_config({"SERVICE_CONFIG": raw}, known_suppliers=["alpha"])
     with pytest.raises(Failure) as failure:
-        RuntimeConfig(override_json=raw, registry_path=str(registry)).load()
+        ServiceConfigResource(override_json=raw, registry_path=str(registry)).load()
     assert failure.value.description == (
         "SERVICE_CONFIG (environment variable): key 'suppliers.omega': unknown supplier (registry has: alpha)"
     )
     # The same switch is fine against a registry that has the supplier.
     other = write_registry(tmp_path, "suppliers:" + ENTRY.format(id="omega", env="O"))
     ok = json.dumps({"suppliers": {"omega": {"enabled": False}}})
-    assert not RuntimeConfig(override_json=ok, registry_path=str(other)).load().enabled("omega")
+    assert not ServiceConfigResource(override_json=ok, registry_path=str(other)).load().enabled("omega")
 
 
 def test_a_config_error_fails_the_supplier_step_before_any_fetch_with_file_and_key_first(
@@ -306,7 +306,7 @@ def test_a_config_error_fails_the_supplier_step_before_any_fetch_with_file_and_k
         resources={
             "io_manager": WarehouseIOManager(base_dir=str(warehouse.root())),
             "warehouse": warehouse,
-            "service_config": RuntimeConfig(),
+            "service_config": ServiceConfigResource(),
             "suppliers": SupplierClients(),
         },
         raise_on_error=False,

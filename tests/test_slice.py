@@ -13,7 +13,7 @@ from pricing_assets.logic.batching import batch_index, batch_key
 from resources.cdn_file import CdnFile
 from resources.config import load_registry
 from resources.push_state import ApprovalLog, PushState
-from resources.runtime import RuntimeConfig
+from resources.service_config import ServiceConfigResource
 from resources.shopify import ShopifyStorefront
 from resources.storefront import Storefront
 from resources.suppliers import SupplierClients
@@ -29,7 +29,7 @@ def slice_resources(sandbox_url: str, warehouse_dir) -> dict[str, object]:
         "warehouse": Warehouse(base_dir=str(warehouse_dir)),
         "push_state": PushState(base_dir=str(warehouse_dir)),
         "approval_log": ApprovalLog(base_dir=str(warehouse_dir)),
-        "service_config": RuntimeConfig(override_json=json.dumps(CONFIG)),
+        "service_config": ServiceConfigResource(override_json=json.dumps(CONFIG)),
         "storefront": Storefront(url=f"{sandbox_url}/storefront", webhook_secret="sandbox-storefront-secret"),
         "suppliers": SupplierClients(),
         "cdn_files": CdnFile(),

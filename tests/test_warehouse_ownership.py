@@ -31,7 +31,7 @@ from pricing_assets.sweep import CYCLE_JOB_NAME
 from resources import cdn_state, push_state
 from resources.config import load_registry
 from resources.orders_db import OrdersDatabase
-from resources.runtime import RuntimeConfig
+from resources.service_config import ServiceConfigResource
 from resources.warehouse import Warehouse, WarehouseIOManager
 from sandbox.orders_db import generate_orders_db
 from tests.pricing.wiring import bind, resources
@@ -101,7 +101,7 @@ def test_every_warehouse_file_belongs_to_one_asset_or_one_state_folder(
     run(pricing, instance, "supplier_files_job")
     # The sweep sensor's run: sweep, push and reconcile of every batch, as the daemon launches it.
     sweeper = pricing.resolve_sensor_def("price_sweep")
-    sensor_resources = {"service_config": RuntimeConfig()}
+    sensor_resources = {"service_config": ServiceConfigResource()}
     (request,) = sweeper(build_sensor_context(instance=instance, resources=sensor_resources)).run_requests
     run(pricing, instance, CYCLE_JOB_NAME, tags=dict(request.tags), run_config=request.run_config)
     pushed = pricing.resolve_sensor_def("storefront_push")(

@@ -15,7 +15,7 @@ from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_j
 from pricing_assets.definitions import build_definitions_without_resources
 from resources.config import load_registry
 from resources.push_state import ApprovalLog
-from resources.runtime import RuntimeConfig
+from resources.service_config import ServiceConfigResource
 from resources.warehouse import Warehouse
 from tests.pricing.wiring import (
     bind,
@@ -47,7 +47,7 @@ class Shop:
             selection=AssetSelection.assets("best_offers", "storefront_prices", "storefront_sync"),
         )
         bound = resources(warehouse_dir, storefront_url=f"{sandbox.url}/storefront")
-        bound["service_config"] = RuntimeConfig()  # SERVICE_CONFIG from the environment, as deployed
+        bound["service_config"] = ServiceConfigResource()  # SERVICE_CONFIG from the environment, as deployed
         self.defs = bind(
             Definitions.merge(build_definitions_without_resources(registry), Definitions(jobs=[job])), bound
         )

@@ -29,7 +29,7 @@ from pricing_assets.partitions import offers_key
 from pricing_assets.push_sensor import SYNC_JOB_NAME
 from pricing_assets.reconcile import RECONCILE_JOB_NAME, RECONCILE_RUN_CONFIG, RECONCILE_SENSOR_NAME
 from pricing_assets.sweep import CYCLE_JOB_NAME, RANGE_END_TAG, RANGE_START_TAG
-from resources.runtime import RuntimeConfig
+from resources.service_config import ServiceConfigResource
 from tests.pricing.wiring import pricing_with_catalog
 
 BATCHES = 16
@@ -194,14 +194,14 @@ def test_a_storefront_that_lost_its_state_is_repaired_once(flow, warehouse_dir, 
     assert live_prices(sandbox) == {}
 
     reconcile = defs.resolve_sensor_def(RECONCILE_SENSOR_NAME)
-    context = build_sensor_context(instance=instance, resources={"service_config": RuntimeConfig()})
+    context = build_sensor_context(instance=instance, resources={"service_config": ServiceConfigResource()})
     result = reconcile(context)
     assert isinstance(result, SensorResult)
     (tick,) = result.run_requests
     assert tick.run_key == f"storefront_reconcile:{result.cursor}"
     # A later tick of the same period asks for nothing (and the run key would be the same anyway).
     again_context = build_sensor_context(
-        instance=instance, cursor=result.cursor, resources={"service_config": RuntimeConfig()}
+        instance=instance, cursor=result.cursor, resources={"service_config": ServiceConfigResource()}
     )
     assert isinstance(reconcile(again_context), SkipReason)
     assert launch(defs, instance, RECONCILE_JOB_NAME, tick).success
@@ -239,7 +239,7 @@ def test_the_sweep_sensor_launches_one_run_that_prices_pushes_and_repairs(flow, 
     defs, instance, keys = flow
     sweeper = defs.resolve_sensor_def("price_sweep")
     assert sweeper.job_name == CYCLE_JOB_NAME
-    config = {"service_config": RuntimeConfig()}
+    config = {"service_config": ServiceConfigResource()}
 
     def cycle(cursor: str | None) -> str | None:
         result = sweeper(build_sensor_context(instance=instance, cursor=cursor, resources=config))

@@ -24,7 +24,7 @@ from pricing_assets.sweep import (
     plan_runs,
     plan_tick,
 )
-from resources.runtime import RuntimeConfig
+from resources.service_config import ServiceConfigResource
 
 batches = StaticPartitionsDefinition(batch_keys(16))
 
@@ -55,7 +55,7 @@ def tick(cursor: str | None, **config):
     context = build_sensor_context(
         cursor=cursor,
         instance=DagsterInstance.ephemeral(),
-        resources={"service_config": RuntimeConfig(override_json=json.dumps(config))},
+        resources={"service_config": ServiceConfigResource(override_json=json.dumps(config))},
     )
     return sensor(context)
 
@@ -96,7 +96,7 @@ def test_default_is_one_run_per_sweep_for_the_default_catalog():
     context = build_sensor_context(
         cursor=None,
         instance=DagsterInstance.ephemeral(),
-        resources={"service_config": RuntimeConfig(override_json="{}")},
+        resources={"service_config": ServiceConfigResource(override_json="{}")},
     )
     result = sensor(context)
     (request,) = result.run_requests

@@ -17,8 +17,8 @@ from pricing_assets.logic.batching import assign_batches, batch_index, batch_key
 from resources.cdn_state import CdnCacheState
 from resources.config import load_registry
 from resources.push_state import ApprovalLog, PushState
-from resources.runtime import RuntimeConfig
 from resources.schemas import CATALOG_SCHEMA, MONEY, OFFERS_SCHEMA
+from resources.service_config import ServiceConfigResource
 from resources.storefront import Storefront
 from resources.suppliers import SupplierClients
 from resources.warehouse import Warehouse, WarehouseIOManager
@@ -42,7 +42,7 @@ def resources(
         "push_state": PushState(base_dir=str(warehouse_dir)),
         "approval_log": ApprovalLog(base_dir=str(warehouse_dir)),
         "cdn_state": CdnCacheState(base_dir=str(warehouse_dir)),
-        "service_config": RuntimeConfig(override_json=json.dumps(config or {})),
+        "service_config": ServiceConfigResource(override_json=json.dumps(config or {})),
         "storefront": Storefront(url=storefront_url, webhook_secret=WEBHOOK_SECRET),
         "suppliers": suppliers or SupplierClients(),
     }

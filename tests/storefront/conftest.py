@@ -13,8 +13,8 @@ from dagster import AssetSpec, ExecuteInProcessResult, StaticPartitionsDefinitio
 
 from pricing_assets.storefront_sync import build_storefront_sync_asset
 from resources.push_state import JOURNAL_KEY, PushState
-from resources.runtime import RuntimeConfig
 from resources.schemas import STOREFRONT_PRICES_SCHEMA
+from resources.service_config import ServiceConfigResource
 from resources.shopify import ShopifyStorefront
 from resources.storefront import Storefront
 from resources.warehouse import Warehouse, WarehouseIOManager
@@ -93,7 +93,7 @@ def sync(
         "io_manager": WarehouseIOManager(base_dir=str(warehouse_dir)),
         "warehouse": Warehouse(base_dir=str(warehouse_dir)),
         "push_state": PushState(base_dir=str(warehouse_dir)),
-        "service_config": RuntimeConfig(override_json=json.dumps(config or {})),
+        "service_config": ServiceConfigResource(override_json=json.dumps(config or {})),
         "storefront": Storefront(
             url=f"{url}/storefront", webhook_secret=secret, push_adapter=adapter, **{**FAST, **storefront}
         ),

@@ -36,7 +36,7 @@ from pricing_assets.push_sensor import (
     run_key,
 )
 from resources.push_state import PushState
-from resources.runtime import RuntimeConfig
+from resources.service_config import ServiceConfigResource
 from resources.shopify import ShopifyStorefront
 from resources.storefront import Storefront
 from resources.warehouse import Warehouse, WarehouseIOManager
@@ -193,7 +193,7 @@ def test_sensor_targets_the_sync_job_and_definitions_validate():
         "io_manager": WarehouseIOManager(base_dir="unused"),
         "warehouse": Warehouse(base_dir="unused"),
         "push_state": PushState(base_dir="unused"),
-        "service_config": RuntimeConfig(),
+        "service_config": ServiceConfigResource(),
         "storefront": Storefront(url="http://127.0.0.1:9", webhook_secret="unused"),
         "shopify": ShopifyStorefront(),
     }

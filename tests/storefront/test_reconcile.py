@@ -29,7 +29,7 @@ from pricing_assets.reconcile import (
 )
 from pricing_assets.storefront_sync import SYNC_SCHEMA
 from resources.push_state import MARKS_KEY, PushState
-from resources.runtime import RuntimeConfig
+from resources.service_config import ServiceConfigResource
 from resources.shopify import ShopifyStorefront
 from resources.storefront import Storefront
 from resources.warehouse import Warehouse, WarehouseIOManager
@@ -55,7 +55,7 @@ def reconcile(warehouse_dir: Path, url: str, *, adapter: str | None = None) -> E
         "io_manager": WarehouseIOManager(base_dir=str(warehouse_dir)),
         "warehouse": Warehouse(base_dir=str(warehouse_dir)),
         "push_state": PushState(base_dir=str(warehouse_dir)),
-        "service_config": RuntimeConfig(override_json=json.dumps({})),
+        "service_config": ServiceConfigResource(override_json=json.dumps({})),
         "storefront": Storefront(
             url=f"{url}/storefront", webhook_secret=SECRET, push_adapter=adapter, **FAST
         ),
@@ -275,7 +275,7 @@ def test_wiped_shopify_is_repaired_once(sandbox, warehouse_dir, shopify_token):
 def test_reconcile_sensor_runs_once_per_sweep_period_after_the_first_push():
     now = [1_000_000.0]
     sensor = build_reconcile_sensor(build_reconcile_job(), BATCHES, clock=lambda: now[0])
-    resources = {"service_config": RuntimeConfig(override_json=json.dumps({"sweep_minutes": 2}))}
+    resources = {"service_config": ServiceConfigResource(override_json=json.dumps({"sweep_minutes": 2}))}
     with instance_for_test() as instance:
 
         def tick(cursor: str | None) -> SensorResult | SkipReason:

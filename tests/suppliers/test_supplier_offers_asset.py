@@ -16,8 +16,8 @@ from dagster import AssetKey, DagsterInstance, asset, materialize
 from pricing_assets.partitions import catalog_batch_partitions, offers_key
 from pricing_assets.supplier_offers import build_supplier_offer_assets, quarantine_asset_key
 from resources.config import Registry, load_registry
-from resources.runtime import RuntimeConfig
 from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA
+from resources.service_config import ServiceConfigResource
 from resources.suppliers import SupplierClients
 from resources.warehouse import Warehouse, WarehouseIOManager
 from tests.suppliers.conftest import SANDBOX_WORLD, world_catalog, write_registry_file
@@ -69,7 +69,7 @@ def harness_for(sandbox, tmp_path: Path) -> _Harness:
         return {
             "io_manager": WarehouseIOManager(base_dir=warehouse_dir),
             "warehouse": Warehouse(base_dir=warehouse_dir),
-            "service_config": RuntimeConfig(override_json=json.dumps(service_config or {})),
+            "service_config": ServiceConfigResource(override_json=json.dumps(service_config or {})),
             "suppliers": SupplierClients(registry_path=str(registry_file)),
         }
 
@@ -326,7 +326,7 @@ def test_either_table_can_be_materialized_alone(harness, sandbox):
     resources = {
         "io_manager": WarehouseIOManager(base_dir=str(harness.warehouse.root())),
         "warehouse": harness.warehouse,
-        "service_config": RuntimeConfig(),
+        "service_config": ServiceConfigResource(),
         "suppliers": SupplierClients(registry_path=harness.registry.source),
     }
     only_quarantine = materialize(

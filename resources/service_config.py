@@ -1,4 +1,4 @@
-"""Runtime configuration as a resource: SERVICE_CONFIG is re-read at every run, never cached."""
+"""The `service_config` resource (`ServiceConfigResource`): SERVICE_CONFIG, re-read at every run."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def registry_ids(path: str | None = None) -> list[str]:
     return list(_registry_ids(str(file), mtime))
 
 
-class RuntimeConfig(ConfigurableResource):
+class ServiceConfigResource(ConfigurableResource):
     """The live SERVICE_CONFIG switches (dry_run, suppliers on/off, markup, guard, staleness)."""
 
     # A JSON string set here wins over the environment; tests use it, deployments leave it empty.

@@ -24,12 +24,13 @@ from dagster import (
 )
 
 from pricing_assets import OWNERS
+from pricing_assets.logic.batching import active_batch_skus
 from pricing_assets.offers_freshness import (
     FRESH_CHECK,
     FRESH_CHECK_DESCRIPTION,
     check_freshness,
 )
-from pricing_assets.partitions import BATCH_BACKFILL_POLICY, active_batch_skus, offers_key
+from pricing_assets.partitions import BATCH_BACKFILL_POLICY, offers_key
 from resources.config import Registry, SupplierEntry
 from resources.partition_metadata import (
     add_partition_metadata,

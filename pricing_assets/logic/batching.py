@@ -55,3 +55,9 @@ def assign_batches(frame: pl.DataFrame, n: int, sku_col: str = "sku") -> pl.Data
     index = digests.bin.reinterpret(dtype=pl.UInt64, endianness="big") % n
     keys = pl.lit(BATCH_PREFIX) + index.cast(pl.String).str.zfill(3)
     return frame.with_columns(pl.select(keys).to_series().alias("batch"))
+
+
+def active_batch_skus(catalog: pl.LazyFrame, batches: list[str]) -> pl.DataFrame:
+    """The active catalog SKUs of `batches` with their batch: all a supplier step reads of the catalog."""
+    wanted = in_batches(batches) & pl.col("active")
+    return catalog.filter(wanted).select("sku", "batch").collect()

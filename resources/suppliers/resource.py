@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -31,6 +33,25 @@ from resources.suppliers.http import FetchStats, SupplierHttp
 from resources.suppliers.parsing import RecordMapper, record_json
 
 REST_KINDS = ("rest_batch", "rest_paginated", "per_sku_post")
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Run the block with Python's cyclic garbage collector off, then put it back as it was.
+
+    A fetch at 1M SKUs decodes millions of JSON records into dicts and lists that live until the page
+    is mapped to columns; every few hundred allocations the collector walked all of them again. They
+    hold no reference cycles (reference counting frees them), so pausing it costs no memory that
+    outlives the fetch: measured at 1M SKUs on this 2-core box, alpha 7.97 -> 6.63 s, beta
+    7.88 -> 5.68 s, omega unchanged (docs/benchmarks.md, "cycle").
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass
@@ -177,4 +198,5 @@ class SupplierClients(ConfigurableResource):
 
     def fetch_offers(self, supplier_id: str, skus: list[str]) -> FetchResult:
         """Fetch and validate a supplier's offers for SKUs; raises SupplierError when the supplier fails."""
-        return asyncio.run(self.afetch_offers(supplier_id, skus))
+        with collector_paused():
+            return asyncio.run(self.afetch_offers(supplier_id, skus))

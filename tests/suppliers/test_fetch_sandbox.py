@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 from decimal import Decimal
 
 import polars as pl
 import pytest
 
 from resources.config import RateLimitConfig, RetryConfig
-from resources.suppliers import SupplierError
+from resources.suppliers import SupplierClients, SupplierError
 from sandbox.suppliers import gamma_asin
 from tests.suppliers.conftest import SANDBOX_WORLD
 
@@ -347,3 +348,28 @@ def test_supplier_clients_resource_fetches_by_id(sandbox, tmp_path, registry):
         clients.fetch_offers("omega", ALL_SKUS[:3])
     with pytest.raises(ValueError, match="not a REST supplier"):
         clients.fetch_offers("delta", ALL_SKUS[:3])
+
+
+def test_a_fetch_runs_with_the_collector_paused_and_puts_it_back(monkeypatch):
+    seen: list[bool] = []
+
+    async def fake_fetch(self, supplier_id: str, skus: list[str]) -> str:
+        seen.append(gc.isenabled())
+        if supplier_id == "down":
+            raise SupplierError("down: outage", supplier="down")
+        return "fetched"
+
+    monkeypatch.setattr(SupplierClients, "afetch_offers", fake_fetch)
+    clients = SupplierClients()
+    assert gc.isenabled()
+    assert clients.fetch_offers("alpha", ["SKU-1"]) == "fetched"
+    with pytest.raises(SupplierError):
+        clients.fetch_offers("down", ["SKU-1"])
+    assert seen == [False, False] and gc.isenabled()
+    # A caller that had it off keeps it off.
+    gc.disable()
+    try:
+        clients.fetch_offers("alpha", ["SKU-1"])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

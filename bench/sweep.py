@@ -81,6 +81,16 @@ from resources.warehouse import Warehouse
 
 NAME = "sweep"
 TARGET = 1.5
+# From 4M SKUs (BENCH_SCALE=4) start-up is amortized: what remains is the Dagster path's per-row cost.
+LARGE_SKUS = 4_000_000
+LARGE_TARGET = 1.1
+
+
+def target_for(skus: int) -> float:
+    """The ratio target at this catalog size: 1.5 at 1M SKUs, 1.1 from 4M."""
+    return LARGE_TARGET if skus >= LARGE_SKUS else TARGET
+
+
 SKUS = 1_000_000
 BATCHES = 16
 ROOT = Path(__file__).resolve().parent.parent
@@ -443,7 +453,7 @@ def run() -> str:
         f"{startup - creation:.1f} s, run creation {creation:.1f} s), in steps {in_steps:.1f} s, "
         f"spawns+orchestration {typical.wall - startup - in_steps:.1f} s; {events} events stored"
     )
-    return line(NAME, typical.wall / baseline_median, TARGET, detail)
+    return line(NAME, typical.wall / baseline_median, target_for(n), detail)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import pytest
 
 from bench import scale
-from bench.sweep import RunTiming, SweepTiming
+from bench.sweep import RunTiming, SweepTiming, target_for
 from resources.config import Registry
 
 
@@ -71,3 +71,8 @@ def test_ratio_is_time_per_sku_and_the_table_sums_runs() -> None:
     assert table[3].endswith("| 3.00 GiB |")
     line = scale.line(scale.NAME, scale.per_sku_ratio(small, large), scale.TARGET, "x")
     assert line == "scale: ratio 1.20 (target <= 1.2) x"
+
+
+def test_the_sweep_bench_prints_the_target_of_its_catalog_size():
+    assert target_for(1_000_000) == 1.5
+    assert target_for(4_000_000) == target_for(10_000_000) == 1.1

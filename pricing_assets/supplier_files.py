@@ -321,8 +321,9 @@ def _refresh(
     yield Output(
         price_file.quarantine,
         output_name=QUARANTINE_OUTPUT,
+        # No data_version here: Output's is a beta parameter that warns in every run's log; the file's
+        # sha256 (metadata) and the cache's own data version already identify what was quarantined.
         metadata={"reasons": reasons, "sha256": str(download.sha256)},
-        data_version=DataVersion(download.sha256 or now.isoformat()),
     )
 
 

@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import subprocess
+import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -270,6 +271,15 @@ def test_a_few_bad_rows_are_quarantined_and_the_rest_cached(feed: Feed) -> None:
     served = feed.served_plaintext().decode().splitlines()[1:]
     assert sum("n/a" in line for line in served) == 3
     assert meta["rows"] == len(served) - 3
+
+
+def test_a_refresh_shows_no_beta_warning_in_the_run(feed: Feed) -> None:
+    # Beta parameters warn in every run's log (the demo's terminal): the asset uses none.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        feed.sandbox.control(faults={"delta": {"bad_rows": 1}})
+        assert feed.run().success
+    assert [str(w.message) for w in caught if issubclass(w.category, dg.BetaWarning)] == []
 
 
 def test_corrupted_bytes_never_reach_the_cache_as_offers(feed: Feed) -> None:

@@ -60,10 +60,10 @@ from pricing_assets.checks import split_pushable
 from pricing_assets.logic.batching import assign_batches
 from pricing_assets.logic.best_offers import select_best_offers
 from pricing_assets.logic.guard import apply_guard
+from pricing_assets.logic.ledger import compute_changes, entry_frame
 from pricing_assets.logic.markup import apply_markup
 from pricing_assets.partitions import catalog_batch_partitions
 from pricing_assets.reconcile import RECONCILE_RUN_CONFIG
-from pricing_assets.storefront_sync import compute_changes, entry_frame
 from pricing_assets.supplier_files import cache_key, read_cached_offers
 from pricing_assets.sweep import CYCLE_JOB_NAME, RANGE_END_TAG, RANGE_START_TAG, SweepCursor
 from resources.config import Registry, ServiceConfig, load_registry

@@ -24,7 +24,8 @@ import httpx
 import polars as pl
 
 from bench._harness import alternate, line, scaled
-from pricing_assets.storefront_sync import SYNC_SCHEMA, sync_batch
+from pricing_assets.logic.ledger import SYNC_SCHEMA
+from pricing_assets.storefront_sync import sync_batch
 from resources.push_state import PushJournal
 from resources.schemas import MONEY, STOREFRONT_PRICES_SCHEMA
 from resources.storefront import PushStats, Storefront

@@ -42,7 +42,6 @@ from pricing_assets.logic.ledger import (
     empty_ledger,
     entry_frame,
     mark_pending,
-    to_entries,
     unconfirmed,
 )
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY
@@ -557,18 +556,9 @@ def build_storefront_sync_asset(partitions_def: PartitionsDefinition) -> AssetsD
 
 __all__ = [
     "ACKNOWLEDGED_CHECK",
-    "SYNC_SCHEMA",
     "BatchSync",
-    "PushJournal",
     "StorefrontSyncConfig",
     "acknowledgement_check",
-    "apply_acknowledged",
     "build_storefront_sync_asset",
-    "compute_changes",
-    "empty_ledger",
-    "entry_frame",
-    "mark_pending",
     "sync_batch",
-    "to_entries",
-    "unconfirmed",
 ]

@@ -21,7 +21,7 @@ from dagster import (
 from orders_assets import schemas as orders_schemas
 from pricing_assets.definitions import build_definitions_without_resources
 from pricing_assets.held import HELD_SCHEMA
-from pricing_assets.storefront_sync import SYNC_SCHEMA
+from pricing_assets.logic.ledger import SYNC_SCHEMA
 from resources.config import load_registry
 from resources.push_state import APPROVALS_SCHEMA
 from resources.schemas import (

@@ -7,7 +7,7 @@ from decimal import Decimal
 import polars as pl
 import pytest
 
-from pricing_assets.storefront_sync import (
+from pricing_assets.logic.ledger import (
     SYNC_SCHEMA,
     Pending,
     apply_acknowledged,

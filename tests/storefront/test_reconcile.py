@@ -21,13 +21,13 @@ from dagster import (
     materialize,
 )
 
+from pricing_assets.logic.ledger import SYNC_SCHEMA
 from pricing_assets.reconcile import (
     RECONCILE_RUN_CONFIG,
     build_reconcile_job,
     build_reconcile_sensor,
     find_drift,
 )
-from pricing_assets.storefront_sync import SYNC_SCHEMA
 from resources.push_state import MARKS_KEY, PushState
 from resources.service_config import ServiceConfigResource
 from resources.shopify import ShopifyStorefront

@@ -5,7 +5,8 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from pricing_assets.storefront_sync import empty_ledger, sync_batch
+from pricing_assets.logic.ledger import empty_ledger
+from pricing_assets.storefront_sync import sync_batch
 from resources.push_state import PushJournal
 from resources.storefront import PushStats, Storefront
 from resources.warehouse import Warehouse

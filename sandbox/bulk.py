@@ -16,7 +16,10 @@ dictionary lookup:
 
 All suppliers authenticate with `X-Api-Key`. Control (`/_bench/...`): `move` moves a share of the market
 (alpha undercuts the best offer by 10 % on a seeded share of active SKUs), `mismatches` counts SKUs
-whose live price differs between two storefronts (or snapshots), `snapshot` copies a storefront.
+whose live price differs between two storefronts (or snapshots), `snapshot` copies a storefront, and
+`watch` (POST to set, GET to read) records the moment a storefront's pushes made it show, for a set of
+SKUs, the prices another storefront shows: the benchmark's end time, found where the pushes land
+instead of by polling a comparison (which would take the CPU the measured cycle needs).
 Run as `python -m sandbox.bulk --port P --skus N --seed S`.
 """
 
@@ -27,6 +30,7 @@ import base64
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -267,10 +271,44 @@ class State:
     page: int
     steps: int = 0
     storefronts: dict[str, Storefront] = field(default_factory=dict)
+    watch: Watch | None = None
 
     def storefront(self, name: str) -> Storefront:
         """The named storefront (created empty on first use)."""
         return self.storefronts.setdefault(name, Storefront())
+
+
+@dataclass
+class Watch:
+    """SKUs whose price storefront `target` must come to show (as `reference` showed them when set)."""
+
+    target: str
+    want: dict[str, str]  # sku -> the reference storefront's price
+    remaining: set[str]
+    done_at: float | None = None  # unix seconds of the push that made the last SKU match
+
+    @classmethod
+    def start(cls, reference: Storefront, target: str, shop: Storefront, skus: list[str]) -> Watch:
+        """A watch over `skus`; done at once if `shop` already shows every wanted price."""
+        want = {sku: (reference.prices.get(sku) or ("",))[0] for sku in skus}
+        remaining = {sku for sku, price in want.items() if (shop.prices.get(sku) or (None,))[0] != price}
+        return cls(target, want, remaining, None if remaining else time.time())
+
+    def pushed(self, name: str, entries: list[dict[str, object]]) -> None:
+        """Account one applied push to storefront `name`."""
+        if name != self.target:
+            return
+        for entry in entries:
+            sku = str(entry["sku"])
+            if sku in self.want:
+                if entry["price"] == self.want[sku]:
+                    self.remaining.discard(sku)
+                else:
+                    self.remaining.add(sku)
+        if self.remaining:
+            self.done_at = None
+        elif self.done_at is None:
+            self.done_at = time.time()
 
 
 def mismatches(a: Storefront, b: Storefront, skus: list[str]) -> int:
@@ -336,6 +374,8 @@ def build_app(state: State, api_key: str, secret: str) -> Starlette:
             )
         shop.keys.add(key)
         shop.entries_applied += len(entries)
+        if state.watch is not None:
+            state.watch.pushed(request.path_params["name"], entries)
         return JSONResponse({"status": "applied", "count": len(entries)})
 
     async def live(request: Request) -> Response:
@@ -361,6 +401,15 @@ def build_app(state: State, api_key: str, secret: str) -> Starlette:
         ask = await request.json()
         a, b = state.storefront(ask["a"]), state.storefront(ask["b"])
         return JSONResponse({"mismatched": mismatches(a, b, ask["skus"])})
+
+    async def watch(request: Request) -> Response:
+        if request.method == "POST":
+            ask = await request.json()
+            reference, target = state.storefront(ask["reference"]), ask["target"]
+            state.watch = Watch.start(reference, target, state.storefront(target), ask["skus"])
+        if state.watch is None:
+            return JSONResponse({"error": "no watch set"}, status_code=404)
+        return JSONResponse({"remaining": len(state.watch.remaining), "done_at": state.watch.done_at})
 
     async def snapshot(request: Request) -> Response:
         ask = await request.json()
@@ -388,6 +437,7 @@ def build_app(state: State, api_key: str, secret: str) -> Starlette:
             Route("/_bench/move", move, methods=["POST"]),
             Route("/_bench/mismatches", compare, methods=["POST"]),
             Route("/_bench/snapshot", snapshot, methods=["POST"]),
+            Route("/_bench/watch", watch, methods=["GET", "POST"]),
             Route("/_bench/stats", stats, methods=["GET"]),
             Route("/_health", health, methods=["GET"]),
         ]

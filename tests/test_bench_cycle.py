@@ -222,3 +222,30 @@ def test_catalog_and_delta_frames_have_the_project_schemas() -> None:
 def test_bodies_default_empty() -> None:
     """A fresh Bodies holds nothing (the on-demand path answers everything)."""
     assert Bodies().alpha == {} and Bodies().listings == {}
+
+
+def _push(client: TestClient, shop: str, price: str) -> None:
+    """One signed push of S1 at `price` to storefront `shop`."""
+    entry = {"sku": "S1", "price": price, "currency": "EUR", "available": True, "supplier": "alpha"}
+    body = json.dumps({"batch": "b", "prices": [{**entry, "version": 1}]}).encode()
+    now = int(datetime.now(UTC).timestamp())
+    headers = {"X-Signature": sign("secret", body, now), "Idempotency-Key": key_of_body(body)}
+    assert client.post(f"/sf/{shop}/prices", content=body, headers=headers).status_code == 200
+
+
+def test_watch_notes_when_the_target_storefront_shows_the_reference_prices() -> None:
+    """The watch ends at the push that makes the target show the reference's price, not before."""
+    client = _client(make_market(100, 5))
+    assert client.get("/_bench/watch").status_code == 404
+    _push(client, "one", "9.99")
+    watch = {"reference": "one", "target": "two", "skus": ["S1"]}
+    assert client.post("/_bench/watch", json=watch).json() == {"remaining": 1, "done_at": None}
+    _push(client, "three", "9.99")  # another storefront: not the target
+    _push(client, "two", "8.88")  # the target, a different price
+    assert client.get("/_bench/watch").json() == {"remaining": 1, "done_at": None}
+    before = datetime.now(UTC).timestamp()
+    _push(client, "two", "9.99")
+    answer = client.get("/_bench/watch").json()
+    assert answer["remaining"] == 0 and before <= answer["done_at"] <= datetime.now(UTC).timestamp()
+    # Set again once the target shows every price: done at once.
+    assert client.post("/_bench/watch", json=watch).json()["remaining"] == 0

@@ -28,6 +28,8 @@ is left out: its rate limit alone is 10 000 s at 1M SKUs, far beyond any sweep.
 
 Knobs: BENCH_SCALE (SKUs), BENCH_CYCLE_REPEATS (default 3), BENCH_CYCLE_SHARE (moved share, 0.05),
 BENCH_CYCLE_SERVICE_CONFIG (JSON merged into the deployment's and the baseline's SERVICE_CONFIG),
+BENCH_CYCLE_INSTANCE (`sqlite`, the default: the repository's dagster.yaml; `postgres`: the production
+storage of deploy/postgres/dagster.yaml on a fresh database of BENCH_CYCLE_PG_URL, dropped afterwards),
 BENCH_CYCLE_KEEP (keep the temp folder, for the daemon's and the runs' logs), BENCH_CYCLE_PROFILE (a
 file: after the timed cycles, one more cycle runs in a single `dagster job execute` process under
 pyinstrument, its text report written there).
@@ -53,6 +55,7 @@ from typing import Any
 
 import httpx
 import polars as pl
+import sqlalchemy
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
@@ -428,13 +431,45 @@ def wait_for(ready: Callable[[], Any], seconds: float, what: str, every: float =
     raise CycleError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
+@contextlib.contextmanager
+def instance_config(kind: str) -> Iterator[tuple[Path, dict[str, str]]]:
+    """(instance config to copy, extra environment) for BENCH_CYCLE_INSTANCE.
+
+    `sqlite` (default): the repository's dagster.yaml, the embedded default. `postgres`: the production
+    storage, deploy/postgres/dagster.yaml, on a fresh database of the machine's PostgreSQL
+    (BENCH_CYCLE_PG_URL, default postgresql+psycopg2://postgres@127.0.0.1:5432/test), dropped afterwards.
+    """
+    if kind == "sqlite":
+        yield ROOT / "dagster.yaml", {}
+        return
+    if kind != "postgres":
+        raise CycleError(f"BENCH_CYCLE_INSTANCE={kind!r}: expected 'sqlite' or 'postgres'")
+    admin_url = os.environ.get("BENCH_CYCLE_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+    name = f"bench_cycle_{os.getpid()}_{int(time.time())}"
+    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = sqlalchemy.engine.make_url(admin_url).set(database=name)
+        yield (
+            ROOT / "deploy" / "postgres" / "dagster.yaml",
+            {"DAGSTER_PG_URL": url.render_as_string(hide_password=False)},
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 class Deployment:
     """DAGSTER_HOME, workspace and the daemon; the sensor's switch and cursor through the dagster CLI."""
 
-    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+    def __init__(self, folder: Path, env: dict[str, str], config: Path = ROOT / "dagster.yaml") -> None:
         self.home = folder / "dagster_home"
         self.home.mkdir()
-        shutil.copy(ROOT / "dagster.yaml", self.home / "dagster.yaml")
+        shutil.copy(config, self.home / "dagster.yaml")
+        # Run logs as JSON lines to a file whichever config is used (the PostgreSQL one writes stdout).
+        env = {**env, "DAGSTER_JSON_LOG": str(self.home / "logs" / "runs.jsonl")}
         self.workspace = folder / "workspace.yaml"
         location = {
             "module_name": "pricing_assets.definitions",
@@ -498,7 +533,8 @@ class Deployment:
 
     def instance(self) -> DagsterInstance:
         """The deployment's instance, read from this process."""
-        os.environ["DAGSTER_HOME"] = str(self.home)
+        # The instance config reads its storage from the environment (DAGSTER_PG_URL for PostgreSQL).
+        os.environ.update({k: v for k, v in self.env.items() if k in ("DAGSTER_HOME", "DAGSTER_PG_URL")})
         return DagsterInstance.from_config(str(self.home))
 
     def stop(self) -> None:
@@ -595,8 +631,29 @@ def _measure(n: int, repeats: int, share: float, extra_config: dict[str, Any]) -
     service_config = {**SERVICE_CONFIG, **extra_config}
     keep = bool(os.environ.get("BENCH_CYCLE_KEEP"))
     folder = Path(tempfile.mkdtemp(prefix="bench-cycle-"))
+    try:
+        with instance_config(os.environ.get("BENCH_CYCLE_INSTANCE", "sqlite")) as (config, instance_env):
+            sandbox = Sandbox(n, folder)
+            return _measure_with(folder, sandbox, n, repeats, share, service_config, config, instance_env)
+    finally:
+        if keep:
+            print(f"bench cycle: kept {folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _measure_with(
+    folder: Path,
+    sandbox: Sandbox,
+    n: int,
+    repeats: int,
+    share: float,
+    service_config: dict[str, Any],
+    config_file: Path,
+    instance_env: dict[str, str],
+) -> dict[str, Any]:
+    """The measurement inside its temp folder and instance storage."""
     base_env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
-    sandbox = Sandbox(n, folder)
     deployment: Deployment | None = None
     results: dict[str, Any] = {"direct": [], "deployed": [], "moved": []}
     try:
@@ -619,7 +676,7 @@ def _measure(n: int, repeats: int, share: float, extra_config: dict[str, Any]) -
         registry = load_registry(registry_path)
         config = ServiceConfigResource(override_json=json.dumps(service_config)).load()
         direct = Storefront(url=f"{sandbox.url}/sf/direct", webhook_secret=SECRET)
-        deployment = Deployment(folder, env)
+        deployment = Deployment(folder, {**env, **instance_env}, config_file)
         deployment.start()
         with deployment.instance() as instance:
             first = wait_for(lambda: new_run(instance, set()), TICK_WAIT, "the warm-up sweep run")
@@ -642,10 +699,6 @@ def _measure(n: int, repeats: int, share: float, extra_config: dict[str, Any]) -
         if deployment is not None:
             deployment.stop()
         sandbox.stop()
-        if keep:
-            print(f"bench cycle: kept {folder}", file=sys.stderr)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
     return results
 
 
@@ -669,6 +722,7 @@ def run() -> str:
     between = typical.run_wall - typical.startup - in_steps
     moved, changed = results["moved"][-1]
     detail = (
+        f"instance storage {os.environ.get('BENCH_CYCLE_INSTANCE', 'sqlite')}; "
         f"deployment {wall:.1f} s (each: {', '.join(f'{t.wall:.1f}' for t in deployed)}), direct "
         f"{baseline:.1f} s (each: {', '.join(f'{t.wall:.1f}' for t in direct)}; median of {repeats}; "
         f"{n:,} SKUs, "

@@ -110,9 +110,12 @@ async def fetch_supplier_offers(
     raw = mapper.to_frame(collected.records, collected.skus)
     # Rows for SKUs outside the request belong to other batches; rows without a SKU stay for quarantine.
     sku = pl.col("sku").str.strip_chars()
-    wanted = sku.is_null() | (sku == "") | sku.is_in(unique_skus)
-    unrequested = raw.height - raw.filter(wanted).height
-    raw = raw.filter(wanted)
+    # One Series and one filter: at 1M SKUs each is_in on a Python list converted the list again and
+    # each filter hashed it again (~0.35 s per supplier).
+    requested = pl.Series("sku", unique_skus, dtype=pl.String).implode()
+    kept = raw.filter(sku.is_null() | (sku == "") | sku.is_in(requested))
+    unrequested = raw.height - kept.height
+    raw = kept
     limits = entry.request.get("validation", {})
     offers, quarantine = validate_offers(
         raw,

@@ -265,22 +265,23 @@ class WarehouseTables(ConfigurableResource):
     ) -> pl.DataFrame | None:
         """Concatenate the given partitions (all written ones when None); None if there are none.
 
-        A file this process just wrote or read, unchanged since, comes back from memory.
+        Given partitions this process just wrote together (a step's output) come back from memory.
         """
         folder = self.root().joinpath(*key_path)
         if partitions is None:
             files = sorted(folder.glob("*.parquet")) if folder.exists() else []
         else:
             files = [table_path(self.root(), key_path, p) for p in partitions]
+            recent = _RECENT_OUTPUTS.get(files)
+            if recent is not None:
+                return recent
         frames = []
         for path in files:
             # Read, not exists-then-read: on object storage that is one request, not two.
             try:
-                frames.append(_RECENT_FRAMES.read(path))
+                frames.append(read_parquet(path))
             except FileNotFoundError:
                 continue  # a partition not written yet
-        if len(frames) == 1:
-            return frames[0]
         return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
 
@@ -341,103 +342,63 @@ class Warehouse(WarehouseTables):
         return self.read_json_file([*key_path[:-1], f"{key_path[-1]}.{name}.json"])
 
 
-class _RecentFrames:
-    """Frames of warehouse files this process just wrote or read, served back while each file is exactly
-    the one they came from.
+class _RecentOutputs:
+    """The last few frames this process wrote, served back while their files are exactly as written.
 
-    Inside one in-process run the steps read what the steps before them wrote (best_offers the supplier
-    offers, storefront_prices best_offers, the checks storefront_prices) and read the same table twice
-    (the ledger: storefront_prices for the guard, storefront_sync to diff). A hit needs the file's
-    (inode, size, mtime) to match what the write or read saw, so any later writer, in this process or
-    another, invalidates it (an atomic replace is a new inode). Entries are per file, least recently
-    used first out, within a byte budget (polars' estimated size), so a run's memory stays bounded
-    whatever the catalog size: a frame larger than the budget is never kept.
+    A downstream step in the same in-process run (storefront_prices reading best_offers, the blocking
+    checks reading storefront_prices) then skips re-reading Parquet it just wrote. A hit needs every
+    file's (inode, size, mtime) to match what the write left, so any later writer invalidates it.
     Readers share the frame object: polars operations return new frames, and no asset here uses the
     few in-place ones (insert_column, extend, __setitem__) on an input.
     """
 
-    def __init__(self, budget_bytes: int) -> None:
-        self._budget = budget_bytes
-        self._used = 0
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[tuple[int, int, int], pl.DataFrame, int]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, ...], tuple[list[tuple[int, int, int]], pl.DataFrame]] = (
+            OrderedDict()
+        )
 
     @staticmethod
-    def _stamp(path: UPath) -> tuple[int, int, int] | None:
-        """Identity of a local file, or None when it is missing or not on the local filesystem.
+    def _stamps(paths: Sequence[UPath]) -> list[tuple[int, int, int]] | None:
+        """Identity of each local file, or None when one is missing or not on the local filesystem."""
+        stamps = []
+        for path in paths:
+            local = _local_target(path)
+            if local is None:
+                return None
+            try:
+                stat = local.stat()
+            except FileNotFoundError:
+                return None
+            stamps.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
+        return stamps
 
-        The warehouse only ever replaces a file (a new inode); an in-place rewrite of the same size
-        would need the same mtime, which Linux's multigrain timestamps rule out once it was stat'ed.
-        """
-        local = _local_target(path)
-        if local is None:
-            return None
-        try:
-            stat = local.stat()
-        except FileNotFoundError:
-            return None
-        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-    def _drop(self, key: str) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._used -= entry[2]
-
-    def put(self, path: UPath, frame: pl.DataFrame) -> None:
-        """Remember `frame` as the content of the file at `path`, as the file is now (just written)."""
-        self._keep(path, self._stamp(path), frame)
-
-    def _keep(self, path: UPath, stamp: tuple[int, int, int] | None, frame: pl.DataFrame) -> None:
-        """Keep `frame` for the file with identity `stamp` (None: not a file it is known to be)."""
-        size = int(frame.estimated_size())
-        key = str(path)
+    def put(self, paths: Sequence[UPath], frame: pl.DataFrame) -> None:
+        """Remember `frame` as the content of `paths` (concatenated in order)."""
+        stamps = self._stamps(paths)
+        if stamps is None:
+            return
+        key = tuple(str(p) for p in paths)
         with self._lock:
-            self._drop(key)
-            if stamp is None or size > self._budget:
-                return
-            self._entries[key] = (stamp, frame, size)
-            self._used += size
-            while self._used > self._budget:
-                self._drop(next(iter(self._entries)))
+            self._entries[key] = (stamps, frame)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
 
-    def get(self, path: UPath) -> pl.DataFrame | None:
-        """The remembered frame if the file is still exactly the one it came from, else None."""
-        key = str(path)
+    def get(self, paths: Sequence[UPath]) -> pl.DataFrame | None:
+        """The remembered frame if every file is still exactly the one written, else None."""
+        key = tuple(str(p) for p in paths)
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None:
-                return None
-            self._entries.move_to_end(key)
-        if self._stamp(path) != entry[0]:
-            with self._lock:
-                if self._entries.get(key) is entry:
-                    self._drop(key)
+        if entry is None or self._stamps(paths) != entry[0]:
             return None
         return entry[1]
 
-    def read(self, path: UPath) -> pl.DataFrame:
-        """The file's frame: from memory when it is still the same file, else read (and remembered)."""
-        cached = self.get(path)
-        if cached is not None:
-            return cached
-        before = self._stamp(path)
-        frame = read_parquet(path)
-        # Replaced while it was read: which file the frame came from is unknown, so it is not kept.
-        self._keep(path, before if before == self._stamp(path) else None, frame)
-        return frame
 
-    def clear(self) -> None:
-        """Forget every frame."""
-        with self._lock:
-            self._entries.clear()
-            self._used = 0
-
-
-# Half a GiB: at 1M SKUs a run's tables are 50-150 MiB each (four supplier tables, best_offers, the
-# ledger, storefront_prices: 580 MiB in all), so the reads that follow their write or first read hit,
-# while a run pod (2 GiB limit, deploy/k8s) keeps its headroom. Measured in docs/benchmarks.md.
-RECENT_FRAMES_BUDGET = 512 * 2**20
-_RECENT_FRAMES = _RecentFrames(RECENT_FRAMES_BUDGET)
+# Two entries cover the sweep's reads of what it just wrote (best_offers, then storefront_prices)
+# while holding at most two tables in memory.
+_RECENT_OUTPUTS = _RecentOutputs(capacity=2)
 
 
 class WarehouseIOManager(ConfigurableIOManager):
@@ -464,7 +425,7 @@ class WarehouseIOManager(ConfigurableIOManager):
         if not context.has_asset_partitions:
             path = table_path(self._root_path(), key_path)
             write_parquet_atomic(obj, path)
-            _RECENT_FRAMES.put(path, obj)
+            _RECENT_OUTPUTS.put([path], obj)
             context.add_output_metadata(self._metadata(obj, [path]))
             return
         column = partition_column(context.asset_partitions_def)
@@ -482,14 +443,15 @@ class WarehouseIOManager(ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()}: rows for partitions outside this run: "
                 f"{sorted(stray)[:5]}"
             )
-        paths = []
+        paths, parts = [], []
         # Every partition of the run is written, empty or not, so a re-run replaces stale rows.
         for key in keys:
             path = table_path(self._root_path(), key_path, key)
             part = obj.filter(pl.col(column) == key)
             write_parquet_atomic(part, path)
-            _RECENT_FRAMES.put(path, part)
             paths.append(path)
+            parts.append(part)
+        _RECENT_OUTPUTS.put(paths, pl.concat(parts))
         context.add_output_metadata(self._metadata(obj, paths))
 
     @staticmethod
@@ -512,15 +474,21 @@ class WarehouseIOManager(ConfigurableIOManager):
         if context.dagster_type.typing_type is pl.LazyFrame and not context.has_asset_partitions:
             return scan_parquet(table_path(self._root_path(), key_path))
         if not context.has_asset_partitions:
-            return _RECENT_FRAMES.read(table_path(self._root_path(), key_path))
+            path = table_path(self._root_path(), key_path)
+            recent = _RECENT_OUTPUTS.get([path])
+            return recent if recent is not None else read_parquet(path)
         # Partition key order (the keys come as a set), the same order handle_output writes in.
         keys = sorted(context.asset_partition_keys)
+        paths = [table_path(self._root_path(), key_path, key) for key in keys]
+        recent = _RECENT_OUTPUTS.get(paths)
+        if recent is not None:
+            return recent
         frames = []
         missing = []
-        for key in keys:
-            try:
-                frames.append(_RECENT_FRAMES.read(table_path(self._root_path(), key_path, key)))
-            except FileNotFoundError:
+        for key, path in zip(keys, paths, strict=True):
+            if path.exists():
+                frames.append(read_parquet(path))
+            else:
                 missing.append(key)
         if missing and not frames:
             raise FileNotFoundError(

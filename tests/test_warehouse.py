@@ -239,11 +239,11 @@ def test_downstream_step_of_the_same_process_reuses_what_was_just_written(tmp_pa
     )
     # What memory served equals what the files hold, in partition order.
     io = WarehouseIOManager(base_dir=str(tmp_path))
-    paths = [table_path(io._root_path(), ["best_offers"], f"batch-00{i}") for i in range(3)]
-    served = [wh._RECENT_FRAMES.get(path) for path in paths]
-    assert all(frame is not None for frame in served)
-    assert pl.concat(served).equals(from_disk)
-    assert pl.concat(served).get_column("sku").to_list() == ["a", "b", "c"]
+    served = wh._RECENT_OUTPUTS.get(
+        [table_path(io._root_path(), ["best_offers"], f"batch-00{i}") for i in range(3)]
+    )
+    assert served is not None and served.equals(from_disk)
+    assert served.get_column("sku").to_list() == ["a", "b", "c"]
 
 
 def test_a_file_replaced_after_the_write_is_read_from_disk(tmp_path, monkeypatch):
@@ -253,62 +253,20 @@ def test_a_file_replaced_after_the_write_is_read_from_disk(tmp_path, monkeypatch
     assert reads == []
     io = WarehouseIOManager(base_dir=str(tmp_path))
     paths = [table_path(io._root_path(), ["best_offers"], f"batch-00{i}") for i in range(3)]
-    assert wh._RECENT_FRAMES.get(paths[0]) is None
-    assert wh._RECENT_FRAMES.get(paths[1]) is not None  # the partitions nobody replaced still hit
-    assert Warehouse(base_dir=str(tmp_path)).read_partitions(["best_offers"], ["batch-000"]).height == 0
-    assert reads == ["batch-000.parquet"]
+    assert wh._RECENT_OUTPUTS.get(paths) is None
 
 
-def _written(tmp_path: Path, name: str, rows: int) -> tuple[UPath, pl.DataFrame]:
-    path = UPath(tmp_path / f"{name}.parquet")
-    frame = money_frame(rows)
-    wh.write_parquet_atomic(frame, path)
-    return path, frame
-
-
-def test_recent_frames_stay_within_their_byte_budget(tmp_path):
-    frames = {name: _written(tmp_path, name, 1000) for name in ("a", "b", "c")}
-    size = frames["a"][1].estimated_size()
-    recent = wh._RecentFrames(budget_bytes=2 * size)
-    for path, frame in frames.values():
-        recent.put(path, frame)
-    assert recent.get(frames["a"][0]) is None  # least recently used, out
-    assert recent.get(frames["c"][0]) is frames["c"][1]
-    assert recent.get(frames["b"][0]) is frames["b"][1]
-    assert recent.get(UPath(tmp_path / "missing.parquet")) is None
-    big_path, big = _written(tmp_path, "big", 3000)
-    recent.put(big_path, big)  # larger than the whole budget: never kept, nothing else evicted
-    assert recent.get(big_path) is None
-    assert recent.get(frames["c"][0]) is frames["c"][1]
-
-
-def test_a_read_is_served_again_until_the_file_is_replaced(tmp_path, monkeypatch):
-    reads = _read_counter(monkeypatch)
-    w = Warehouse(base_dir=str(tmp_path))
-    w.write(money_frame(3).with_columns(pl.lit("batch-000").alias("batch")), ["ledger"], "batch-000")
-    wh._RECENT_FRAMES.clear()  # nothing remembered yet, as in a process that did not write it
-    first = w.read_partitions(["ledger"], ["batch-000"])
-    assert w.read_partitions(["ledger"], ["batch-000"]) is first
-    assert reads == ["batch-000.parquet"]
-    # Replaced by another writer: the remembered frame is not the file any more.
-    w.write(money_frame(5).with_columns(pl.lit("batch-000").alias("batch")), ["ledger"], "batch-000")
-    assert w.read_partitions(["ledger"], ["batch-000"]).height == 5
-    assert reads == ["batch-000.parquet", "batch-000.parquet"]
-
-
-def test_a_file_replaced_while_it_is_read_is_not_kept(tmp_path, monkeypatch):
-    path, _ = _written(tmp_path, "a", 10)
-    original = wh.read_parquet
-
-    def read_then_replaced(target: UPath) -> pl.DataFrame:
-        read = original(target)
-        wh.write_parquet_atomic(money_frame(20), target)  # another writer, mid-read
-        return read
-
-    monkeypatch.setattr(wh, "read_parquet", read_then_replaced)
-    recent = wh._RecentFrames(budget_bytes=2**30)
-    assert recent.read(path).height == 10
-    assert recent.get(path) is None
+def test_recent_outputs_keep_only_the_latest(tmp_path):
+    recent = wh._RecentOutputs(capacity=2)
+    frames = {}
+    for name in ("a", "b", "c"):
+        path = UPath(tmp_path / f"{name}.parquet")
+        frames[name] = money_frame(len(name) + 1)
+        wh.write_parquet_atomic(frames[name], path)
+        recent.put([path], frames[name])
+    assert recent.get([UPath(tmp_path / "a.parquet")]) is None
+    assert recent.get([UPath(tmp_path / "c.parquet")]) is frames["c"]
+    assert recent.get([UPath(tmp_path / "missing.parquet")]) is None
 
 
 # ---------------------------------------------------------------- no litter (issue 13)

@@ -58,9 +58,9 @@ from dagster import (
 from bench._harness import line, scaled
 from bench._sweep_location import DEPLOYED_JOB, FORKSERVER_JOB, IN_PROCESS_JOB
 from bench.best_offers import CURRENCIES, FX, NOW, SUPPLIERS, iter_data
-from pricing_assets.best_offers import read_supplier_offers
+from pricing_assets.best_offers import read_run_catalog, read_supplier_offers
 from pricing_assets.checks import split_pushable
-from pricing_assets.logic.batching import assign_batches
+from pricing_assets.logic.batching import active_batch_skus, assign_batches
 from pricing_assets.logic.best_offers import select_best_offers
 from pricing_assets.logic.guard import check_no_nonpositive_price, check_not_below_floor
 from pricing_assets.logic.pricing import price_offers
@@ -217,18 +217,18 @@ def direct_sweep(
     approvals = ApprovalLog(base_dir=warehouse.base_dir).read()
     push_state = PushState(base_dir=warehouse.base_dir)
     for batches in ranges:
-        batch_catalog = catalog.filter(pl.col("batch").is_in(batches) & pl.col("active"))
+        batch_catalog = active_batch_skus(catalog.lazy(), batches)
         skus = batch_catalog.get_column("sku")
         for supplier in registry.order:
             offers = read_cached_offers(
                 warehouse, supplier, skus, batches=batches, catalog_batches=registry.catalog_batches
-            ).join(batch_catalog.select("sku", "batch"), on="sku", how="inner")
+            ).join(batch_catalog, on="sku", how="inner")
             for batch in batches:
                 warehouse.write(offers.filter(pl.col("batch") == batch), ["supplier_offers", supplier], batch)
-        in_range = catalog.filter(pl.col("batch").is_in(batches))
+        in_range = read_run_catalog(catalog.lazy(), batches)
         best = select_best_offers(
             in_range,
-            read_supplier_offers(warehouse, registry.order, batches),
+            read_supplier_offers(warehouse, registry.order, batches, in_range),
             supplier_order=registry.order,
             enabled=enabled,
             fx=registry.fx_rates(),

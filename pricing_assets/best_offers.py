@@ -14,13 +14,15 @@ from dagster import (
 )
 
 from pricing_assets import OWNERS
-from pricing_assets.logic.batching import in_batches
+from pricing_assets.logic.batching import batch_row_offsets, in_batches
 from pricing_assets.logic.best_offers import select_best_offers
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, offers_key
 from resources.config import Registry
 from resources.partition_metadata import add_partition_metadata, table_metadata
 from resources.schemas import (
     BEST_OFFERS_SCHEMA,
+    CATALOG_ROW,
+    OFFER_TABLE_SCHEMA,
     OFFERS_SCHEMA,
     column_schema,
     empty_frame,
@@ -30,15 +32,41 @@ from resources.warehouse import WarehouseTables, scan_parquet
 
 
 def read_supplier_offers(
-    warehouse: WarehouseTables, supplier_ids: list[str], batches: list[str]
+    warehouse: WarehouseTables,
+    supplier_ids: list[str],
+    batches: list[str],
+    batch_catalog: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """Every supplier's last good offers for the batches (a supplier down keeps its previous file)."""
+    """Every supplier's last good offers for the batches (a supplier down keeps its previous file).
+
+    Given the run's `batch_catalog` (every row of its batches, in catalog order), each offer's
+    CATALOG_ROW becomes its row there, so select_best_offers can place offers by it; without it, or
+    for files from before the column, the column is left out or null and the selection hashes SKUs.
+    """
     frames = []
     for supplier_id in supplier_ids:
         frame = warehouse.read_partitions(offers_key(supplier_id).path, batches)
         if frame is not None and frame.height:
-            frames.append(frame.select(list(OFFERS_SCHEMA)))
-    return pl.concat(frames) if frames else empty_frame(OFFERS_SCHEMA)
+            if CATALOG_ROW not in frame.columns:  # written before offers carried their catalog row
+                frame = frame.with_columns(pl.lit(None, dtype=pl.UInt32).alias(CATALOG_ROW))
+            frames.append(frame.select([*OFFER_TABLE_SCHEMA, "batch"]))
+    offers = pl.concat(frames) if frames else empty_frame({**OFFER_TABLE_SCHEMA, "batch": pl.String()})
+    starts = batch_row_offsets(batch_catalog) if batch_catalog is not None else None
+    if starts is None:
+        return offers.select(list(OFFERS_SCHEMA))
+    # The stored row counts within the offer's batch; the run's frame holds its batches one after another.
+    in_run = (pl.col("start") + pl.col(CATALOG_ROW)).alias(CATALOG_ROW)
+    return offers.join(starts, on="batch", how="left", maintain_order="left").select(*OFFERS_SCHEMA, in_run)
+
+
+def read_run_catalog(catalog: pl.LazyFrame, batches: list[str]) -> pl.DataFrame:
+    """Every catalog row of the run's batches, each batch's rows together and in catalog order."""
+    rows = catalog.filter(in_batches(batches)).select("sku", "category", "active", "batch").collect()
+    if batch_row_offsets(rows) is None:
+        # A catalog not sorted by batch (the catalog asset sorts it): a stable sort keeps each batch's
+        # order, which is what the offers' rows within their batch count in.
+        rows = rows.sort("batch", maintain_order=True)
+    return rows
 
 
 def best_offers_metadata(
@@ -131,9 +159,8 @@ def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefini
         config = service_config.load()
         config.check_suppliers(registry.order)
         batches = list(context.partition_keys)
-        columns = ["sku", "category", "active", "batch"]
-        batch_catalog = catalog.filter(in_batches(batches)).select(columns).collect()
-        offers = read_supplier_offers(warehouse, registry.order, batches)
+        batch_catalog = read_run_catalog(catalog, batches)
+        offers = read_supplier_offers(warehouse, registry.order, batches, batch_catalog)
         enabled = [supplier for supplier in registry.order if config.enabled(supplier)]
         best = select_best_offers(
             batch_catalog,

@@ -28,7 +28,7 @@ from pricing_assets.partitions import BATCH_BACKFILL_POLICY, offers_key
 from pricing_assets.supplier_files import cache_key, read_cached_offers
 from resources.config import Registry, SupplierEntry
 from resources.partition_metadata import add_partition_metadata, split_by_partition, table_metadata
-from resources.schemas import OFFERS_SCHEMA, column_schema
+from resources.schemas import OFFER_TABLE_SCHEMA, column_schema
 from resources.service_config import ServiceConfigResource
 from resources.warehouse import WarehouseTables
 
@@ -53,7 +53,7 @@ def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> As
         metadata={
             "supplier": entry.id,
             "adapter": entry.kind,
-            **column_schema(OFFERS_SCHEMA, partition_column="batch"),
+            **column_schema(OFFER_TABLE_SCHEMA, partition_column="batch"),
         },
     )
     def file_offers(
@@ -73,7 +73,7 @@ def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> As
             batches=batches,
             catalog_batches=catalog_batches,
         )
-        offers = offers.join(batch_catalog, on="sku", how="inner").select([*OFFERS_SCHEMA, "batch"])
+        offers = offers.join(batch_catalog, on="sku", how="inner").select([*OFFER_TABLE_SCHEMA, "batch"])
         cached = warehouse.exists(cache_key(entry.id))
         if not cached:
             context.log.warning(

@@ -38,7 +38,7 @@ from resources.partition_metadata import (
     split_by_partition,
     table_metadata,
 )
-from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA, column_schema
+from resources.schemas import OFFER_TABLE_SCHEMA, QUARANTINE_SCHEMA, column_schema
 from resources.service_config import ServiceConfigResource
 from resources.suppliers import REST_KINDS, FetchResult, SupplierClients, SupplierError
 from resources.warehouse import WarehouseTables
@@ -92,7 +92,7 @@ def attach_batches(
     result: FetchResult, sku_batch: pl.DataFrame, batches: list[str]
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Offers and quarantine joined to `sku_batch`; quarantined rows without a SKU go to the first batch."""
-    offers = result.offers.join(sku_batch, on="sku", how="inner").select([*OFFERS_SCHEMA, "batch"])
+    offers = result.offers.join(sku_batch, on="sku", how="inner").select([*OFFER_TABLE_SCHEMA, "batch"])
     quarantine = (
         result.quarantine.join(sku_batch, on="sku", how="left")
         .with_columns(pl.col("batch").fill_null(batches[0]))
@@ -222,7 +222,7 @@ def build_supplier_offers_asset(
                     "supplier": entry.id,
                     "adapter": entry.kind,
                     "pool": entry.pool,
-                    **column_schema(OFFERS_SCHEMA, partition_column="batch"),
+                    **column_schema(OFFER_TABLE_SCHEMA, partition_column="batch"),
                 },
             ),
             QUARANTINE_OUTPUT: AssetOut(

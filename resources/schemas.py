@@ -27,6 +27,12 @@ OFFERS_SCHEMA: dict[str, pl.DataType] = {
     "fetched_at": UTC_TS,
 }
 
+# The stored supplier_offers/<supplier> tables also carry each offer's row within its catalog batch,
+# taken from the join to the batch catalog that ingest makes anyway: best_offers places offers by it
+# instead of hashing every SKU again (docs/decisions.md, "Offers carry their catalog row").
+CATALOG_ROW = "catalog_row"
+OFFER_TABLE_SCHEMA: dict[str, pl.DataType] = {**OFFERS_SCHEMA, CATALOG_ROW: pl.UInt32()}
+
 # Rows that failed validation, with the reason; every quarantine table carries these columns.
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "supplier": pl.String(),

@@ -28,6 +28,7 @@ from resources.schemas import (
     BEST_OFFERS_SCHEMA,
     CATALOG_SCHEMA,
     COLUMN_SCHEMA_KEY,
+    OFFER_TABLE_SCHEMA,
     OFFERS_SCHEMA,
     PRICE_HISTORY_SCHEMA,
     QUARANTINE_SCHEMA,
@@ -39,7 +40,7 @@ from tests.pricing.wiring import bind, resources, skus_in_batch, write_offers
 
 # The table each asset writes, written out here independently of the definitions.
 BATCH_COLUMN: dict[str, pl.DataType] = {"batch": pl.String()}
-BATCHED_OFFERS = {**OFFERS_SCHEMA, **BATCH_COLUMN}
+BATCHED_OFFERS = {**OFFER_TABLE_SCHEMA, **BATCH_COLUMN}
 PRICING_TABLES: dict[str, dict[str, pl.DataType]] = {
     "catalog": {**CATALOG_SCHEMA, **BATCH_COLUMN},
     # The CDN cache: the offers, laid out by catalog batch (the batch and the batch count it is for).

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from resources.schemas import CATALOG_ROW
+
 BATCH_PREFIX = "batch-"
 
 
@@ -59,5 +61,27 @@ def assign_batches(frame: pl.DataFrame, n: int, sku_col: str = "sku") -> pl.Data
 
 def active_batch_skus(catalog: pl.LazyFrame, batches: list[str]) -> pl.DataFrame:
     """The active catalog SKUs of `batches` with their batch: all a supplier step reads of the catalog."""
-    wanted = in_batches(batches) & pl.col("active")
-    return catalog.filter(wanted).select("sku", "batch").collect()
+    # CATALOG_ROW: the row's position among all rows of its batch, in the catalog's order; best_offers
+    # counts rows the same way (batch_row_offsets), so an offer's row there is its batch's start + this.
+    within = pl.int_range(pl.len(), dtype=pl.UInt32).over("batch")
+    return (
+        catalog.filter(in_batches(batches))
+        .select("sku", "batch", "active", within.alias(CATALOG_ROW))
+        .filter(pl.col("active"))
+        .select("sku", "batch", CATALOG_ROW)
+        .collect()
+    )
+
+
+def batch_row_offsets(batch_catalog: pl.DataFrame) -> pl.DataFrame | None:
+    """Per batch, where its rows start in `batch_catalog`; None when a batch's rows are not contiguous."""
+    spans = (
+        batch_catalog.lazy()
+        .with_row_index("row")
+        .group_by("batch")
+        .agg(start=pl.col("row").min(), end=pl.col("row").max(), rows=pl.len())
+        .collect()
+    )
+    if not (spans.get_column("end") - spans.get_column("start") + 1 == spans.get_column("rows")).all():
+        return None
+    return spans.select("batch", pl.col("start").cast(pl.UInt32))

@@ -12,7 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pricing_assets.logic.batching import assign_batches, batch_index, batch_key, batch_keys, in_batches
+from pricing_assets.logic.batching import (
+    active_batch_skus,
+    assign_batches,
+    batch_index,
+    batch_key,
+    batch_keys,
+    batch_row_offsets,
+    in_batches,
+)
+from resources.schemas import CATALOG_ROW
 
 # Computed once with `printf '%s' SKU | md5sum` (first 16 hex digits as an unsigned int, mod n): these
 # must never change, or every SKU would silently move to another partition.
@@ -168,3 +177,30 @@ def test_the_batch_filter_keeps_exactly_the_batches_asked_for() -> None:
         "batch-003",
     ]
     assert frame.filter(in_batches([])).is_empty()
+
+
+def test_batch_skus_carry_their_row_within_the_batch_counting_inactive_rows() -> None:
+    catalog = pl.DataFrame(
+        {
+            "sku": ["a", "b", "c", "d", "e", "f"],
+            "batch": ["batch-000", "batch-000", "batch-000", "batch-001", "batch-001", "batch-002"],
+            "active": [True, False, True, False, True, True],
+        }
+    )
+    rows = active_batch_skus(catalog.lazy(), ["batch-000", "batch-001"])
+    assert rows.to_dicts() == [
+        {"sku": "a", "batch": "batch-000", CATALOG_ROW: 0},
+        {"sku": "c", "batch": "batch-000", CATALOG_ROW: 2},
+        {"sku": "e", "batch": "batch-001", CATALOG_ROW: 1},
+    ]
+    # The row counts from the batch's own start, whichever other batches the run has.
+    alone = active_batch_skus(catalog.lazy(), ["batch-001"])
+    assert alone.to_dicts() == [{"sku": "e", "batch": "batch-001", CATALOG_ROW: 1}]
+
+
+def test_batch_row_offsets_give_each_batch_start_or_none_when_a_batch_is_split() -> None:
+    run = pl.DataFrame({"batch": ["batch-003", "batch-003", "batch-001", "batch-001", "batch-001"]})
+    starts = dict(batch_row_offsets(run).iter_rows())
+    assert starts == {"batch-003": 0, "batch-001": 2}
+    split = pl.DataFrame({"batch": ["batch-001", "batch-003", "batch-001"]})
+    assert batch_row_offsets(split) is None

@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 import pricing_assets.logic.best_offers as best_offers_module
 from pricing_assets.debug import explain_candidates
 from pricing_assets.logic.best_offers import convert_to_store_currency, select_best_offers, tie_break_order
-from resources.schemas import BEST_OFFERS_SCHEMA, CATALOG_SCHEMA, OFFERS_SCHEMA
+from resources.schemas import (
+    BEST_OFFERS_SCHEMA,
+    CATALOG_ROW,
+    CATALOG_SCHEMA,
+    OFFER_TABLE_SCHEMA,
+    OFFERS_SCHEMA,
+)
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TTL = timedelta(minutes=30)
@@ -111,14 +117,19 @@ def offer(sku: str, supplier: str, price: str, **extra: Any) -> dict[str, Any]:
     return base | extra
 
 
-def selected(catalog: list[dict[str, Any]], offers: list[dict[str, Any]], **kwargs: Any) -> pl.DataFrame:
+def selected(
+    catalog: list[dict[str, Any]], offers: list[dict[str, Any]] | pl.DataFrame, **kwargs: Any
+) -> pl.DataFrame:
     """select_best_offers over these rows, at NOW with TTL; suppliers s1..s3 and FX unless given."""
     params = {"supplier_order": ["s1", "s2", "s3"], "enabled": {"s1", "s2", "s3"}, "fx": FX, "now": NOW}
     params |= {"staleness_ttl": TTL} | kwargs
-    return select_best_offers(catalog_frame(catalog), offers_frame(offers), **params)
+    frame = offers if isinstance(offers, pl.DataFrame) else offers_frame(offers)
+    return select_best_offers(catalog_frame(catalog), frame, **params)
 
 
-def run(catalog: list[dict[str, Any]], offers: list[dict[str, Any]], **kwargs: Any) -> list[dict[str, Any]]:
+def run(
+    catalog: list[dict[str, Any]], offers: list[dict[str, Any]] | pl.DataFrame, **kwargs: Any
+) -> list[dict[str, Any]]:
     result = selected(catalog, offers, **kwargs)
     assert result.schema == pl.Schema(BEST_OFFERS_SCHEMA)
     return result.to_dicts()
@@ -467,3 +478,118 @@ def test_debug_explanation_agrees_with_the_selection(
         assert row["offer_count"] == own.get_column("supplier").n_unique()
     # Every exclusion names its reason; nothing is excluded without one.
     assert explained.filter(pl.col("excluded") == "").is_empty()
+
+
+# ------------------------------------------------------------------ offers placed by their catalog row
+
+
+def with_catalog_rows(catalog: list[dict[str, Any]], offers: list[dict[str, Any]]) -> pl.DataFrame:
+    """The offers as ingest stores them: joined to the catalog, each with its SKU's catalog row."""
+    rows = {item["sku"]: index for index, item in enumerate(catalog)}
+    kept = [{**o, CATALOG_ROW: rows[o["sku"]]} for o in offers if o["sku"] in rows]
+    return pl.DataFrame(kept, schema=OFFER_TABLE_SCHEMA)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    catalog=catalog_rows,
+    offers=st.lists(offer_rows, max_size=25),
+    enabled=st.sets(st.sampled_from(SUPPLIERS)),
+    fx=fx_tables,
+    shuffle=st.randoms(use_true_random=False),
+)
+def test_offers_placed_by_catalog_row_match_the_reference_without_hashing(
+    catalog: list[dict[str, Any]],
+    offers: list[dict[str, Any]],
+    enabled: set[str],
+    fx: dict[str, Decimal],
+    shuffle: Any,
+) -> None:
+    # Unsorted rows and a supplier listing a SKU twice take the per-row minimum first; still no hashing.
+    shuffle.shuffle(offers)
+    frame = with_catalog_rows(catalog, offers)
+    with pytest.MonkeyPatch.context() as patch:
+        used: list[str] = []
+        original = best_offers_module._per_sku
+        patch.setattr(
+            best_offers_module, "_per_sku", lambda union, by, *a: used.append(by) or original(union, by, *a)
+        )
+        got = run(catalog, frame, supplier_order=SUPPLIERS, enabled=enabled, fx=fx)
+    in_catalog = [o for o in offers if o["sku"] in {item["sku"] for item in catalog}]
+    expected = reference(catalog, in_catalog, SUPPLIERS, enabled, fx, NOW, TTL)
+    assert got == [{name: row[name] for name in BEST_OFFERS_SCHEMA} for row in expected]
+    assert used == []
+
+
+def test_an_offer_whose_row_holds_another_sku_sends_the_selection_to_the_sku_hash(
+    grouping_keys: list[str],
+) -> None:
+    # The catalog changed since the fetch: row 0 is now "b". Placing by row would credit "b" with a's
+    # offer; the check sees the SKUs differ and the SKU decides.
+    catalog = [{"sku": "b", "category": "c", "active": True}, {"sku": "a", "category": "c", "active": True}]
+    stale_rows = pl.DataFrame(
+        [{**offer("a", "s1", "3"), CATALOG_ROW: 0}, {**offer("b", "s2", "5"), CATALOG_ROW: 1}],
+        schema=OFFER_TABLE_SCHEMA,
+    )
+    rows = run(catalog, stale_rows)
+    assert [(r["sku"], r["supplier"], r["cost"]) for r in rows] == [
+        ("b", "s2", Decimal(5)),
+        ("a", "s1", Decimal(3)),
+    ]
+    assert grouping_keys == ["h"]
+
+
+@pytest.mark.parametrize(
+    ("case", "row"),
+    [("null row (a file from before the column)", None), ("row past the catalog's end", 7)],
+)
+def test_an_offer_without_a_usable_row_sends_the_selection_to_the_sku_hash(
+    grouping_keys: list[str], case: str, row: int | None
+) -> None:
+    catalog = [{"sku": "a", "category": "c", "active": True}, {"sku": "b", "category": "c", "active": True}]
+    frame = pl.DataFrame(
+        [{**offer("a", "s1", "3"), CATALOG_ROW: 0}, {**offer("b", "s2", "5"), CATALOG_ROW: row}],
+        schema=OFFER_TABLE_SCHEMA,
+    )
+    rows = run(catalog, frame)
+    assert [(r["sku"], r["supplier"]) for r in rows] == [("a", "s1"), ("b", "s2")], case
+    assert grouping_keys == ["h"], case
+
+
+def test_a_sku_with_two_catalog_rows_sends_the_selection_to_the_sku_hash(grouping_keys: list[str]) -> None:
+    # Each offer's row holds its SKU, yet "a" has two rows: by row it would come out twice.
+    catalog = [
+        {"sku": "a", "category": "first", "active": True},
+        {"sku": "a", "category": "second", "active": True},
+    ]
+    frame = pl.DataFrame(
+        [{**offer("a", "s1", "3"), CATALOG_ROW: 0}, {**offer("a", "s2", "2"), CATALOG_ROW: 1}],
+        schema=OFFER_TABLE_SCHEMA,
+    )
+    rows = run(catalog, frame)
+    assert [(r["sku"], r["category"], r["supplier"], r["offer_count"]) for r in rows] == [
+        ("a", "first", "s2", 2)
+    ]
+    assert grouping_keys == ["h", "sku"]
+
+
+def test_offers_with_good_rows_take_no_grouping_at_all(grouping_keys: list[str]) -> None:
+    catalog = [{"sku": f"SKU-{i:05d}", "category": "c", "active": i % 5 != 0} for i in range(2000)]
+    offers = [offer(f"SKU-{i:05d}", f"s{1 + i % 3}", str(1 + i % 7)) for i in range(0, 4000, 2)]
+    frame = with_catalog_rows(catalog, offers)
+    rows = run(catalog, frame)
+    assert rows == run(catalog, offers)  # the same answer as the SKU-hash route
+    assert len(rows) == 1600 and sum(r["available"] for r in rows) == 800
+    assert grouping_keys == ["h"]  # only the run() above grouped
+
+
+@pytest.mark.parametrize("cheap_first", [True, False])
+def test_a_supplier_listing_a_sku_twice_by_row_keeps_its_cheaper_listing(cheap_first: bool) -> None:
+    catalog = [{"sku": "a", "category": "c", "active": True}, {"sku": "b", "category": "c", "active": True}]
+    listings = [offer("a", "s1", "4"), offer("a", "s1", "9")]
+    offers = [offer("b", "s1", "1"), *(listings if cheap_first else listings[::-1]), offer("a", "s2", "6")]
+    rows = run(catalog, with_catalog_rows(catalog, offers))
+    assert [(r["sku"], r["supplier"], r["cost"], r["runner_up_cost"], r["offer_count"]) for r in rows] == [
+        ("a", "s1", Decimal(4), Decimal(6), 2),
+        ("b", "s1", Decimal(1), None, 1),
+    ]

@@ -16,7 +16,7 @@ from dagster import AssetKey, DagsterInstance, asset, materialize
 from pricing_assets.partitions import catalog_batch_partitions, offers_key
 from pricing_assets.supplier_offers import build_supplier_offer_assets, quarantine_asset_key
 from resources.config import Registry, load_registry
-from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA
+from resources.schemas import CATALOG_ROW, OFFER_TABLE_SCHEMA, QUARANTINE_SCHEMA
 from resources.service_config import ServiceConfigResource
 from resources.suppliers import SupplierClients
 from resources.warehouse import Warehouse, WarehouseIOManager
@@ -152,7 +152,10 @@ def test_every_feed_materializes_its_batch_with_plottable_metadata(harness):
             assert isinstance(fetch[name].value, int | float), (supplier, name)
         assert metadata["skus"].value == len(skus)
         frame = harness.warehouse.read(["supplier_offers", supplier], BATCH)
-        assert frame.columns == [*OFFERS_SCHEMA, "batch"]
+        assert frame.columns == [*OFFER_TABLE_SCHEMA, "batch"]
+        # Each offer's catalog row is its SKU's position among the batch's catalog rows (inactive too).
+        batch_rows = harness.warehouse.read(["catalog"]).filter(pl.col("batch") == BATCH).get_column("sku")
+        assert batch_rows.gather(frame[CATALOG_ROW]).to_list() == frame["sku"].to_list()
         assert set(frame["sku"]) == skus & set(SANDBOX_WORLD.offers(supplier))
         assert metadata["rows"].value == frame.height
         assert metadata["rejected"].value == 0
@@ -351,3 +354,30 @@ def test_either_table_can_be_materialized_alone(harness, sandbox):
     )
     assert [e.asset_key for e in only_offers.get_asset_materialization_events()] == [offers_key("alpha")]
     assert harness.warehouse.exists(["supplier_offers", "alpha"], BATCH)
+
+
+def test_best_offers_reads_each_offer_at_its_row_of_the_run_catalog(harness):
+    from pricing_assets.best_offers import read_run_catalog, read_supplier_offers
+
+    batches = ["batch-000", "batch-001", "batch-002"]
+    tags = {
+        "dagster/asset_partition_range_start": batches[0],
+        "dagster/asset_partition_range_end": batches[-1],
+    }
+    assert harness.run(["alpha", "beta", "gamma"], partition_key=None, tags=tags).success
+    suppliers = ["alpha", "beta", "gamma"]
+    # The run's catalog as best_offers reads it: every row of its batches, in catalog order.
+    # (This catalog is not sorted by batch, so read_run_catalog also brings each batch's rows together.)
+    run_catalog = read_run_catalog(harness.warehouse.read(["catalog"]).lazy(), batches)
+    offers = read_supplier_offers(harness.warehouse, suppliers, batches, run_catalog)
+    assert offers.height > 0 and offers.get_column(CATALOG_ROW).null_count() == 0
+    assert (
+        run_catalog.get_column("sku").gather(offers.get_column(CATALOG_ROW)).equals(offers.get_column("sku"))
+    )
+    # A file from before offers carried their row reads back with null rows (the selection then hashes).
+    old = harness.warehouse.read(["supplier_offers", "beta"], "batch-001").drop(CATALOG_ROW)
+    harness.warehouse.write(old, ["supplier_offers", "beta"], "batch-001")
+    mixed = read_supplier_offers(harness.warehouse, suppliers, batches, run_catalog)
+    assert mixed.get_column(CATALOG_ROW).null_count() == old.height > 0
+    # Without the run's catalog there is nothing to place rows in: the column is left out.
+    assert CATALOG_ROW not in read_supplier_offers(harness.warehouse, suppliers, batches).columns

@@ -217,7 +217,8 @@ def catalog_frame(market: pl.DataFrame) -> pl.DataFrame:
         product_id="sku",
         variant_id="sku",
     )
-    return assign_batches(catalog, BATCHES).sort("sku")
+    # Stored as the catalog asset stores it: by batch, then SKU.
+    return assign_batches(catalog, BATCHES).sort("batch", "sku")
 
 
 def delta_offers(market: pl.DataFrame, fetched_at: datetime) -> pl.DataFrame:
@@ -373,6 +374,7 @@ class Sandbox:
     def start(self, env: dict[str, str]) -> None:
         """Start it and wait (bounded) until its answers are generated."""
         command = [sys.executable, "-m", "sandbox.bulk", "--port", str(self.port), "--skus", str(self.skus)]
+        command += ["--batches", str(BATCHES)]
         with (self.folder / "sandbox.log").open("wb") as log:
             self.process = subprocess.Popen(
                 [*command, "--seed", str(SEED)],
@@ -661,7 +663,7 @@ def _measure_with(
         sandbox.start(env)
         registry_path = folder / "registry.yaml"
         registry_path.write_text(yaml.safe_dump(registry_document(sandbox.url), sort_keys=False))
-        warehouse = setup_data(folder, make_market(n, SEED))
+        warehouse = setup_data(folder, make_market(n, SEED, BATCHES))
         env.update(
             {
                 "SUPPLIER_REGISTRY": str(registry_path),

@@ -54,9 +54,14 @@ def read_supplier_offers(
     starts = batch_row_offsets(batch_catalog) if batch_catalog is not None else None
     if starts is None:
         return offers.select(list(OFFERS_SCHEMA))
-    # The stored row counts within the offer's batch; the run's frame holds its batches one after another.
-    in_run = (pl.col("start") + pl.col(CATALOG_ROW)).alias(CATALOG_ROW)
-    return offers.join(starts, on="batch", how="left", maintain_order="left").select(*OFFERS_SCHEMA, in_run)
+    # The stored row counts within the offer's batch; the run's frame holds its batches one after
+    # another. The batch's start by its position in an Enum (half the time of a join on 3.5M rows); a
+    # batch the catalog has no rows for gets a null row, and the selection then hashes SKUs.
+    start_of = dict(starts.iter_rows())
+    start = pl.lit(pl.Series(list(start_of.values()), dtype=pl.UInt32)).gather(
+        pl.col("batch").cast(pl.Enum(list(start_of)), strict=False).to_physical()
+    )
+    return offers.select(*OFFERS_SCHEMA, (start + pl.col(CATALOG_ROW)).alias(CATALOG_ROW))
 
 
 def read_run_catalog(catalog: pl.LazyFrame, batches: list[str]) -> pl.DataFrame:
@@ -67,6 +72,16 @@ def read_run_catalog(catalog: pl.LazyFrame, batches: list[str]) -> pl.DataFrame:
         # order, which is what the offers' rows within their batch count in.
         rows = rows.sort("batch", maintain_order=True)
     return rows
+
+
+def with_batches(best: pl.DataFrame, batch_catalog: pl.DataFrame) -> pl.DataFrame:
+    """`best` with each SKU's batch from the run's catalog."""
+    active = batch_catalog.filter(pl.col("active").fill_null(False))
+    # The selection returns the active rows in catalog order (unless the catalog repeats a SKU): then
+    # the batch column lines up as it is, no join on 1M SKU strings.
+    if best.height == active.height and best.get_column("sku").equals(active.get_column("sku")):
+        return best.with_columns(active.get_column("batch"))
+    return best.join(batch_catalog.select("sku", "batch").unique("sku", keep="first"), on="sku", how="left")
 
 
 def best_offers_metadata(
@@ -171,7 +186,7 @@ def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefini
             now=datetime.now(UTC),
             staleness_ttl=config.staleness_ttl,
         )
-        best = best.join(batch_catalog.select("sku", "batch"), on="sku", how="left")
+        best = with_batches(best, batch_catalog)
         per_batch = best_offers_metadata(
             best, offers_per_batch(warehouse, registry.order, batches), registry.order, enabled, batches
         )

@@ -20,7 +20,7 @@ whose live price differs between two storefronts (or snapshots), `snapshot` copi
 `watch` (POST to set, GET to read) records the moment a storefront's pushes made it show, for a set of
 SKUs, the prices another storefront shows: the benchmark's end time, found where the pushes land
 instead of by polling a comparison (which would take the CPU the measured cycle needs).
-Run as `python -m sandbox.bulk --port P --skus N --seed S`.
+Run as `python -m sandbox.bulk --port P --skus N --seed S [--batches B]`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pricing_assets.logic.batching import assign_batches
 from sandbox.storefront import verify_signature
 
 LISTING_SUPPLIERS = ("alpha", "beta", "omega")
@@ -59,8 +60,12 @@ def _unit(seed: int, salt: int, n: int) -> pl.Series:
     return pl.int_range(0, n, dtype=pl.UInt64, eager=True).hash(seed * 1_000_003 + salt)
 
 
-def make_market(n: int, seed: int) -> pl.DataFrame:
-    """Catalog flags and every supplier's offer per SKU: `<id>_cents` (null: not offered), `<id>_stock`."""
+def make_market(n: int, seed: int, batches: int | None = None) -> pl.DataFrame:
+    """Catalog flags and every supplier's offer per SKU: `<id>_cents` (null: not offered), `<id>_stock`.
+
+    With `batches`, in the order the catalog asset stores a catalog of that many batches (by batch, then
+    SKU), so a client asking for the catalog in order asks for the pre-generated chunks.
+    """
     base = (_unit(seed, 1, n) % 19_800 + 199).cast(pl.Int64)
     frame = pl.DataFrame(
         {
@@ -79,7 +84,10 @@ def make_market(n: int, seed: int) -> pl.DataFrame:
         cents = (eur_cents.cast(pl.Float64) / rate).round(0).cast(pl.Int64)
         columns.append(pl.when(offered).then(cents).otherwise(None).alias(f"{supplier}_cents"))
         columns.append(((_unit(seed, salt + 2, n) % 59) + 1).cast(pl.Int64).alias(f"{supplier}_stock"))
-    return frame.with_columns(columns)
+    frame = frame.with_columns(columns)
+    if batches is None:
+        return frame
+    return assign_batches(frame, batches).sort("batch", "sku").drop("batch")
 
 
 def moved_skus(market: pl.DataFrame, step: int, share: float, seed: int) -> pl.Series:
@@ -452,8 +460,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--chunk", type=int, default=ALPHA_CHUNK)
     parser.add_argument("--page", type=int, default=LISTING_PAGE)
+    parser.add_argument(
+        "--batches", type=int, default=None, help="order the market as a catalog of N batches"
+    )
     args = parser.parse_args()
-    market = make_market(args.skus, args.seed)
+    market = make_market(args.skus, args.seed, args.batches)
     state = State(args.seed, market, pregenerate(market, args.chunk, args.page), args.chunk, args.page)
     api_key = os.environ.get("BULK_SANDBOX_KEY") or DEFAULT_KEY
     secret = os.environ.get("STOREFRONT_WEBHOOK_SECRET") or DEFAULT_SECRET

@@ -249,3 +249,15 @@ def test_watch_notes_when_the_target_storefront_shows_the_reference_prices() -> 
     assert answer["remaining"] == 0 and before <= answer["done_at"] <= datetime.now(UTC).timestamp()
     # Set again once the target shows every price: done at once.
     assert client.post("/_bench/watch", json=watch).json()["remaining"] == 0
+
+
+def test_a_market_of_batches_is_in_the_stored_catalog_order_so_its_chunks_are_pregenerated() -> None:
+    """With batches, the market's order is the catalog's as stored (batch, SKU), so the catalog
+    walked in order asks alpha for exactly the pre-generated chunks."""
+    market = make_market(N, 5, 16)
+    assert market.sort("sku").equals(make_market(N, 5).sort("sku"))
+    catalog = catalog_frame(market)
+    assert catalog.get_column("sku").equals(market.get_column("sku"))
+    bodies = pregenerate(market, 500, 1000)
+    active = catalog.filter(pl.col("active")).get_column("sku").to_list()
+    assert all(chunk_key(active[i : i + 500]) in bodies.alpha for i in range(0, len(active), 500))

@@ -114,10 +114,14 @@ def test_multi_partition_output_is_split_per_partition(tmp_path):
     assert pl.read_parquet(tmp_path / "prices" / "batch-000.parquet").height == 2
 
 
-def test_rows_for_foreign_partition_are_refused(tmp_path):
+@pytest.mark.parametrize("foreign", ["batch-002", None])
+def test_rows_for_foreign_partition_are_refused(tmp_path, foreign: str | None):
+    # A row without a partition key is refused too, never dropped silently.
     @asset(partitions_def=batches)
     def bad() -> pl.DataFrame:
-        return pl.DataFrame({"sku": ["a"], "batch": ["batch-002"]})
+        return pl.DataFrame(
+            {"sku": ["a", "b"], "batch": ["batch-000", foreign]}, schema_overrides={"batch": pl.String}
+        )
 
     result = materialize(
         [bad],

@@ -26,9 +26,9 @@ from orders_assets import allocation, checks, sales, schemas, validation
 from orders_assets.partitions import ORDERS_START_DATE, daily_partitions
 from resources.config import load_registry
 from resources.orders_db import OrdersDatabase
-from resources.partition_metadata import add_partition_metadata, split_by_partition, table_metadata
+from resources.partition_metadata import add_partition_metadata, table_metadata
 from resources.schemas import column_schema
-from resources.warehouse import WarehouseTables
+from resources.warehouse import WarehouseTables, split_by_partition
 
 GROUP = "orders"
 # Who answers for the location's assets (the catalog's owners field).

@@ -27,10 +27,10 @@ from pricing_assets.offers_freshness import (
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, offers_key
 from pricing_assets.supplier_files import cache_key, read_cached_offers
 from resources.config import Registry, SupplierEntry
-from resources.partition_metadata import add_partition_metadata, split_by_partition, table_metadata
+from resources.partition_metadata import add_partition_metadata, table_metadata
 from resources.schemas import OFFER_TABLE_SCHEMA, column_schema
 from resources.service_config import ServiceConfigResource
-from resources.warehouse import WarehouseTables
+from resources.warehouse import WarehouseTables, split_by_partition
 
 
 def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> AssetsDefinition:

@@ -35,13 +35,12 @@ from resources.config import Registry, SupplierEntry
 from resources.partition_metadata import (
     add_partition_metadata,
     batch_range,
-    split_by_partition,
     table_metadata,
 )
 from resources.schemas import OFFER_TABLE_SCHEMA, QUARANTINE_SCHEMA, column_schema
 from resources.service_config import ServiceConfigResource
 from resources.suppliers import REST_KINDS, FetchResult, SupplierClients, SupplierError
-from resources.warehouse import WarehouseTables
+from resources.warehouse import WarehouseTables, split_by_partition
 
 REJECTED_SHARE_CHECK = "rejected_share"
 REACHABLE_CHECK = "supplier_reachable"

@@ -13,21 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import polars as pl
 from dagster import AssetExecutionContext, AssetKey, MetadataValue
 
 from resources.warehouse import WarehouseTables
-
-
-def split_by_partition(frame: pl.DataFrame, column: str, keys: Sequence[str]) -> dict[str, pl.DataFrame]:
-    """Each key's rows of `frame` (an empty frame for a key without rows), in `keys` order."""
-    if column not in frame.columns:
-        if len(keys) == 1:
-            return {keys[0]: frame}
-        raise ValueError(f"a frame covering {len(keys)} partitions needs the partition column {column!r}")
-    parts = frame.partition_by(column, as_dict=True, maintain_order=True)
-    empty = frame.clear()
-    return {key: parts.get((key,), empty) for key in keys}
 
 
 def table_metadata(

@@ -4,6 +4,9 @@ UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# Per-output batched materialization writes on a PostgreSQL instance (DAGSTER_INSTANCE=deploy/postgres),
+# as deploy/k8s/manifests/supplier-pricing-env.yaml sets it; SQLite writes each event either way.
+export DAGSTER_EVENT_BATCH_SIZE ?= 100
 
 .PHONY: demo test lint format bench venv tools clean
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,13 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.postgres
 
 
-def test_postgres_instance_stores_runs_events_and_sensor_cursor(pg_database, tmp_path, monkeypatch):
-    database_url = pg_database.set(drivername="postgresql").render_as_string(hide_password=False)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(ROOT / "deploy" / "postgres" / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_PG_URL", database_url)
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
+def test_postgres_instance_stores_runs_events_and_sensor_cursor(pg_home, pg_database, tmp_path):
+    home, database_url = pg_home.home, pg_home.database_url
 
     instance = DagsterInstance.from_config(str(home))
     try:

@@ -29,7 +29,8 @@ is left out: its rate limit alone is 10 000 s at 1M SKUs, far beyond any sweep.
 Knobs: BENCH_SCALE (SKUs), BENCH_CYCLE_REPEATS (default 3), BENCH_CYCLE_SHARE (moved share, 0.05),
 BENCH_CYCLE_SERVICE_CONFIG (JSON merged into the deployment's and the baseline's SERVICE_CONFIG),
 BENCH_CYCLE_INSTANCE (`sqlite`, the default: the repository's dagster.yaml; `postgres`: the production
-storage of deploy/postgres/dagster.yaml on a fresh database of BENCH_CYCLE_PG_URL, dropped afterwards),
+storage of deploy/postgres/dagster.yaml on a fresh database of BENCH_CYCLE_PG_URL, dropped afterwards,
+with the ConfigMap's DAGSTER_EVENT_BATCH_SIZE; the sqlite run never gets that variable),
 BENCH_CYCLE_KEEP (keep the temp folder, for the daemon's and the runs' logs), BENCH_CYCLE_PROFILE (a
 file: after the timed cycles, one more cycle runs in a single `dagster job execute` process under
 pyinstrument, its text report written there).
@@ -90,7 +91,17 @@ API_KEY = "bench-cycle-key"
 SECRET = "bench-cycle-secret"
 # A day between sweeps: the sensor fires only when the benchmark makes it due, never on its own.
 SERVICE_CONFIG: dict[str, Any] = {"staleness_ttl": "PT6H", "sweep_minutes": 1440, "sweep_batches_per_run": 16}
-_SCRUBBED = ("SERVICE_CONFIG", "SERVICE_CONFIG_FILE", "DAGSTER_JSON_LOG", "SUPPLIER_REGISTRY", "DAGSTER_HOME")
+# Dagster's switch for batched event writes: the instance kind decides it (production_event_batching).
+BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"
+ENV_MANIFEST = "supplier-pricing-env.yaml"
+_SCRUBBED = (
+    "SERVICE_CONFIG",
+    "SERVICE_CONFIG_FILE",
+    "DAGSTER_JSON_LOG",
+    "SUPPLIER_REGISTRY",
+    "DAGSTER_HOME",
+    BATCH_SIZE_ENV,
+)
 # Bounds of every wait (seconds).
 SANDBOX_START = 180.0
 WARMUP_RUN = 1800.0
@@ -433,13 +444,20 @@ def wait_for(ready: Callable[[], Any], seconds: float, what: str, every: float =
     raise CycleError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
+def production_event_batching() -> dict[str, str]:
+    """DAGSTER_EVENT_BATCH_SIZE as the Kubernetes ConfigMap gives it to run pods (batched PG writes)."""
+    manifest = yaml.safe_load((ROOT / "deploy" / "k8s" / "manifests" / ENV_MANIFEST).read_text())
+    return {BATCH_SIZE_ENV: str(manifest["data"][BATCH_SIZE_ENV])}
+
+
 @contextlib.contextmanager
 def instance_config(kind: str) -> Iterator[tuple[Path, dict[str, str]]]:
     """(instance config to copy, extra environment) for BENCH_CYCLE_INSTANCE.
 
     `sqlite` (default): the repository's dagster.yaml, the embedded default. `postgres`: the production
     storage, deploy/postgres/dagster.yaml, on a fresh database of the machine's PostgreSQL
-    (BENCH_CYCLE_PG_URL, default postgresql+psycopg2://postgres@127.0.0.1:5432/test), dropped afterwards.
+    (BENCH_CYCLE_PG_URL, default postgresql+psycopg2://postgres@127.0.0.1:5432/test), dropped afterwards,
+    with the production's batched event writes (DAGSTER_EVENT_BATCH_SIZE of the ConfigMap).
     """
     if kind == "sqlite":
         yield ROOT / "dagster.yaml", {}
@@ -455,7 +473,7 @@ def instance_config(kind: str) -> Iterator[tuple[Path, dict[str, str]]]:
         url = sqlalchemy.engine.make_url(admin_url).set(database=name)
         yield (
             ROOT / "deploy" / "postgres" / "dagster.yaml",
-            {"DAGSTER_PG_URL": url.render_as_string(hide_password=False)},
+            {"DAGSTER_PG_URL": url.render_as_string(hide_password=False), **production_event_batching()},
         )
     finally:
         with admin.connect() as conn:

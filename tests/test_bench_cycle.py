@@ -12,10 +12,15 @@ import yaml
 from starlette.testclient import TestClient
 
 from bench.cycle import (
+    _SCRUBBED,
+    BATCH_SIZE_ENV,
+    ENV_MANIFEST,
+    ROOT,
     catalog_frame,
     chunked,
     delta_offers,
     due_cursor,
+    production_event_batching,
     registry_document,
     step_phases,
 )
@@ -261,3 +266,10 @@ def test_a_market_of_batches_is_in_the_stored_catalog_order_so_its_chunks_are_pr
     bodies = pregenerate(market, 500, 1000)
     active = catalog.filter(pl.col("active")).get_column("sku").to_list()
     assert all(chunk_key(active[i : i + 500]) in bodies.alpha for i in range(0, len(active), 500))
+
+
+def test_only_the_postgres_instance_gets_the_configmaps_event_batching() -> None:
+    """The production storage runs with the ConfigMap's batch size; the SQLite run never inherits one."""
+    manifest = yaml.safe_load((ROOT / "deploy" / "k8s" / "manifests" / ENV_MANIFEST).read_text())
+    assert production_event_batching() == {BATCH_SIZE_ENV: manifest["data"][BATCH_SIZE_ENV]}
+    assert BATCH_SIZE_ENV in _SCRUBBED

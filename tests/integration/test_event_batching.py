@@ -6,7 +6,6 @@ exactly the partitions the run wrote, batched or not.
 """
 
 # No `from __future__ import annotations`: Dagster reads the asset's context annotation at definition.
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -23,14 +22,12 @@ from dagster import (
 )
 from dagster_postgres import PostgresEventLogStorage
 
+from bench.cycle import BATCH_SIZE_ENV, production_event_batching
 from resources.partition_metadata import add_partition_metadata
 from resources.warehouse import WarehouseIOManager
-from tests.deploy.conftest import load_yaml
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.postgres
 
-BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"
 BATCHES = [f"batch-{i:03d}" for i in range(5)]
 RUN_BATCHES = BATCHES[1:5]
 # Each batch of the run gets a different row count, so a batch showing another's number is caught.
@@ -39,8 +36,7 @@ ROWS = {batch: 10 * (position + 1) for position, batch in enumerate(RUN_BATCHES)
 
 def configmap_batch_size() -> str:
     """The batch size the Kubernetes deployment's run pods and code servers get."""
-    env = load_yaml(ROOT / "deploy" / "k8s" / "manifests" / "supplier-pricing-env.yaml")["data"]
-    return env[BATCH_SIZE_ENV]
+    return production_event_batching()[BATCH_SIZE_ENV]
 
 
 @asset(

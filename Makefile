@@ -32,10 +32,14 @@ tools:
 demo: venv  ## sandbox suppliers + storefront + Dagster UI (http://127.0.0.1:3000)
 	$(VENV)/bin/python -m sandbox.demo
 
+# Test processes (pytest-xdist): the live-stack tests run one at a time on one of them, the rest
+# beside them (tests/conftest.py, LIVE_STACK_MARKS). `PYTEST_WORKERS=0 make test` runs in one process.
+PYTEST_WORKERS ?= auto
+
 test: venv  ## the whole suite, then the 5-minute soak of the live stack (bench/soak.py)
 	@# pytest's exit code 5 means it collected no tests: a failure, said in words (make reports any
 	@# failing line as its own exit code 2).
-	@$(VENV)/bin/python -m pytest; status=$$?; \
+	@$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup; status=$$?; \
 	  if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
 	  exit $$status
 	$(VENV)/bin/python -m bench soak

@@ -23,6 +23,40 @@ ROOT = Path(__file__).resolve().parent.parent
 SANDBOX_ENV = DEMO_ENV
 
 
+# Tests that boot a live stack (the demo, a daemon and webserver, Celery workers) take one xdist
+# worker, one after another (`make test` runs `pytest -n auto --dist loadgroup`): two at once on a
+# 2-core machine would starve each other past their time bounds. The other tests run on the other
+# workers beside them.
+LIVE_STACK_MARKS = ("slow", "distributed")
+LIVE_STACK_GROUP = "live_stack"
+# Live-stack tests xdist left out of their group, by test id (see pytest_runtest_setup).
+UNGROUPED = pytest.StashKey[set[str]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    """Put every live-stack test in one xdist group, and note any that xdist did not group."""
+    grouped = [item for item in items if any(item.get_closest_marker(m) for m in LIVE_STACK_MARKS)]
+    for item in grouped:
+        item.add_marker(pytest.mark.xdist_group(LIVE_STACK_GROUP))
+    yield  # xdist's own hook turns the mark into the group (a suffix of the test's id)
+    if getattr(config.option, "loadgroup", False):
+        suffix = f"@{LIVE_STACK_GROUP}"
+        config.stash[UNGROUPED] = {item.nodeid for item in grouped if not item.nodeid.endswith(suffix)}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a live-stack test that xdist would run beside another one."""
+    if item.nodeid in item.config.stash.get(UNGROUPED, set()):
+        # pytest-xdist 3.8's loadgroup has no effect from pytest 9.2 on (pytest-xdist issue 1386).
+        pytest.fail(
+            "pytest-xdist did not put this live-stack test in its group, so it could run beside "
+            "another one: this pytest and pytest-xdist do not work together for --dist loadgroup "
+            "(pyproject.toml pins pytest below 9.2 for this)",
+            pytrace=False,
+        )
+
+
 @dataclass
 class Sandbox:
     """A running sandbox server and helpers to steer and inspect it."""

@@ -177,8 +177,8 @@ def _winners_carry_sku(
 
 
 def _result(
-    chosen: pl.DataFrame,
-    rows: pl.DataFrame,
+    chosen: pl.DataFrame | pl.LazyFrame,
+    rows: pl.DataFrame | pl.LazyFrame,
     offers: pl.DataFrame,
     ranked: list[str],
     per_rank: list[str],
@@ -205,7 +205,7 @@ def _result(
         cost=_units_to_money(cost_units),
         # Gathers inside the query, so polars runs them in parallel with the rest.
         supplier_price=pl.lit(offers.get_column("price").cast(MONEY)).gather(best_row),
-        supplier_currency=pl.lit(offers.get_column("currency").rechunk()).gather(best_row),
+        supplier_currency=pl.lit(offers.get_column("currency")).gather(best_row),
         stock=pl.lit(offers.get_column("stock")).gather(best_row),
         runner_up_supplier=names.gather((pl.col("runner_key") // (1 << row_bits)) % (1 << rank_bits)),
         runner_up_cost=_units_to_money(runner_units),
@@ -267,8 +267,10 @@ def _select_by_catalog_row(
     if not (row_check.item() and distinct_check.item()):
         return None
     is_active = catalog.get_column("active").fill_null(False)
-    chosen = _by_row(found, catalog.height, per_rank, key_dtype).filter(is_active)
-    active = catalog.filter(is_active).select("sku", "category")
+    # Both filtered inside the result's query (in parallel with its other work), and the catalog's two
+    # columns only: filtering the whole frames first cost ~40 ms of ~300 on 1M SKUs.
+    chosen = _by_row(found, catalog.height, per_rank, key_dtype).lazy().filter(is_active)
+    active = catalog.lazy().select("sku", "category").filter(is_active)
     return _result(
         chosen, active, offers, ranked, per_rank, row_bits, key_dtype, missing_is_top=True
     ).collect()
@@ -296,8 +298,11 @@ def select_best_offers(
     row_bits = max(1, offers.height.bit_length())
     rank_bits = max(1, len(ranked).bit_length())
     low_bits = row_bits + rank_bits
-    units = offers.get_column("price").cast(MONEY).to_physical()
-    max_units = max(abs(units.max() or 0), abs(units.min() or 0)) if offers.height else 0
+    units = pl.col("price").cast(MONEY).to_physical()  # both bounds in one parallel pass
+    low, high = (
+        offers.select(units.min().alias("low"), units.max().alias("high")).row(0) if offers.height else (0, 0)
+    )
+    max_units = max(abs(low or 0), abs(high or 0))
     max_rate = max((int(r.scaleb(rate_decimals)) for r in fx.values()), default=0)
     max_cost_units = max_units * max_rate // 10**rate_decimals + 1
     fits_int64 = max_units * max_rate < 2**62 and (max_cost_units + 1) << low_bits < 2**63

@@ -540,6 +540,30 @@ def test_an_offer_whose_row_holds_another_sku_sends_the_selection_to_the_sku_has
 
 
 @pytest.mark.parametrize(
+    "not_a_candidate",
+    [{"stock": 0, "in_stock": False}, {"fetched_at": NOW - 2 * TTL}, {"supplier": "s3"}],
+    ids=["sold out", "stale", "supplier not enabled"],
+)
+def test_a_misplaced_offer_that_cannot_win_keeps_the_row_route(
+    grouping_keys: list[str], not_a_candidate: dict[str, Any]
+) -> None:
+    # Its row holds "b", but it is never placed: no SKU hashing, and the answer the SKU would give.
+    catalog = [{"sku": "b", "category": "c", "active": True}, {"sku": "a", "category": "c", "active": True}]
+    offers = [
+        {**offer("a", "s1", "1"), **not_a_candidate, CATALOG_ROW: 0},
+        {**offer("a", "s2", "3"), CATALOG_ROW: 1},
+        {**offer("b", "s2", "5"), CATALOG_ROW: 0},
+    ]
+    rows = run(catalog, pl.DataFrame(offers, schema=OFFER_TABLE_SCHEMA), enabled=["s1", "s2"])
+    assert grouping_keys == []
+    expected = run(
+        catalog, [{k: v for k, v in o.items() if k != CATALOG_ROW} for o in offers], enabled=["s1", "s2"]
+    )
+    assert rows == expected
+    assert [(r["sku"], r["supplier"], r["offer_count"]) for r in rows] == [("b", "s2", 1), ("a", "s2", 1)]
+
+
+@pytest.mark.parametrize(
     ("case", "row"),
     [("null row (a file from before the column)", None), ("row past the catalog's end", 7)],
 )

@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import dagster as dg
 
@@ -62,28 +63,13 @@ def chain() -> list[dg.AssetsDefinition]:
 
 
 @contextlib.contextmanager
-def patched_env(values: dict[str, str]) -> Iterator[None]:
-    """os.environ with `values` set inside the block, as it was afterwards."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
 def instance(config: Path, env: dict[str, str]) -> Iterator[dg.DagsterInstance]:
     """A DagsterInstance from `config` in a temp DAGSTER_HOME, with `env` (the PostgreSQL URL) set."""
     home = Path(tempfile.mkdtemp(prefix="bench-event-writes-"))
     shutil.copy(config, home / "dagster.yaml")
     try:
         with (
-            patched_env({**env, "DAGSTER_HOME": str(home)}),
+            mock.patch.dict(os.environ, {**env, "DAGSTER_HOME": str(home)}),
             dg.DagsterInstance.from_config(str(home)) as opened,
         ):
             yield opened
@@ -97,7 +83,7 @@ def timed_run(
     """(seconds, events stored) of one ranged run over every batch with DAGSTER_EVENT_BATCH_SIZE set."""
     keys = catalog_batch_partitions(BATCHES).get_partition_keys()
     tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
-    with patched_env({BATCH_SIZE_ENV: batch_size}):
+    with mock.patch.dict(os.environ, {BATCH_SIZE_ENV: batch_size}):
         started = time.perf_counter()
         result = dg.materialize(assets, instance=target, tags=tags, resources={"discard": _Discard()})
         seconds = time.perf_counter() - started

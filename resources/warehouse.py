@@ -191,9 +191,18 @@ def write_bytes_atomic(data: bytes, path: UPath) -> None:
         _put_object(data, path)
 
 
+# zstd level 1 instead of polars' default 3: every table of a sweep is written per batch, and level 1
+# writes them ~19 % faster for files ~1.5 % larger (docs/decisions.md, "Parquet written at zstd level 1").
+PARQUET_ZSTD_LEVEL = 1
+
+
 def write_parquet_atomic(frame: pl.DataFrame, path: UPath, *, row_group_size: int | None = None) -> None:
     """Write a frame as Parquet and publish it atomically at path (streamed, no in-memory copy)."""
-    options: dict[str, Any] = {"compression": "zstd", "statistics": True}
+    options: dict[str, Any] = {
+        "compression": "zstd",
+        "compression_level": PARQUET_ZSTD_LEVEL,
+        "statistics": True,
+    }
     if row_group_size is not None:
         options["row_group_size"] = row_group_size
     target = _local_target(path)

@@ -360,3 +360,28 @@ def test_a_failed_write_leaves_no_temp_file(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         wh._publish_atomic(tmp_path / "t.parquet", explode)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tables_are_written_as_zstd_level_1_with_statistics(tmp_path):
+    """The writer's codec, level and statistics: the same bytes polars writes with them, not level 3's."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    frame = pl.DataFrame(
+        {"sku": [f"SKU-{i % 5000:06d}" for i in range(50_000)], "stock": list(range(50_000))}
+    )
+    path = UPath(tmp_path / "t.parquet")
+    wh.write_parquet_atomic(frame, path)
+    written = path.read_bytes()
+
+    def polars_bytes(level: int) -> bytes:
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer, compression="zstd", compression_level=level, statistics=True)
+        return buffer.getvalue()
+
+    assert written == polars_bytes(1)
+    assert written != polars_bytes(3)
+    column = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    assert column.compression == "ZSTD"
+    assert column.statistics is not None and column.statistics.has_min_max

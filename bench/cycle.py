@@ -341,7 +341,7 @@ def direct_cycle(
         if registry.by_id[supplier].kind == "cdn_file":
             frames.append(read_cached_offers(warehouse, supplier, skus))
         else:
-            frames.append(clients.fetch_offers(supplier, skus.to_list()).offers)
+            frames.append(clients.fetch_offers(supplier, active.select("sku")).offers)
         suppliers[supplier] = time.perf_counter() - fetch_started
     offers = pl.concat(frames)
     lap("fetch")

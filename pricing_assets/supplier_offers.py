@@ -87,15 +87,12 @@ def freshness_policy(entry: SupplierEntry) -> FreshnessPolicy:
     )
 
 
-def attach_batches(
-    result: FetchResult, sku_batch: pl.DataFrame, batches: list[str]
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Offers and quarantine joined to `sku_batch`; quarantined rows without a SKU go to the first batch."""
-    offers = result.offers.join(sku_batch, on="sku", how="inner").select([*OFFER_TABLE_SCHEMA, "batch"])
-    quarantine = (
-        result.quarantine.join(sku_batch, on="sku", how="left")
-        .with_columns(pl.col("batch").fill_null(batches[0]))
-        .select([*QUARANTINE_SCHEMA, "batch"])
+def attach_batches(result: FetchResult, batches: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Offers and quarantine as stored, from a fetch whose rows carry their batch and catalog row
+    (`fetch_offers` given the batch catalog); quarantined rows without a SKU go to the first batch."""
+    offers = result.offers.select([*OFFER_TABLE_SCHEMA, "batch"])
+    quarantine = result.quarantine.with_columns(pl.col("batch").fill_null(batches[0])).select(
+        [*QUARANTINE_SCHEMA, "batch"]
     )
     return offers, quarantine
 
@@ -318,9 +315,9 @@ def _fetch(
         return
     batch_catalog = active_batch_skus(catalog, batches)
     asked = skus_per_batch(batch_catalog, batches)
-    skus = batch_catalog.get_column("sku").to_list()
     try:
-        result = suppliers.fetch_offers(entry.id, skus)
+        # The batch catalog itself: every offer comes back with its batch and catalog row.
+        result = suppliers.fetch_offers(entry.id, batch_catalog)
     except SupplierError as exc:
         context.log.error(f"{exc}; its last good offers stay in place")
         outage: dict[str, Any] = {
@@ -331,11 +328,11 @@ def _fetch(
         _add_metadata(context, {batch: {"skus": MetadataValue.int(asked[batch])} for batch in batches}, key)
         stats = exc.stats.as_metadata() if exc.stats is not None else {}
         yield from _unchanged(
-            key, outage, reachable=False, check_extra=fetch_metadata(stats, batches, len(skus))
+            key, outage, reachable=False, check_extra=fetch_metadata(stats, batches, batch_catalog.height)
         )
         yield freshness()
         return
-    offers, quarantine = attach_batches(result, batch_catalog, batches)
+    offers, quarantine = attach_batches(result, batches)
     share = result.rejected_share
     limit = float(config.quarantine_max_share)
     per_batch = offers_partition_metadata(
@@ -356,7 +353,7 @@ def _fetch(
         asset_key=key,
         passed=True,
         metadata=fetch_metadata(
-            {**result.stats.as_metadata(), "unrequested": result.unrequested}, batches, len(skus)
+            {**result.stats.as_metadata(), "unrequested": result.unrequested}, batches, batch_catalog.height
         ),
     )
     # The quarantine first, refused offers or not: it is what explains a refusal. The IO manager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -105,11 +106,11 @@ def offers_schema(*, known_currencies: set[str], max_price: Decimal, max_stock: 
     )
 
 
-def _normalize(raw: pl.DataFrame) -> pl.DataFrame:
-    missing = [name for name in RAW_OFFERS_SCHEMA if name not in raw.columns]
+def _normalize(raw: pl.DataFrame, carry: Sequence[str] = ()) -> pl.DataFrame:
+    missing = [name for name in [*RAW_OFFERS_SCHEMA, *carry] if name not in raw.columns]
     if missing:
         raise ValueError(f"raw offers frame is missing columns: {', '.join(missing)}")
-    frame = raw.select([pl.col(name).cast(dtype) for name, dtype in RAW_OFFERS_SCHEMA.items()])
+    frame = raw.select([*(pl.col(name).cast(dtype) for name, dtype in RAW_OFFERS_SCHEMA.items()), *carry])
     blank_to_null = {
         "sku": pl.col("sku").str.strip_chars(),
         "price_text": pl.col("price").str.strip_chars(),
@@ -165,12 +166,16 @@ def validate_offers(
     fetched_at: datetime,
     max_price: Decimal = Decimal("100000"),
     max_stock: int = 10_000_000,
+    carry: Sequence[str] = (),
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split raw offers into (valid offers: OFFERS_SCHEMA, rejected rows with reasons: QUARANTINE_SCHEMA)."""
+    """Split raw offers into (valid offers: OFFERS_SCHEMA, rejected rows with reasons: QUARANTINE_SCHEMA).
+
+    `carry`: columns of `raw` that both outputs keep, after their contract's, as they are.
+    """
     if fetched_at.tzinfo is None:
         raise ValueError("fetched_at must be timezone-aware (UTC)")
     fetched_at = fetched_at.astimezone(UTC)
-    frame = _normalize(raw)
+    frame = _normalize(raw, carry)
     schema = offers_schema(
         known_currencies={code.upper() for code in known_currencies},
         max_price=max_price,
@@ -191,6 +196,6 @@ def validate_offers(
         supplier=pl.lit(supplier, dtype=pl.String),
         fetched_at=pl.lit(fetched_at, dtype=UTC_TS),
     )
-    offers = conform(stamped.join(reasons, on="_row", how="anti"), OFFERS_SCHEMA)
-    quarantine = conform(stamped.join(reasons, on="_row", how="inner").sort("_row"), QUARANTINE_SCHEMA)
+    offers = conform(stamped.join(reasons, on="_row", how="anti"), OFFERS_SCHEMA, carry)
+    quarantine = conform(stamped.join(reasons, on="_row", how="inner").sort("_row"), QUARANTINE_SCHEMA, carry)
     return offers, quarantine

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import polars as pl
 from dagster import TableColumn, TableSchema
@@ -118,12 +118,12 @@ def empty_frame(schema: dict[str, pl.DataType]) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
-def conform(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    """Select and cast a frame to a contract; a missing column is an error naming it."""
-    missing = [name for name in schema if name not in frame.columns]
+def conform(frame: pl.DataFrame, schema: dict[str, pl.DataType], extra: Sequence[str] = ()) -> pl.DataFrame:
+    """Select and cast a frame to a contract (then `extra` columns as they are); a missing one is an error."""
+    missing = [name for name in [*schema, *extra] if name not in frame.columns]
     if missing:
         raise ValueError(f"frame is missing contract columns: {', '.join(missing)}")
-    return frame.select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
+    return frame.select([*(pl.col(name).cast(dtype) for name, dtype in schema.items()), *extra])
 
 
 def conform_filling(

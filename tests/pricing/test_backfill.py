@@ -7,6 +7,7 @@ what did not materialize, launched the same way. Runs are executed in process ag
 tests/integration/test_backfill_daemon.py drives the same scenario through the webserver and daemon.
 """
 
+import polars as pl
 from dagster import DagsterInstance
 
 from pricing_assets.definitions import build_definitions_without_resources
@@ -25,8 +26,9 @@ class FaultySuppliers(SupplierClients):
 
     poisoned: list[str] = []
 
-    def fetch_offers(self, supplier_id: str, skus: list[str]):
-        hit = sorted(set(skus) & set(self.poisoned))
+    def fetch_offers(self, supplier_id: str, skus: list[str] | pl.DataFrame):
+        asked = skus.get_column("sku").to_list() if isinstance(skus, pl.DataFrame) else skus
+        hit = sorted(set(asked) & set(self.poisoned))
         if hit:
             raise RuntimeError(f"injected fault for {hit[0]}")
         return super().fetch_offers(supplier_id, skus)

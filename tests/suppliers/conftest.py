@@ -77,7 +77,7 @@ def entry(registry: Registry) -> Callable[..., SupplierEntry]:
 def fetch(registry: Registry) -> Callable[..., FetchResult]:
     """Fetch offers from the sandbox for an entry (all catalog SKUs unless given)."""
 
-    def run(entry: SupplierEntry, skus: list[str] | None = None) -> FetchResult:
+    def run(entry: SupplierEntry, skus: list[str] | pl.DataFrame | None = None) -> FetchResult:
         wanted = skus if skus is not None else [row["sku"] for row in SANDBOX_WORLD.catalog]
         return asyncio.run(fetch_supplier_offers(entry, wanted, known_currencies=set(registry.fx_rates())))
 

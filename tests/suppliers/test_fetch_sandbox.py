@@ -289,6 +289,53 @@ def test_listing_is_filtered_to_requested_skus(sandbox, entry, fetch):
     assert result.unrequested == len(expected_prices("beta")) - result.offers.height
 
 
+def _asked(skus: list[str]) -> pl.DataFrame:
+    """SKUs asked as a frame, each with its own batch and row to carry."""
+    return pl.DataFrame(
+        {
+            "sku": skus,
+            "batch": [f"batch-{index % 3:03d}" for index in range(len(skus))],
+            "catalog_row": pl.Series(range(len(skus)), dtype=pl.UInt32),
+        }
+    )
+
+
+def test_a_requested_frame_gives_every_row_its_skus_columns(sandbox, entry, fetch):
+    """Asked as a frame, each offer and rejected row carries its SKU's columns; a row without one, nulls."""
+    asked = _asked(ALL_SKUS)
+    sandbox.control(faults={"beta": {"bad_rows": 4, "missing_fields": 2, "missing_field": "sku"}})
+    result = fetch(entry("beta"), asked)
+    expected = {row["sku"]: (row["batch"], row["catalog_row"]) for row in asked.iter_rows(named=True)}
+    offers = result.offers.select("sku", "batch", "catalog_row").iter_rows()
+    assert [(batch, row) for _, batch, row in offers] == [expected[sku] for sku in result.offers["sku"]]
+    rejected = result.quarantine.select("sku", "batch", "catalog_row").iter_rows()
+    with_sku = [(sku, batch, row) for sku, batch, row in rejected if sku is not None]
+    assert [(batch, row) for _, batch, row in with_sku] == [expected[sku] for sku, _, _ in with_sku]
+    without = result.quarantine.filter(pl.col("sku").is_null())
+    assert without.height == 2 and without["batch"].null_count() == without["catalog_row"].null_count() == 2
+    assert len(with_sku) == 4
+    assert result.unrequested == 0
+
+
+def test_a_requested_frame_fetches_what_the_list_does(sandbox, entry, fetch):
+    """The same offers, in the same order, as the SKUs asked as a list; outside SKUs still unrequested."""
+    wanted = ALL_SKUS[:50]
+    by_list = fetch(entry("beta"), wanted)
+    by_frame = fetch(entry("beta"), _asked(wanted))
+    # fetched_at is each fetch's own time
+    assert by_frame.offers.drop("batch", "catalog_row", "fetched_at").equals(
+        by_list.offers.drop("fetched_at")
+    )
+    assert by_frame.unrequested == by_list.unrequested > 0
+
+
+def test_a_requested_frame_must_name_its_skus_and_not_shadow_a_mapped_column(sandbox, entry, fetch):
+    with pytest.raises(ValueError, match="no 'sku' column"):
+        fetch(entry("beta"), pl.DataFrame({"id": ALL_SKUS[:5]}))
+    with pytest.raises(ValueError, match=r"\['price'\] clash"):
+        fetch(entry("beta"), pl.DataFrame({"sku": ALL_SKUS[:5], "price": ["1"] * 5}))
+
+
 # ---------------------------------------------------------------- data faults -> quarantine
 
 

@@ -381,3 +381,22 @@ def test_best_offers_reads_each_offer_at_its_row_of_the_run_catalog(harness):
     assert mixed.get_column(CATALOG_ROW).null_count() == old.height > 0
     # Without the run's catalog there is nothing to place rows in: the column is left out.
     assert CATALOG_ROW not in read_supplier_offers(harness.warehouse, suppliers, batches).columns
+
+
+def test_rejected_rows_land_in_their_skus_batch_and_rows_without_a_sku_in_the_first(harness, sandbox):
+    """A ranged run's rejects: each in its SKU's batch file, the two without a SKU in the run's first batch."""
+    sandbox.control(faults={"beta": {"bad_rows": 6, "missing_fields": 2, "missing_field": "sku"}})
+    tags = {
+        "dagster/asset_partition_range_start": "batch-000",
+        "dagster/asset_partition_range_end": "batch-003",
+    }
+    assert harness.run(["beta"], partition_key=None, tags=tags).success
+    files = {
+        batch: harness.warehouse.read(["supplier_quarantine", "beta"], batch)
+        for batch in PARTITIONS.get_partition_keys()
+    }
+    without = {batch: frame.filter(pl.col("sku").is_null()).height for batch, frame in files.items()}
+    assert without == {"batch-000": 2, "batch-001": 0, "batch-002": 0, "batch-003": 0}
+    with_sku = [(sku, batch) for batch, frame in files.items() for sku in frame["sku"].drop_nulls()]
+    assert len(with_sku) == 6
+    assert all(sku in batch_skus(batch) for sku, batch in with_sku)

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import sqlalchemy
 
+from bench import _procfs as procfs
 from sandbox.alerts import DEFAULT_TOKEN
 from sandbox.demo import DEMO_ENV
 from sandbox.server import free_port
@@ -40,47 +41,10 @@ class StackError(RuntimeError):
 # ------------------------------------------------------------------ processes
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time in clock ticks) of a live process, None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) "
-    return int(fields[1]), int(fields[19])
-
-
-def process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, start time) of every process on the machine."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            found = _stat(int(entry.name))
-            if found is not None:
-                table[int(entry.name)] = found
-    return table
-
-
 def descendants(roots: list[int]) -> set[int]:
     """The roots and every process below them, now."""
-    table = process_table()
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    found: set[int] = set()
-    stack = [pid for pid in roots if pid in table]
-    while stack:
-        pid = stack.pop()
-        found.add(pid)
-        stack.extend(children.get(pid, []))
-    return found
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return "?"
+    table = procfs.table()
+    return set(procfs.tree([pid for pid in roots if pid in table], table))
 
 
 @dataclass
@@ -92,27 +56,21 @@ class ProcessWatch:
 
     def sample(self) -> int:
         """Record the roots' current descendants; returns how many are alive now."""
-        table = process_table()
-        children: dict[int, list[int]] = {}
-        for pid, (parent, _) in table.items():
-            children.setdefault(parent, []).append(pid)
-        alive = 0
-        stack = [pid for pid in self.roots if pid in table]
-        while stack:
-            pid = stack.pop()
-            alive += 1
-            key = (pid, table[pid][1])
+        table = procfs.table()
+        below = procfs.tree([pid for pid in self.roots if pid in table], table)
+        for pid in below:
+            key = (pid, table[pid].start)
             if key not in self.seen:
-                self.seen[key] = _cmdline(pid)
-            stack.extend(children.get(pid, []))
-        return alive
+                command = procfs.cmdline(pid)
+                self.seen[key] = "?" if command is None else command.strip()
+        return len(below)
 
     def alive(self) -> list[tuple[int, str]]:
         """Processes ever seen that still run (same pid and start time)."""
         left = []
         for (pid, started), command in self.seen.items():
-            found = _stat(pid)
-            if found is not None and found[1] == started:
+            found = procfs.stat(pid)
+            if found is not None and found.start == started:
                 left.append((pid, command))
         return left
 
@@ -135,7 +93,7 @@ def kill_left(pids: list[tuple[int, str]], *, grace: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_stat(pid) for pid, _ in pids):
+    while time.monotonic() < deadline and any(procfs.stat(pid) for pid, _ in pids):
         time.sleep(0.2)
     for pid, _ in pids:
         with contextlib.suppress(ProcessLookupError):

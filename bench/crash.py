@@ -44,6 +44,7 @@ import httpx
 import polars as pl
 import yaml
 
+from bench import _procfs as procfs
 from pricing_assets.sweep import RANGE_END_TAG, RANGE_START_TAG
 from sandbox import server
 from sandbox.demo import DEMO_ENV
@@ -80,28 +81,6 @@ class Trial:
     def failed(self) -> bool:
         """Whether anything was wrong after the re-run."""
         return any(self.counts.values())
-
-
-def _descendants(root: int) -> list[int]:
-    """`root` and every process under it, from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    tree = [root]
-    for pid in tree:
-        tree += [child for child, parent in parents.items() if parent == pid and child not in tree]
-    return tree
-
-
-def _command(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 class Stack:
@@ -207,7 +186,7 @@ class Stack:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                for pid in reversed(_descendants(process.pid)):
+                for pid in reversed(procfs.tree([process.pid])):
                     with _ignored():
                         os.kill(pid, signal.SIGKILL)
                 process.wait(timeout=10)
@@ -255,12 +234,16 @@ class Stack:
     def run_workers(self) -> list[int]:
         """The run worker processes the daemon's code server spawned (one per active run)."""
         assert self.daemon is not None
-        servers = [pid for pid in _descendants(self.daemon.pid) if "dagster api grpc" in _command(pid)]
+
+        def command(pid: int) -> str:
+            return procfs.cmdline(pid) or ""
+
+        servers = [pid for pid in procfs.tree([self.daemon.pid]) if "dagster api grpc" in command(pid)]
         return [
             pid
             for code_server in servers
-            for pid in _descendants(code_server)[1:]
-            if "multiprocessing" in _command(pid) and "resource_tracker" not in _command(pid)
+            for pid in procfs.tree([code_server])[1:]
+            if "multiprocessing" in command(pid) and "resource_tracker" not in command(pid)
         ]
 
     def settle(self) -> None:
@@ -334,7 +317,7 @@ def trial(stack: Stack, kind: str, rng: random.Random, durations: dict[str, floa
     stack.wait(lambda: stack.counter(counter) > before or stack.status(run_id) not in ACTIVE, f"{job} work")
     time.sleep(rng.uniform(0.0, 0.9 * durations[kind]))
     for worker in stack.run_workers():
-        for pid in reversed(_descendants(worker)):
+        for pid in reversed(procfs.tree([worker])):
             with _ignored():
                 os.kill(pid, signal.SIGKILL)
     started = time.monotonic()

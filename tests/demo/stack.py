@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import _procfs as procfs
 from sandbox.dagster_ui import DagsterUi
 from sandbox.server import free_port
 
@@ -37,48 +38,25 @@ _SCRUBBED = (
 
 
 @dataclass(frozen=True)
-class Proc:
-    """One process as /proc shows it."""
+class Proc(procfs.Stat):
+    """One process as /proc shows it: its stat and its command line."""
 
-    pid: int
-    ppid: int
-    pgid: int
-    start: int  # clock ticks after boot: with the pid, identifies the process
-    state: str
     command: str
 
 
 def processes() -> dict[int, Proc]:
     """Every process on the machine (Linux /proc), by pid."""
     found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: fields start after its last ")".
-        fields = stat[stat.rindex(")") + 2 :].split()
-        pid = int(entry.name)
-        found[pid] = Proc(pid, int(fields[1]), int(fields[2]), int(fields[19]), fields[0], command.strip())
+    for pid in procfs.pids():
+        if (stat := procfs.stat(pid)) is not None and (command := procfs.cmdline(pid)) is not None:
+            found[pid] = Proc(pid, stat.ppid, stat.pgid, stat.start, stat.state, command.strip())
     return found
 
 
 def descendants(root: int, table: dict[int, Proc] | None = None) -> set[Proc]:
     """The processes below `root` in the process tree (not `root` itself)."""
     table = table if table is not None else processes()
-    children: dict[int, list[Proc]] = {}
-    for proc in table.values():
-        children.setdefault(proc.ppid, []).append(proc)
-    found: set[Proc] = set()
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add(child)
-            stack.append(child.pid)
-    return found
+    return {table[pid] for pid in procfs.tree([root], table)[1:]}
 
 
 def alive(seen: set[Proc], groups: set[int]) -> list[Proc]:

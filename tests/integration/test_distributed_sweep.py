@@ -32,6 +32,7 @@ import pytest
 from dagster import DagsterEvent, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from polars.testing import assert_frame_equal
 
+from bench import _procfs as procfs
 from pricing_assets.sweep import RANGE_END_TAG, RANGE_START_TAG, SWEEP_JOB_NAME
 from resources.config import load_registry
 from tests.conftest import BUCKET, SANDBOX_ENV, keys_under, s3_env
@@ -100,14 +101,7 @@ def process_groups() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of a process group, from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) == pgid and fields[0] != "Z":
-                    members.append(int(entry.name))
-    return members
+    return [entry.pid for entry in procfs.table().values() if entry.pgid == pgid and entry.state != "Z"]
 
 
 def workdir(tmp_path: Path, name: str, instance_config: Path = INSTANCE_CONFIG) -> Path:

@@ -27,6 +27,7 @@ import sqlalchemy
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
+from bench import _procfs as procfs
 from pricing_assets.push_sensor import PUSH_MAX_RUNTIME_SECONDS, build_storefront_sync_job
 from pricing_assets.sweep import MAX_RUNTIME_TAG, SWEEP_MAX_RUNTIME_SECONDS, build_sweep_job
 from tests.integration.outage_defs import SECONDS_TAG
@@ -120,24 +121,11 @@ def daemon_runner(tmp_path: Path) -> Iterator:
             os.killpg(process.pid, signal.SIGKILL)  # whatever it started and left behind
 
 
-def descendants(root: int) -> list[int]:
-    """`root` and every process under it, from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-    tree = [root]
-    for pid in tree:
-        tree += [child for child, parent in parents.items() if parent == pid and child not in tree]
-    return tree
-
-
 def parent_of(pid: int) -> int:
     """A process's parent, from /proc."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    found = procfs.stat(pid)
+    assert found is not None, f"process {pid} is gone"
+    return found.ppid
 
 
 def test_the_jobs_carry_a_max_runtime_and_every_instance_config_monitors_runs():
@@ -178,10 +166,8 @@ def test_a_killed_run_worker_frees_its_pool_slot_for_the_next_run(tmp_path, daem
     # step <- run worker <- code server <- dagster-daemon (ours). kill -9 the code server and all under
     # it: as if the machine running the run had died, so nobody is left to report the run's end.
     code_server = parent_of(parent_of(step))
-    assert (
-        "dagster api grpc" in Path(f"/proc/{code_server}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    )
-    for pid in descendants(code_server):
+    assert "dagster api grpc" in (procfs.cmdline(code_server) or "")
+    for pid in procfs.tree([code_server]):
         os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
     time.sleep(3)

@@ -1,12 +1,19 @@
-"""Shared benchmark plumbing: alternate project and baseline runs, take medians, print one line."""
+"""Shared benchmark plumbing: alternate project and baseline runs, take medians, print one line; the
+environment of the deployment processes a benchmark starts."""
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# A storefront nobody answers at (the discard port), for deployments whose runs never push.
+NO_STOREFRONT = "http://127.0.0.1:9/storefront"
 
 
 def scale() -> float:
@@ -58,3 +65,34 @@ def alternate(
 def line(name: str, ratio: float, target: float, detail: str) -> str:
     """The docs/architecture.md §10 closing line."""
     return f"{name}: ratio {ratio:.2f} (target <= {target:g}) {detail}"
+
+
+def deployment_env(
+    *,
+    home: Path | None,
+    warehouse: Path | str,
+    registry: Path,
+    service_config: Mapping[str, Any],
+    storefront_url: str = NO_STOREFRONT,
+    storefront_secret: str = "unused",
+    environ: Mapping[str, str] | None = None,
+    scrubbed: Collection[str] = (),
+) -> dict[str, str]:
+    """The environment of a deployment's processes: `environ` (or os.environ) less `scrubbed`, then theirs."""
+    # For dagster-daemon, dagster-webserver, code servers, run workers, `dagster job ...`: their own
+    # DAGSTER_HOME (None: the caller sets it), warehouse, supplier registry, SERVICE_CONFIG and
+    # storefront, and Python's warnings off.
+    env = {k: v for k, v in (os.environ if environ is None else environ).items() if k not in scrubbed}
+    if home is not None:
+        env["DAGSTER_HOME"] = str(home)
+    env.update(
+        {
+            "WAREHOUSE_DIR": str(warehouse),
+            "SUPPLIER_REGISTRY": str(registry),
+            "SERVICE_CONFIG": json.dumps(service_config),
+            "STOREFRONT_URL": storefront_url,
+            "STOREFRONT_WEBHOOK_SECRET": storefront_secret,
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
+    return env

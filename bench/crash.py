@@ -23,7 +23,6 @@ A trial with any count above zero is a failure; ratio = failures / trials (targe
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -45,6 +44,7 @@ import polars as pl
 import yaml
 
 from bench import _procfs as procfs
+from bench._harness import deployment_env
 from pricing_assets.sweep import RANGE_END_TAG, RANGE_START_TAG
 from sandbox import server
 from sandbox.demo import DEMO_ENV
@@ -109,7 +109,8 @@ class Stack:
         registry = yaml.safe_load((ROOT / "pricing_assets" / "suppliers.yaml").read_text())
         registry["catalog_batches"] = BATCHES
         registry["suppliers"] = [s for s in registry["suppliers"] if s["id"] in ("alpha", "beta")]
-        (self.folder / "registry.yaml").write_text(yaml.safe_dump(registry))
+        registry_path = self.folder / "registry.yaml"
+        registry_path.write_text(yaml.safe_dump(registry))
         workspace = self.folder / "workspace.yaml"
         entry = {
             "module_name": "pricing_assets.definitions",
@@ -117,19 +118,16 @@ class Stack:
             "location_name": LOCATION,
         }
         workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": entry}]}))
-        self.env = {
-            **os.environ,
-            **DEMO_ENV,
-            "DAGSTER_HOME": str(home),
-            "SANDBOX_URL": self.sandbox_url,
-            "STOREFRONT_URL": f"{self.sandbox_url}/storefront",
-            "WAREHOUSE_DIR": str(self.folder / "warehouse"),
-            "SUPPLIER_REGISTRY": str(self.folder / "registry.yaml"),
-            "SERVICE_CONFIG": json.dumps(SERVICE_CONFIG),
-            "PYTHONWARNINGS": "ignore",
-        }
-        self.env.pop("DAGSTER_PG_URL", None)
-        self.env.pop("PUSH_LOCK_URL", None)
+        self.env = deployment_env(
+            home=home,
+            warehouse=self.folder / "warehouse",
+            registry=registry_path,
+            service_config=SERVICE_CONFIG,
+            storefront_url=f"{self.sandbox_url}/storefront",
+            storefront_secret=DEMO_ENV["STOREFRONT_WEBHOOK_SECRET"],
+            environ={**os.environ, **DEMO_ENV, "SANDBOX_URL": self.sandbox_url},
+            scrubbed=("DAGSTER_PG_URL", "PUSH_LOCK_URL"),
+        )
         for name in ("DAGSTER_HOME", "WAREHOUSE_DIR"):
             os.environ[name] = self.env[name]
         subprocess.run(

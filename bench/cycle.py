@@ -60,7 +60,7 @@ import sqlalchemy
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from bench._harness import line, scaled
+from bench._harness import deployment_env, line, scaled
 from pricing_assets.checks import split_pushable
 from pricing_assets.logic.batching import assign_batches
 from pricing_assets.logic.best_offers import select_best_offers
@@ -682,14 +682,15 @@ def _measure_with(
         registry_path = folder / "registry.yaml"
         registry_path.write_text(yaml.safe_dump(registry_document(sandbox.url), sort_keys=False))
         warehouse = setup_data(folder, make_market(n, SEED, BATCHES))
-        env.update(
-            {
-                "SUPPLIER_REGISTRY": str(registry_path),
-                "WAREHOUSE_DIR": str(warehouse.root()),
-                "SERVICE_CONFIG": json.dumps(service_config),
-                "STOREFRONT_URL": f"{sandbox.url}/sf/dagster",
-                "PYTHONWARNINGS": "ignore",
-            }
+        # DAGSTER_HOME (scrubbed) is the Deployment's own.
+        env = deployment_env(
+            home=None,
+            warehouse=warehouse.root(),
+            registry=registry_path,
+            service_config=service_config,
+            storefront_url=f"{sandbox.url}/sf/dagster",
+            storefront_secret=SECRET,
+            environ=env,
         )
         # The baseline reads the same settings in this process.
         os.environ["BULK_SANDBOX_KEY"] = API_KEY

@@ -55,7 +55,7 @@ from dagster import (
     build_sensor_context,
 )
 
-from bench._harness import line, scaled
+from bench._harness import deployment_env, line, scaled
 from bench._sweep_location import DEPLOYED_JOB, FORKSERVER_JOB, IN_PROCESS_JOB
 from bench.best_offers import CURRENCIES, FX, NOW, SUPPLIERS, iter_data
 from pricing_assets.best_offers import read_run_catalog, read_supplier_offers
@@ -395,16 +395,9 @@ def deployment(n: int, batches: int = BATCHES) -> Iterator[Deployment]:
         write_registry(registry_path, batches)
         warehouse = Warehouse(base_dir=str(Path(folder) / "warehouse"))
         write_data(warehouse, n, batches)
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "WAREHOUSE_DIR": str(warehouse.root()),
-            "SUPPLIER_REGISTRY": str(registry_path),
-            "SERVICE_CONFIG": json.dumps(SERVICE_CONFIG),
-            "STOREFRONT_URL": "http://127.0.0.1:9/storefront",
-            "STOREFRONT_WEBHOOK_SECRET": "unused",
-            "PYTHONWARNINGS": "ignore",
-        }
+        env = deployment_env(
+            home=home, warehouse=warehouse.root(), registry=registry_path, service_config=SERVICE_CONFIG
+        )
         yield Deployment(home, load_registry(registry_path), warehouse, env)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench._harness import scaled  # noqa: E402
+from bench._harness import deployment_env, scaled  # noqa: E402
 from bench.sweep import SERVICE_CONFIG, SKUS, sensor_plan, write_data, write_registry  # noqa: E402
 from pricing_assets.partitions import catalog_batch_partitions  # noqa: E402
 from resources.warehouse import Warehouse  # noqa: E402
@@ -138,16 +138,9 @@ def main() -> None:
         write_registry(registry)
         warehouse = Warehouse(base_dir=str(base / "warehouse"))
         write_data(warehouse, n)
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "WAREHOUSE_DIR": str(warehouse.root()),
-            "SUPPLIER_REGISTRY": str(registry),
-            "SERVICE_CONFIG": json.dumps(SERVICE_CONFIG),
-            "STOREFRONT_URL": "http://127.0.0.1:9/storefront",
-            "STOREFRONT_WEBHOOK_SECRET": "unused",
-            "PYTHONWARNINGS": "ignore",
-        }
+        env = deployment_env(
+            home=home, warehouse=warehouse.root(), registry=registry, service_config=SERVICE_CONFIG
+        )
         ports = {"pricing": free_port(), "orders": free_port()}
         modules = {"pricing": "pricing_assets.definitions", "orders": "orders_assets.definitions"}
         workspace = base / "workspace.yaml"

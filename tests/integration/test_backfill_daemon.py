@@ -10,8 +10,6 @@ best_offers/batch-020.parquet must be written, so the run of batch-016..batch-03
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +25,7 @@ import pytest
 import yaml
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, RunsFilter
 
+from bench._harness import deployment_env
 from bench.best_offers import make_data
 from pricing_assets.logic.batching import assign_batches, batch_keys
 from pricing_assets.supplier_files import cache_key
@@ -108,15 +107,9 @@ def write_location_inputs(folder: Path) -> dict[str, str]:
     for supplier in SUPPLIERS:
         feed = fresh.filter(pl.col("supplier") == supplier).select(list(OFFERS_SCHEMA))
         warehouse.write(feed, cache_key(supplier))
-    return {
-        "DAGSTER_HOME": str(home),
-        "WAREHOUSE_DIR": str(warehouse.root()),
-        "SUPPLIER_REGISTRY": str(registry),
-        "SERVICE_CONFIG": json.dumps({"staleness_ttl": "PT6H"}),
-        "STOREFRONT_URL": "http://127.0.0.1:9/storefront",
-        "STOREFRONT_WEBHOOK_SECRET": "unused",
-        "PYTHONWARNINGS": "ignore",
-    }
+    return deployment_env(
+        home=home, warehouse=warehouse.root(), registry=registry, service_config={"staleness_ttl": "PT6H"}
+    )
 
 
 def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -188,7 +181,7 @@ class Ui:
 @pytest.fixture
 def location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Ui, dict[str, str], Path]]:
     """Webserver and daemon serving the pricing location; the daemon is started by the test."""
-    env = {**os.environ, **write_location_inputs(tmp_path)}
+    env = write_location_inputs(tmp_path)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     port = free_port()

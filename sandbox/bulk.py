@@ -31,6 +31,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -286,6 +287,13 @@ class State:
         return self.storefronts.setdefault(name, Storefront())
 
 
+def _shown_prices(a: Storefront, b: Storefront, skus: list[str]) -> Iterator[tuple[str, str, str | None]]:
+    """(SKU, its price in a or "" if a shows none, its price in b or None) for each of `skus`, in order."""
+    for sku in skus:
+        in_a, in_b = a.prices.get(sku), b.prices.get(sku)
+        yield sku, ("" if in_a is None else in_a[0]), (None if in_b is None else in_b[0])
+
+
 @dataclass
 class Watch:
     """SKUs whose price storefront `target` must come to show (as `reference` showed them when set)."""
@@ -298,8 +306,9 @@ class Watch:
     @classmethod
     def start(cls, reference: Storefront, target: str, shop: Storefront, skus: list[str]) -> Watch:
         """A watch over `skus`; done at once if `shop` already shows every wanted price."""
-        want = {sku: (reference.prices.get(sku) or ("",))[0] for sku in skus}
-        remaining = {sku for sku, price in want.items() if (shop.prices.get(sku) or (None,))[0] != price}
+        shown = list(_shown_prices(reference, shop, skus))
+        want = {sku: wanted for sku, wanted, _ in shown}
+        remaining = {sku for sku, wanted, price in shown if price != wanted}
         return cls(target, want, remaining, None if remaining else time.time())
 
     def pushed(self, name: str, entries: list[dict[str, object]]) -> None:
@@ -321,7 +330,7 @@ class Watch:
 
 def mismatches(a: Storefront, b: Storefront, skus: list[str]) -> int:
     """How many of `skus` show a different price (or none) in b than in a."""
-    return sum(1 for sku in skus if (a.prices.get(sku) or ("",))[0] != (b.prices.get(sku) or (None,))[0])
+    return sum(1 for _, wanted, price in _shown_prices(a, b, skus) if price != wanted)
 
 
 def build_app(state: State, api_key: str, secret: str) -> Starlette:

@@ -384,7 +384,7 @@ def test_best_offers_reads_each_offer_at_its_row_of_the_run_catalog(harness):
 
 
 def test_rejected_rows_land_in_their_skus_batch_and_rows_without_a_sku_in_the_first(harness, sandbox):
-    """A ranged run's rejects: each in its SKU's batch file, the two without a SKU in the run's first batch."""
+    """A ranged run's rejects: each in its SKU's batch file; the two without a SKU in the first batch."""
     sandbox.control(faults={"beta": {"bad_rows": 6, "missing_fields": 2, "missing_field": "sku"}})
     tags = {
         "dagster/asset_partition_range_start": "batch-000",

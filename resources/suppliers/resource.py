@@ -19,7 +19,7 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from resources.config import Registry, SupplierEntry, load_registry
-from resources.offer_validation import validate_offers
+from resources.offer_validation import RAW_OFFERS_SCHEMA, validate_offers
 from resources.schemas import OFFERS_SCHEMA, QUARANTINE_SCHEMA, empty_frame
 from resources.suppliers.adapters import (
     Collected,
@@ -114,9 +114,6 @@ async def fetch_supplier_offers(
         raise
     stats.records = len(collected.records)
     raw = mapper.to_frame(collected.records, collected.skus)
-    clash = sorted(set(carry) & set(raw.columns))
-    if clash:
-        raise ValueError(f"requested SKUs frame: columns {clash} clash with the supplier's mapped columns")
     # Rows for SKUs outside the request belong to other batches; rows without a SKU stay for quarantine.
     # One left join both finds them and gives every row its SKU's carried columns: a separate filter and
     # a join to the batch catalog afterwards hashed 1M SKU strings twice (~0.2 s per supplier).
@@ -157,11 +154,20 @@ async def fetch_supplier_offers(
     )
 
 
+# Columns the fetch itself makes (mapped, validated, stored, or its own helpers): a requested SKUs frame
+# may not carry one of them, else it would be overwritten or selected twice.
+_FETCH_COLUMNS = {*RAW_OFFERS_SCHEMA, *OFFERS_SCHEMA, *QUARANTINE_SCHEMA, "_row", "_requested", "_asked"}
+
+
 def _requested_frame(skus: Sequence[str] | pl.DataFrame) -> pl.DataFrame:
     """The requested SKUs as a frame, each SKU once (its first row), in the order asked."""
     if isinstance(skus, pl.DataFrame):
         if "sku" not in skus.columns:
             raise ValueError(f"requested SKUs frame has no 'sku' column (columns: {skus.columns})")
+        # Checked before any request: a frame the fetch cannot carry must not cost a supplier call.
+        clash = sorted((set(skus.columns) - {"sku"}) & _FETCH_COLUMNS)
+        if clash:
+            raise ValueError(f"requested SKUs frame: columns {clash} clash with the fetch's own columns")
         return skus.unique("sku", keep="first", maintain_order=True)
     return pl.DataFrame({"sku": pl.Series(list(skus), dtype=pl.String)}).unique(
         "sku", keep="first", maintain_order=True

@@ -329,11 +329,14 @@ def test_a_requested_frame_fetches_what_the_list_does(sandbox, entry, fetch):
     assert by_frame.unrequested == by_list.unrequested > 0
 
 
-def test_a_requested_frame_must_name_its_skus_and_not_shadow_a_mapped_column(sandbox, entry, fetch):
+def test_a_requested_frame_must_name_its_skus_and_not_shadow_a_fetch_column(sandbox, entry, fetch):
+    """Refused before any request: no `sku` column, or a column the fetch makes itself."""
     with pytest.raises(ValueError, match="no 'sku' column"):
         fetch(entry("beta"), pl.DataFrame({"id": ALL_SKUS[:5]}))
-    with pytest.raises(ValueError, match=r"\['price'\] clash"):
-        fetch(entry("beta"), pl.DataFrame({"sku": ALL_SKUS[:5], "price": ["1"] * 5}))
+    for column in ("price", "supplier", "reason"):
+        with pytest.raises(ValueError, match=rf"\['{column}'\] clash"):
+            fetch(entry("beta"), pl.DataFrame({"sku": ALL_SKUS[:5], column: ["x"] * 5}))
+    assert sandbox.counters().get("beta.requests", 0) == 0
 
 
 # ---------------------------------------------------------------- data faults -> quarantine

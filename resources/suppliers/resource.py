@@ -117,17 +117,16 @@ async def fetch_supplier_offers(
     # Rows for SKUs outside the request belong to other batches; rows without a SKU stay for quarantine.
     # One left join both finds them and gives every row its SKU's carried columns: a separate filter and
     # a join to the batch catalog afterwards hashed 1M SKU strings twice (~0.2 s per supplier).
-    asked = "_requested"
     sku = pl.col("sku").str.strip_chars()
-    joined = raw.with_columns(sku.alias(asked)).join(
-        requested.rename({"sku": asked}).with_columns(pl.lit(True).alias("_asked")),
-        on=asked,
+    joined = raw.with_columns(sku.alias(_ASKED_KEY)).join(
+        requested.rename({"sku": _ASKED_KEY}).with_columns(pl.lit(True).alias(_ASKED_FLAG)),
+        on=_ASKED_KEY,
         how="left",
         maintain_order="left",
     )
-    kept = joined.filter(sku.is_null() | (sku == "") | pl.col("_asked").is_not_null())
+    kept = joined.filter(sku.is_null() | (sku == "") | pl.col(_ASKED_FLAG).is_not_null())
     unrequested = raw.height - kept.height
-    raw = kept.drop(asked, "_asked")
+    raw = kept.drop(_ASKED_KEY, _ASKED_FLAG)
     limits = entry.request.get("validation", {})
     offers, quarantine = validate_offers(
         raw,
@@ -156,7 +155,9 @@ async def fetch_supplier_offers(
 
 # Columns the fetch itself makes (mapped, validated, stored, or its own helpers): a requested SKUs frame
 # may not carry one of them, else it would be overwritten or selected twice.
-_FETCH_COLUMNS = {*RAW_OFFERS_SCHEMA, *OFFERS_SCHEMA, *QUARANTINE_SCHEMA, "_row", "_requested", "_asked"}
+# The join of requested SKUs: its key (the mapped SKU, stripped) and its match flag.
+_ASKED_KEY, _ASKED_FLAG = "_requested", "_asked"
+_FETCH_COLUMNS = {*RAW_OFFERS_SCHEMA, *OFFERS_SCHEMA, *QUARANTINE_SCHEMA, "_row", _ASKED_KEY, _ASKED_FLAG}
 
 
 def _requested_frame(skus: Sequence[str] | pl.DataFrame) -> pl.DataFrame:

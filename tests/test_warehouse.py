@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import threading
+import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -21,6 +25,7 @@ from dagster import (
 from upath import UPath
 
 from resources import warehouse as wh
+from resources.config import ConfigError
 from resources.warehouse import Warehouse, WarehouseIOManager, table_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,7 +205,7 @@ def _read_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return reads
 
 
-def _ranged_pipeline(tmp_path: Path, mutate_between: bool = False):
+def _ranged_pipeline(tmp_path: Path, mutate_between: bool = False, raise_on_error: bool = True):
     """best_offers (ranged, 3 partitions) -> prices, in one in-process run."""
 
     @asset(partitions_def=batches, backfill_policy=BackfillPolicy.single_run())
@@ -228,7 +233,9 @@ def _ranged_pipeline(tmp_path: Path, mutate_between: bool = False):
         "dagster/asset_partition_range_end": "batch-002",
     }
     io = WarehouseIOManager(base_dir=str(tmp_path))
-    return materialize([best_offers, prices], tags=tags, resources={"io_manager": io})
+    return materialize(
+        [best_offers, prices], tags=tags, resources={"io_manager": io}, raise_on_error=raise_on_error
+    )
 
 
 def test_downstream_step_of_the_same_process_reuses_what_was_just_written(tmp_path, monkeypatch):
@@ -385,3 +392,103 @@ def test_tables_are_written_as_zstd_level_1_with_statistics(tmp_path):
     column = pq.ParquetFile(path).metadata.row_group(0).column(0)
     assert column.compression == "ZSTD"
     assert column.statistics is not None and column.statistics.has_min_max
+
+
+# ---------------------------------------------------------------- partition files a few at a time (issue 17)
+
+
+def _meeting(monkeypatch: pytest.MonkeyPatch, name: str, parties: int) -> list[str]:
+    """Make wh.<name> wait until `parties` calls are inside it at once (fails if they run one by one)."""
+    barrier = threading.Barrier(parties, timeout=10)
+    threads: list[str] = []
+    original = getattr(wh, name)
+
+    def meeting(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        barrier.wait()  # BrokenBarrierError after 10 s when the calls come one after another
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(wh, name, meeting)
+    return threads
+
+
+def test_a_ranged_output_writes_its_partition_files_at_the_same_time(tmp_path, monkeypatch):
+    threads = _meeting(monkeypatch, "write_parquet_atomic", parties=3)
+    assert _ranged_pipeline(tmp_path).success
+    assert len(threads) == 6  # both assets, three files each, every write inside the barrier
+    assert all(name.startswith("warehouse-io") for name in threads)
+    stored = [pl.read_parquet(tmp_path / "best_offers" / f"batch-00{i}.parquet") for i in range(3)]
+    assert [frame.get_column("sku").to_list() for frame in stored] == [["a", "b"], ["c"], []]
+
+
+def test_read_partitions_reads_files_at_the_same_time_and_keeps_their_order(tmp_path, monkeypatch):
+    warehouse = Warehouse(base_dir=str(tmp_path))
+    for i in range(3):
+        warehouse.write(money_frame(i + 1), ["t"], f"batch-00{i}")
+    original = wh.read_parquet
+    threads = _meeting(monkeypatch, "read_parquet", parties=4)
+    meeting = wh.read_parquet
+
+    def first_file_last(path: UPath) -> pl.DataFrame:
+        frame = meeting(path)
+        if Path(str(path)).name == "batch-000.parquet":
+            time.sleep(0.3)  # the first partition's read ends last
+        return frame
+
+    monkeypatch.setattr(wh, "read_parquet", first_file_last)
+    frame = warehouse.read_partitions(["t"], ["batch-000", "batch-001", "batch-002", "batch-009"])
+    assert len(threads) == 4 and all(name.startswith("warehouse-io") for name in threads)
+    # Partition order, whatever order the reads finished in; the unwritten batch-009 is skipped.
+    monkeypatch.setattr(wh, "read_parquet", original)
+    assert frame is not None
+    assert frame.equals(pl.concat([money_frame(1), money_frame(2), money_frame(3)]))
+
+
+def test_one_file_at_a_time_when_configured(tmp_path, monkeypatch):
+    monkeypatch.setenv(wh.IO_THREADS_ENV, "1")
+    inside, most = [0], [0]
+    original = wh.write_parquet_atomic
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        try:
+            time.sleep(0.05)
+            original(*args, **kwargs)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(wh, "write_parquet_atomic", counted)
+    assert _ranged_pipeline(tmp_path).success
+    assert most == [1]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "four", "1.5"])
+def test_a_bad_io_thread_count_is_a_configuration_error_naming_it(monkeypatch, value):
+    monkeypatch.setenv(wh.IO_THREADS_ENV, value)
+    with pytest.raises(ConfigError, match=rf"WAREHOUSE_IO_THREADS='{re.escape(value)}'.*1 or more"):
+        wh.io_threads()
+
+
+def test_a_partition_write_failing_fails_the_output_and_keeps_that_files_previous_rows(tmp_path, monkeypatch):
+    previous = pl.DataFrame({"sku": ["old"], "batch": ["batch-001"]}).with_columns(
+        price=pl.lit(Decimal("9"), dtype=pl.Decimal(20, 4))
+    )
+    Warehouse(base_dir=str(tmp_path)).write(previous, ["best_offers"], "batch-001")
+    original = wh.write_parquet_atomic
+
+    def failing(frame: pl.DataFrame, path: UPath, **kwargs: Any) -> None:
+        if Path(str(path)).name == "batch-001.parquet":
+            raise OSError("disk full writing batch-001")
+        original(frame, path, **kwargs)
+
+    monkeypatch.setattr(wh, "write_parquet_atomic", failing)
+    result = _ranged_pipeline(tmp_path, raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0]
+    assert "disk full writing batch-001" in str(failure.step_failure_data.error)
+    assert pl.read_parquet(tmp_path / "best_offers" / "batch-001.parquet").equals(previous)
+    # Nothing of the failed output is served from memory to a later step.
+    paths = [table_path(UPath(tmp_path), ["best_offers"], f"batch-00{i}") for i in range(3)]
+    assert wh._RECENT_OUTPUTS.get(paths) is None
+    assert not (tmp_path / "prices").exists()

@@ -8,14 +8,17 @@ from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
+import pytest
 import yaml
 from starlette.testclient import TestClient
 
+import bench.cycle as cycle_module
 from bench.cycle import (
     _SCRUBBED,
     BATCH_SIZE_ENV,
     ENV_MANIFEST,
     ROOT,
+    CycleError,
     catalog_frame,
     chunked,
     delta_offers,
@@ -273,3 +276,37 @@ def test_only_the_postgres_instance_gets_the_configmaps_event_batching() -> None
     manifest = yaml.safe_load((ROOT / "deploy" / "k8s" / "manifests" / ENV_MANIFEST).read_text())
     assert production_event_batching() == {BATCH_SIZE_ENV: manifest["data"][BATCH_SIZE_ENV]}
     assert BATCH_SIZE_ENV in _SCRUBBED
+
+
+class _LosingSensor:
+    """A deployment whose first cursor set is overwritten by a tick in flight; the second one launches."""
+
+    def __init__(self) -> None:
+        self.sets: list[int] = []
+        self.runs: list[object] = []
+
+    def make_due(self, cycle: int) -> None:
+        self.sets.append(cycle)
+        if len(self.sets) == 2:
+            self.runs.append(object())
+
+
+def test_a_cursor_set_lost_to_a_running_tick_is_set_again(monkeypatch) -> None:
+    monkeypatch.setattr(cycle_module, "TICK_WAIT", 0.6)
+    deployment = _LosingSensor()
+    monkeypatch.setattr(
+        cycle_module, "new_run", lambda instance, known: deployment.runs[0] if deployment.runs else None
+    )
+    run = cycle_module.launched_run(deployment, None, set(), 4)  # type: ignore[arg-type]
+    assert run is deployment.runs[0]
+    assert deployment.sets == [4, 4]
+
+
+def test_a_sensor_that_never_launches_fails_naming_the_attempts(monkeypatch) -> None:
+    monkeypatch.setattr(cycle_module, "TICK_WAIT", 0.4)
+    monkeypatch.setattr(cycle_module, "new_run", lambda instance, known: None)
+    deployment = _LosingSensor()
+    deployment.make_due = deployment.sets.append  # type: ignore[method-assign]
+    with pytest.raises(CycleError, match=r"sweep sensor to launch a run \(its cursor set 2 times\)"):
+        cycle_module.launched_run(deployment, None, set(), 5)  # type: ignore[arg-type]
+    assert deployment.sets == [5, 5]

@@ -13,11 +13,11 @@ best offer of 5 % of the active SKUs and:
   offers (`read_cached_offers`), `select_best_offers`, `apply_markup`, the storefront's live prices
   (the reconcile read), `apply_guard`, `split_pushable`, `compute_changes`, and the signed pushes per
   batch in chunks of push_batch_size to its own storefront (`direct`).
-- deployment: the sensor's cursor is made due (`dagster sensor cursor`); from the moment the run is
-  created until the storefront `dagster` shows, for every moved SKU, the price the baseline pushed
-  (the sandbox notes the time of the push that completed it, `/_bench/watch`; not read from the
-  project's ledger). The wait for the sensor's tick (its
-  minimum interval is 30 s) is reported apart.
+- deployment: the sensor's cursor is made due (`dagster sensor cursor`, set again if a tick overwrote
+  it); from the moment the run is created until the storefront `dagster` shows, for every moved SKU,
+  the price the baseline pushed (the sandbox notes the time of the push that completed it,
+  `/_bench/watch`; not read from the project's ledger). The wait for the sensor's tick (its minimum
+  interval is 30 s) is reported apart.
 
 The registry is the benchmark's own (written to a temp file, as bench/sweep.py does): alpha a batch
 endpoint (5000 SKUs per POST), beta a cursor listing and omega a numbered listing (10 000 records per

@@ -73,7 +73,7 @@ def io_threads() -> int:
     raw = os.environ.get(IO_THREADS_ENV, "").strip()
     if not raw:
         return DEFAULT_IO_THREADS
-    if not raw.isdigit() or int(raw) < 1:
+    if not raw.isdecimal() or int(raw) < 1:
         raise ConfigError(f"{IO_THREADS_ENV}={raw!r}: expected a whole number of files at once, 1 or more")
     return int(raw)
 

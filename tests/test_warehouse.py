@@ -463,7 +463,7 @@ def test_one_file_at_a_time_when_configured(tmp_path, monkeypatch):
     assert most == [1]
 
 
-@pytest.mark.parametrize("value", ["0", "-2", "four", "1.5"])
+@pytest.mark.parametrize("value", ["0", "-2", "four", "1.5", "²"])
 def test_a_bad_io_thread_count_is_a_configuration_error_naming_it(monkeypatch, value):
     monkeypatch.setenv(wh.IO_THREADS_ENV, value)
     with pytest.raises(ConfigError, match=rf"WAREHOUSE_IO_THREADS='{re.escape(value)}'.*1 or more"):

@@ -153,10 +153,10 @@ async def fetch_supplier_offers(
     )
 
 
-# Columns the fetch itself makes (mapped, validated, stored, or its own helpers): a requested SKUs frame
-# may not carry one of them, else it would be overwritten or selected twice.
 # The join of requested SKUs: its key (the mapped SKU, stripped) and its match flag.
 _ASKED_KEY, _ASKED_FLAG = "_requested", "_asked"
+# Columns the fetch itself makes (mapped, validated, stored, or its own helpers): a requested SKUs frame
+# may not carry one of them, else it would be overwritten or selected twice.
 _FETCH_COLUMNS = {*RAW_OFFERS_SCHEMA, *OFFERS_SCHEMA, *QUARANTINE_SCHEMA, "_row", _ASKED_KEY, _ASKED_FLAG}
 
 

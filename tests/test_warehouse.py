@@ -399,6 +399,7 @@ def test_tables_are_written_as_zstd_level_1_with_statistics(tmp_path):
 
 def _meeting(monkeypatch: pytest.MonkeyPatch, name: str, parties: int) -> list[str]:
     """Make wh.<name> wait until `parties` calls are inside it at once (fails if they run one by one)."""
+    monkeypatch.delenv(wh.IO_THREADS_ENV, raising=False)  # the default, whatever the shell exports
     barrier = threading.Barrier(parties, timeout=10)
     threads: list[str] = []
     original = getattr(wh, name)

@@ -15,7 +15,9 @@ from dagster import (
     AssetIn,
     AssetKey,
     AssetOut,
+    AssetRecordsFilter,
     AssetsDefinition,
+    DagsterInstance,
     FreshnessPolicy,
     MetadataValue,
     Output,
@@ -31,6 +33,7 @@ from pricing_assets.offers_freshness import (
     check_freshness,
 )
 from pricing_assets.partitions import BATCH_BACKFILL_POLICY, offers_key
+from pricing_assets.sweep import SWEEP_SENSOR_NAME
 from resources.config import Registry, SupplierEntry
 from resources.partition_metadata import (
     add_partition_metadata,
@@ -40,7 +43,7 @@ from resources.partition_metadata import (
 from resources.schemas import OFFER_TABLE_SCHEMA, QUARANTINE_SCHEMA, column_schema
 from resources.service_config import ServiceConfigResource
 from resources.suppliers import REST_KINDS, FetchResult, SupplierClients, SupplierError
-from resources.warehouse import WarehouseTables, split_by_partition
+from resources.warehouse import WarehouseTables, each_file, split_by_partition
 
 REJECTED_SHARE_CHECK = "rejected_share"
 REACHABLE_CHECK = "supplier_reachable"
@@ -51,6 +54,12 @@ PRIORITY_TAG = "dagster/priority"
 # (default 5, higher first), and a step with only dagster/priority draws a warning in every run.
 CELERY_PRIORITY_TAG = "dagster-celery/priority"
 CELERY_DEFAULT_PRIORITY = 5
+# Dagster's system tag on a run a sensor launched (its value is the sensor's name).
+SENSOR_NAME_TAG = "dagster/sensor_name"
+# Pages of a quarantine's latest materializations read to find every batch of a run (one page of
+# len(batches) records when they were last written together, as the sweep writes them); past this,
+# the quarantine is written.
+QUARANTINE_RECORD_PAGES = 4
 
 
 def fetch_priority(kind: str) -> int:
@@ -151,6 +160,49 @@ def quarantine_partition_metadata(
         }
         for batch in batches
     }
+
+
+def quarantine_on_file_empty(
+    instance: DagsterInstance, key: AssetKey, batches: list[str], warehouse: WarehouseTables
+) -> bool:
+    """Whether every batch's latest materialization of `key` recorded no rows and its file is there."""
+    rows: dict[str, object] = {}
+    cursor = None
+    for _ in range(QUARANTINE_RECORD_PAGES):
+        page = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=key, asset_partitions=batches), limit=len(batches), cursor=cursor
+        )
+        for record in page.records:
+            materialization = record.asset_materialization
+            if materialization is not None and materialization.partition is not None:
+                recorded = materialization.metadata.get("rows")
+                rows.setdefault(materialization.partition, None if recorded is None else recorded.value)
+        if len(rows) == len(batches) or not page.has_more:
+            break
+        cursor = page.cursor
+    if len(rows) < len(batches) or any(value != 0 for value in rows.values()):
+        return False
+    return all(each_file(lambda batch: warehouse.exists(key.path, batch), batches))
+
+
+def _keeps_empty_quarantine(
+    context: AssetExecutionContext,
+    quarantine: pl.DataFrame,
+    key: AssetKey,
+    batches: list[str],
+    warehouse: WarehouseTables,
+) -> bool:
+    """Whether a sweep run leaves the quarantine as it is: nothing rejected, and nothing on file either.
+
+    Only the price_sweep sensor's runs skip it (hundreds a day, 16 events and files per supplier each);
+    a run someone launched, a backfill, or the quarantine selected alone always writes it.
+    """
+    return (
+        quarantine.is_empty()
+        and context.run.tags.get(SENSOR_NAME_TAG) == SWEEP_SENSOR_NAME
+        and {OFFERS_OUTPUT, QUARANTINE_OUTPUT} <= set(context.op_execution_context.selected_output_names)
+        and quarantine_on_file_empty(context.instance, key, batches, warehouse)
+    )
 
 
 def _selected_only(context: AssetExecutionContext, events: Iterable[Any]) -> Iterator[Any]:
@@ -358,12 +410,23 @@ def _fetch(
     )
     # The quarantine first, refused offers or not: it is what explains a refusal. The IO manager
     # writes every batch of the run, empty or not, so a re-run replaces stale rejects.
-    _add_metadata(
-        context,
-        quarantine_partition_metadata(quarantine, batches, warehouse=warehouse, key_path=quarantine_key.path),
-        quarantine_key,
-    )
-    yield Output(quarantine, output_name=QUARANTINE_OUTPUT)
+    if _keeps_empty_quarantine(context, quarantine, quarantine_key, batches, warehouse):
+        # Every batch's latest materialization already says "no rejects" and its file holds none:
+        # rewriting it would add 16 events and files per run and say nothing new. This fetch's own
+        # count (rejected: 0) is on each batch's offers materialization.
+        context.log.info(
+            f"supplier {entry.id}: nothing rejected, and every batch's quarantine on file is empty: "
+            f"{quarantine_key.to_user_string()} left as it is"
+        )
+    else:
+        _add_metadata(
+            context,
+            quarantine_partition_metadata(
+                quarantine, batches, warehouse=warehouse, key_path=quarantine_key.path
+            ),
+            quarantine_key,
+        )
+        yield Output(quarantine, output_name=QUARANTINE_OUTPUT)
     if share > limit:
         context.log.error(
             f"supplier {entry.id}: {quarantine.height} of {quarantine.height + offers.height} rows "

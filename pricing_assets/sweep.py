@@ -38,6 +38,7 @@ MAX_RUNTIME_TAG = "dagster/max_runtime"
 SWEEP_MAX_RUNTIME_SECONDS = 600
 SWEEP_JOB_NAME = "price_sweep_job"
 CYCLE_JOB_NAME = "price_cycle_job"
+SWEEP_SENSOR_NAME = "price_sweep"
 # Range tags are how Dagster itself launches one run over several partitions (backfills do the same).
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -152,7 +153,7 @@ def build_price_sweep_sensor(
     """The sweep sensor over `partitions_def`, launching `job` for one contiguous range when it is due."""
 
     @sensor(
-        name="price_sweep",
+        name=SWEEP_SENSOR_NAME,
         job=job,
         minimum_interval_seconds=SWEEP_INTERVAL_SECONDS,
         default_status=DefaultSensorStatus.STOPPED,

@@ -14,7 +14,14 @@ import pytest
 from dagster import AssetKey, DagsterInstance, asset, materialize
 
 from pricing_assets.partitions import catalog_batch_partitions, offers_key
-from pricing_assets.supplier_offers import build_supplier_offer_assets, quarantine_asset_key
+from pricing_assets.supplier_offers import (
+    QUARANTINE_RECORD_PAGES,
+    SENSOR_NAME_TAG,
+    build_supplier_offer_assets,
+    quarantine_asset_key,
+    quarantine_on_file_empty,
+)
+from pricing_assets.sweep import SWEEP_SENSOR_NAME
 from resources.config import Registry, load_registry
 from resources.schemas import CATALOG_ROW, OFFER_TABLE_SCHEMA, QUARANTINE_SCHEMA
 from resources.service_config import ServiceConfigResource
@@ -400,3 +407,132 @@ def test_rejected_rows_land_in_their_skus_batch_and_rows_without_a_sku_in_the_fi
     with_sku = [(sku, batch) for batch, frame in files.items() for sku in frame["sku"].drop_nulls()]
     assert len(with_sku) == 6
     assert all(sku in batch_skus(batch) for sku, batch in with_sku)
+
+
+SWEEP_TAGS = {
+    "dagster/asset_partition_range_start": "batch-000",
+    "dagster/asset_partition_range_end": "batch-003",
+    # What a run the price_sweep sensor launched carries.
+    SENSOR_NAME_TAG: SWEEP_SENSOR_NAME,
+}
+
+
+def quarantine_files(harness) -> dict[str, tuple[int, bytes]]:
+    """Each batch's quarantine file of alpha: (mtime_ns, bytes)."""
+    out = {}
+    for batch in PARTITIONS.get_partition_keys():
+        path = Path(str(harness.warehouse.path(["supplier_quarantine", "alpha"], batch)))
+        out[batch] = (path.stat().st_mtime_ns, path.read_bytes())
+    return out
+
+
+def quarantine_partitions(result) -> list[str]:
+    """The partitions of alpha's quarantine this run materialized."""
+    return sorted(
+        event.partition
+        for event in result.get_asset_materialization_events()
+        if event.asset_key == quarantine_asset_key("alpha")
+    )
+
+
+def test_a_sweep_run_leaves_an_empty_quarantine_as_it_is(harness):
+    every = PARTITIONS.get_partition_keys()
+    first = harness.run(["alpha"], partition_key=None, tags=SWEEP_TAGS)
+    # Never materialized before: written, so the UI shows every batch's (empty) quarantine.
+    assert first.success and quarantine_partitions(first) == every
+    before = quarantine_files(harness)
+    again = harness.run(["alpha"], partition_key=None, tags=SWEEP_TAGS)
+    assert again.success
+    assert quarantine_partitions(again) == []
+    assert quarantine_files(harness) == before
+    # The offers are written as always, and each batch's own count of rejects says this fetch's zero.
+    offers = [e for e in again.get_asset_materialization_events() if e.asset_key == offers_key("alpha")]
+    assert sorted(e.partition for e in offers) == every
+    assert {e.materialization.metadata["rejected"].value for e in offers} == {0}
+    logs = harness.instance.all_logs(again.run_id)
+    logged = [entry.user_message for entry in logs if "left as it is" in entry.user_message]
+    assert logged == [
+        "supplier alpha: nothing rejected, and every batch's quarantine on file is empty: "
+        "supplier_quarantine/alpha left as it is"
+    ]
+
+
+def test_rejects_on_file_are_cleared_before_the_sweep_skips_an_empty_quarantine(harness, sandbox):
+    sandbox.control(faults={"alpha": {"bad_rows": 4}})
+    assert harness.run(["alpha"], partition_key=None, tags=SWEEP_TAGS).success
+    assert (
+        sum(
+            harness.warehouse.read(["supplier_quarantine", "alpha"], b).height
+            for b in PARTITIONS.get_partition_keys()
+        )
+        > 0
+    )
+    sandbox.control(reset=True)
+    # The fetch rejects nothing, but old rejects are on file: they are replaced by empty files.
+    clearing = harness.run(["alpha"], partition_key=None, tags=SWEEP_TAGS)
+    assert clearing.success and quarantine_partitions(clearing) == PARTITIONS.get_partition_keys()
+    assert all(
+        harness.warehouse.read(["supplier_quarantine", "alpha"], b).height == 0
+        for b in PARTITIONS.get_partition_keys()
+    )
+    assert quarantine_partitions(harness.run(["alpha"], partition_key=None, tags=SWEEP_TAGS)) == []
+    # Rejects again: written at once.
+    sandbox.control(faults={"alpha": {"bad_rows": 4}})
+    rejecting = harness.run(["alpha"], partition_key=None, tags=SWEEP_TAGS)
+    assert quarantine_partitions(rejecting) == PARTITIONS.get_partition_keys()
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["not launched by the sweep sensor", "another sensor", "a batch's file is missing", "quarantine alone"],
+)
+def test_an_empty_quarantine_is_written_unless_the_sweep_knows_it_is_on_file(harness, change):
+    assert harness.run(["alpha"], partition_key=None, tags=SWEEP_TAGS).success
+    tags = dict(SWEEP_TAGS)
+    if change == "not launched by the sweep sensor":
+        del tags[SENSOR_NAME_TAG]
+    elif change == "another sensor":
+        tags[SENSOR_NAME_TAG] = "storefront_reconcile"
+    elif change == "a batch's file is missing":
+        Path(str(harness.warehouse.path(["supplier_quarantine", "alpha"], "batch-002"))).unlink()
+    if change == "quarantine alone":
+        result = materialize(
+            [catalog_stub, *harness.feeds],
+            selection=[quarantine_asset_key("alpha")],
+            resources={
+                "io_manager": WarehouseIOManager(base_dir=str(harness.warehouse.root())),
+                "warehouse": harness.warehouse,
+                "service_config": ServiceConfigResource(),
+                "suppliers": SupplierClients(registry_path=harness.registry.source),
+            },
+            instance=harness.instance,
+            tags=tags,
+        )
+    else:
+        result = harness.run(["alpha"], partition_key=None, tags=tags)
+    assert result.success
+    assert quarantine_partitions(result) == PARTITIONS.get_partition_keys()
+    assert harness.warehouse.exists(["supplier_quarantine", "alpha"], "batch-002")
+
+
+def test_the_quarantine_on_file_is_empty_only_when_every_batch_says_so(harness, sandbox):
+    key = quarantine_asset_key("alpha")
+    every = PARTITIONS.get_partition_keys()
+    assert not quarantine_on_file_empty(harness.instance, key, every, harness.warehouse)  # never written
+    assert harness.run(["alpha"], partition_key=None, tags=SWEEP_TAGS).success
+    assert quarantine_on_file_empty(harness.instance, key, every, harness.warehouse)
+    # One batch written many times since: its records fill the first pages, the others are found later.
+    for _ in range(3):
+        assert harness.run(["alpha"], partition_key="batch-000").success
+    assert quarantine_on_file_empty(harness.instance, key, every, harness.warehouse)
+    # ... but not past the pages read: then it answers "write it" rather than guess.
+    for _ in range(QUARANTINE_RECORD_PAGES * len(every)):
+        assert harness.run(["alpha"], partition_key="batch-000").success
+    assert not quarantine_on_file_empty(harness.instance, key, every, harness.warehouse)
+    assert quarantine_on_file_empty(harness.instance, key, ["batch-000"], harness.warehouse)
+    # A batch whose latest materialization recorded rejects.
+    sandbox.control(faults={"alpha": {"bad_rows": 4}})
+    assert harness.run(["alpha"], partition_key="batch-001").success
+    assert harness.warehouse.read(["supplier_quarantine", "alpha"], "batch-001").height > 0
+    assert not quarantine_on_file_empty(harness.instance, key, ["batch-001", "batch-002"], harness.warehouse)
+    assert quarantine_on_file_empty(harness.instance, key, ["batch-002", "batch-003"], harness.warehouse)

@@ -409,7 +409,8 @@ def _fetch(
         ),
     )
     # The quarantine first, refused offers or not: it is what explains a refusal. The IO manager
-    # writes every batch of the run, empty or not, so a re-run replaces stale rejects.
+    # writes every batch of the run, empty or not, so a re-run replaces stale rejects; only a sweep
+    # run whose batches are all on file empty already keeps them as they are.
     if _keeps_empty_quarantine(context, quarantine, quarantine_key, batches, warehouse):
         # Every batch's latest materialization already says "no rejects" and its file holds none:
         # rewriting it would add 16 events and files per run and say nothing new. This fetch's own

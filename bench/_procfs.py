@@ -6,11 +6,13 @@ Processes are followed by pid and parent pid, never by name. A process can exit 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 PROC = Path("/proc")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/stat's times
 
 
 @dataclass(frozen=True)
@@ -78,3 +80,15 @@ def tree(roots: Iterable[int], processes: Mapping[int, Stat] | None = None) -> l
                 seen.add(child)
                 found.append(child)
     return found
+
+
+def stolen_seconds() -> float:
+    """CPU time the hypervisor gave to others while this machine's CPUs wanted to run, since boot.
+
+    The "steal" column of /proc/stat's `cpu` line, summed over CPUs: on a shared VM, a benchmark window
+    with seconds of it ran on a slower machine than one without.
+    """
+    fields = (PROC / "stat").read_text().split("\n", 1)[0].split()
+    if fields[0] != "cpu" or len(fields) < 9:
+        raise ValueError(f"unexpected first line of {PROC / 'stat'}: {' '.join(fields)!r}")
+    return int(fields[8]) / CLOCK_TICKS

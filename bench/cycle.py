@@ -19,6 +19,10 @@ best offer of 5 % of the active SKUs and:
   `/_bench/watch`; not read from the project's ledger). The wait for the sensor's tick (its minimum
   interval is 30 s) is reported apart.
 
+Each repetition also reports the CPU seconds the host took from this VM while it ran (/proc/stat's
+steal): on a shared machine a side that lost seconds to other guests ran on a slower machine, and the
+line says so instead of leaving a reader to guess why one repetition was twice as slow.
+
 The registry is the benchmark's own (written to a temp file, as bench/sweep.py does): alpha a batch
 endpoint (5000 SKUs per POST), beta a cursor listing and omega a numbered listing (10 000 records per
 page), with rate limits a high-volume supplier offers; delta the CDN file supplier whose cached offers
@@ -61,6 +65,7 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from bench._harness import deployment_env, line, scaled
+from bench._procfs import stolen_seconds
 from pricing_assets.checks import split_pushable
 from pricing_assets.logic.batching import assign_batches
 from pricing_assets.logic.best_offers import select_best_offers
@@ -304,6 +309,7 @@ class DirectTiming:
     phases: dict[str, float]
     pushed: int
     suppliers: dict[str, float] = field(default_factory=dict)
+    stolen: float = 0.0  # CPU seconds the host took from this VM meanwhile (stolen_seconds)
 
 
 @dataclass
@@ -316,6 +322,16 @@ class DeployedTiming:
     startup: float
     steps: dict[str, float] = field(default_factory=dict)
     events: int = 0
+    stolen: float = 0.0  # CPU seconds the host took from this VM meanwhile, tick wait included
+
+
+def stolen_text(direct: list[DirectTiming], deployed: list[DeployedTiming]) -> str:
+    """CPU seconds the host took from this VM during each repetition of both sides."""
+
+    def each(timings: list[DirectTiming] | list[DeployedTiming]) -> str:
+        return ", ".join(f"{t.stolen:.1f}" for t in timings)
+
+    return f"CPU stolen by the host (s, each): direct {each(direct)}, deployment {each(deployed)}"
 
 
 def direct_cycle(
@@ -724,10 +740,14 @@ def _measure_with(
         for repeat in range(1, repeats + 1):
             moved = sandbox.post("/_bench/move", {"share": share})["skus"]
             sandbox.post("/_bench/snapshot", {"name": "direct", "as": "direct@before"})
+            stolen = stolen_seconds()
             results["direct"].append(direct_cycle(warehouse, registry, config, direct))
+            results["direct"][-1].stolen = stolen_seconds() - stolen
             changed = sandbox.post("/_bench/mismatches", {"a": "direct", "b": "direct@before", "skus": moved})
             results["moved"].append((len(moved), changed["mismatched"]))
+            stolen = stolen_seconds()
             results["deployed"].append(deployed_cycle(deployment, sandbox, moved, repeat))
+            results["deployed"][-1].stolen = stolen_seconds() - stolen
         profile = os.environ.get("BENCH_CYCLE_PROFILE")
         if profile:
             sandbox.post("/_bench/move", {"share": share})
@@ -770,7 +790,7 @@ def run() -> str:
         f"acknowledgement, {typical.events} events; "
         f"direct: {phases_text(base_phases)}; per supplier, deployment step / direct fetch: "
         f"{supplier_text(typical.steps, direct)}; sensor tick wait {typical.tick_wait:.1f} s (not counted); "
-        f"end-to-end {wall:.1f} s"
+        f"{stolen_text(direct, deployed)}; end-to-end {wall:.1f} s"
     )
     return line(NAME, wall / baseline, TARGET, detail)
 

@@ -56,6 +56,7 @@ from dagster import (
 )
 
 from bench._harness import deployment_env, line, scaled
+from bench._procfs import stolen_seconds
 from bench._sweep_location import DEPLOYED_JOB, FORKSERVER_JOB, IN_PROCESS_JOB
 from bench.best_offers import CURRENCIES, FX, NOW, SUPPLIERS, iter_data
 from pricing_assets.best_offers import read_run_catalog, read_supplier_offers
@@ -403,8 +404,9 @@ def deployment(n: int, batches: int = BATCHES) -> Iterator[Deployment]:
 
 def measure(
     n: int, sweep_minutes: int, job: str, repeats: int, per_run: int | None = None
-) -> tuple[list[SweepTiming], list[float], list[RunRequest]]:
-    """Alternate direct and Dagster sweeps over the same data; return both sides' timings and the plan."""
+) -> tuple[list[SweepTiming], list[float], list[RunRequest], dict[str, list[float]]]:
+    """Alternate direct and Dagster sweeps over the same data; return both sides' timings, the plan and
+    the CPU seconds the host took from this VM during each repetition of each side."""
     partitions = catalog_batch_partitions(BATCHES)
     plan = backfill_plan(partitions, per_run) if per_run else sensor_plan(partitions, sweep_minutes)
     ranges = ranges_of(plan, partitions.get_partition_keys())
@@ -412,14 +414,18 @@ def measure(
         config = ServiceConfigResource(override_json=json.dumps(SERVICE_CONFIG)).load()
         project: list[SweepTiming] = []
         baseline: list[float] = []
+        stolen: dict[str, list[float]] = {"direct": [], "dagster": []}
         # Warm-up: file cache and lazy imports.
         direct_sweep(deployed.warehouse, deployed.registry, config, ranges)
         for _ in range(repeats):
-            started = time.perf_counter()
+            started, steal = time.perf_counter(), stolen_seconds()
             direct_sweep(deployed.warehouse, deployed.registry, config, ranges)
             baseline.append(time.perf_counter() - started)
+            stolen["direct"].append(stolen_seconds() - steal)
+            steal = stolen_seconds()
             project.append(project_sweep(deployed.home, deployed.env, plan, job))
-    return project, baseline, plan
+            stolen["dagster"].append(stolen_seconds() - steal)
+    return project, baseline, plan, stolen
 
 
 def run() -> str:
@@ -430,7 +436,7 @@ def run() -> str:
     job = {"in_process": IN_PROCESS_JOB, "forkserver": FORKSERVER_JOB}.get(executor, DEPLOYED_JOB)
     repeats = int(os.environ.get("BENCH_SWEEP_REPEATS", "3"))
     per_run = int(os.environ.get("BENCH_SWEEP_BATCHES_PER_RUN") or 0) or None
-    project, baseline, plan = measure(n, sweep_minutes, job, repeats, per_run)
+    project, baseline, plan, stolen = measure(n, sweep_minutes, job, repeats, per_run)
     grouping = f"backfill of {per_run}/run" if per_run else f"sensor, sweep_minutes={sweep_minutes}"
     typical = sorted(project, key=lambda timing: timing.wall)[len(project) // 2]
     baseline_median = statistics.median(baseline)
@@ -444,7 +450,9 @@ def run() -> str:
         f"{len(SUPPLIERS)} file suppliers, {len(plan)} run(s) of {batches_per_run} batches ({grouping}), "
         f"job {job}); dagster time: start-up {startup:.1f} s (process and imports "
         f"{startup - creation:.1f} s, run creation {creation:.1f} s), in steps {in_steps:.1f} s, "
-        f"spawns+orchestration {typical.wall - startup - in_steps:.1f} s; {events} events stored"
+        f"spawns+orchestration {typical.wall - startup - in_steps:.1f} s; {events} events stored; "
+        f"CPU stolen by the host (s, each): direct {', '.join(f'{s:.1f}' for s in stolen['direct'])}, "
+        f"dagster {', '.join(f'{s:.1f}' for s in stolen['dagster'])}"
     )
     return line(NAME, typical.wall / baseline_median, target_for(n), detail)
 

@@ -310,3 +310,13 @@ def test_a_sensor_that_never_launches_fails_naming_the_attempts(monkeypatch) -> 
     with pytest.raises(CycleError, match=r"sweep sensor to launch a run \(its cursor set 2 times\)"):
         cycle_module.launched_run(deployment, None, set(), 5)  # type: ignore[arg-type]
     assert deployment.sets == [5, 5]
+
+
+def test_stolen_text_lists_each_repetition_of_both_sides() -> None:
+    direct = [cycle_module.DirectTiming(wall=1.0, phases={}, pushed=0, stolen=s) for s in (0.0, 2.26)]
+    deployed = [
+        cycle_module.DeployedTiming(tick_wait=0, wall=2, run_wall=2, startup=1, stolen=s) for s in (4.0, 0.04)
+    ]
+    assert cycle_module.stolen_text(direct, deployed) == (
+        "CPU stolen by the host (s, each): direct 0.0, 2.3, deployment 4.0, 0.0"
+    )

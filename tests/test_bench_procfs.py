@@ -55,3 +55,19 @@ def test_a_child_and_its_child_read_from_proc() -> None:
         process.wait(timeout=10)
         process.stdout.close()
     assert procfs.stat(process.pid) is None and procfs.cmdline(process.pid) is None
+
+
+def test_stolen_seconds_is_the_steal_column_in_seconds(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "stat").write_text(
+        "cpu  91583 0 28250 1837748 3313 0 974 2083 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"
+    )
+    monkeypatch.setattr(procfs, "PROC", tmp_path)
+    assert procfs.stolen_seconds() == 2083 / procfs.CLOCK_TICKS
+    (tmp_path / "stat").write_text("intr 1 2 3\n")
+    with pytest.raises(ValueError, match="unexpected first line"):
+        procfs.stolen_seconds()
+
+
+def test_stolen_seconds_reads_this_machine() -> None:
+    first = procfs.stolen_seconds()
+    assert 0 <= first <= procfs.stolen_seconds()

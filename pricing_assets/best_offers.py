@@ -28,7 +28,42 @@ from resources.schemas import (
     empty_frame,
 )
 from resources.service_config import ServiceConfigResource
-from resources.warehouse import WarehouseTables, scan_parquet
+from resources.warehouse import WarehouseTables
+
+
+def read_offer_tables(
+    warehouse: WarehouseTables, supplier_ids: list[str], batches: list[str]
+) -> pl.DataFrame:
+    """Every supplier's last good offers for the batches as stored, with their batch (a supplier down
+    keeps its previous file)."""
+    frames = []
+    for supplier_id in supplier_ids:
+        frame = warehouse.read_partitions(offers_key(supplier_id).path, batches)
+        if frame is not None and frame.height:
+            if CATALOG_ROW not in frame.columns:  # written before offers carried their catalog row
+                frame = frame.with_columns(pl.lit(None, dtype=pl.UInt32).alias(CATALOG_ROW))
+            frames.append(frame.select([*OFFER_TABLE_SCHEMA, "batch"]))
+    return pl.concat(frames) if frames else empty_frame({**OFFER_TABLE_SCHEMA, "batch": pl.String()})
+
+
+def place_offers(stored: pl.DataFrame, batch_catalog: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Stored offers (`read_offer_tables`) as the selection takes them.
+
+    Given the run's `batch_catalog` (every row of its batches, in catalog order), each offer's
+    CATALOG_ROW becomes its row there, so select_best_offers can place offers by it; without it, or
+    for files from before the column, the column is left out or null and the selection hashes SKUs.
+    """
+    starts = batch_row_offsets(batch_catalog) if batch_catalog is not None else None
+    if starts is None:
+        return stored.select(list(OFFERS_SCHEMA))
+    # The stored row counts within the offer's batch; the run's frame holds its batches one after
+    # another. The batch's start by its position in an Enum (half the time of a join on 3.5M rows); a
+    # batch the catalog has no rows for gets a null row, and the selection then hashes SKUs.
+    start_of = dict(starts.iter_rows())
+    start = pl.lit(pl.Series(list(start_of.values()), dtype=pl.UInt32)).gather(
+        pl.col("batch").cast(pl.Enum(list(start_of)), strict=False).to_physical()
+    )
+    return stored.select(*OFFERS_SCHEMA, (start + pl.col(CATALOG_ROW)).alias(CATALOG_ROW))
 
 
 def read_supplier_offers(
@@ -37,31 +72,8 @@ def read_supplier_offers(
     batches: list[str],
     batch_catalog: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """Every supplier's last good offers for the batches (a supplier down keeps its previous file).
-
-    Given the run's `batch_catalog` (every row of its batches, in catalog order), each offer's
-    CATALOG_ROW becomes its row there, so select_best_offers can place offers by it; without it, or
-    for files from before the column, the column is left out or null and the selection hashes SKUs.
-    """
-    frames = []
-    for supplier_id in supplier_ids:
-        frame = warehouse.read_partitions(offers_key(supplier_id).path, batches)
-        if frame is not None and frame.height:
-            if CATALOG_ROW not in frame.columns:  # written before offers carried their catalog row
-                frame = frame.with_columns(pl.lit(None, dtype=pl.UInt32).alias(CATALOG_ROW))
-            frames.append(frame.select([*OFFER_TABLE_SCHEMA, "batch"]))
-    offers = pl.concat(frames) if frames else empty_frame({**OFFER_TABLE_SCHEMA, "batch": pl.String()})
-    starts = batch_row_offsets(batch_catalog) if batch_catalog is not None else None
-    if starts is None:
-        return offers.select(list(OFFERS_SCHEMA))
-    # The stored row counts within the offer's batch; the run's frame holds its batches one after
-    # another. The batch's start by its position in an Enum (half the time of a join on 3.5M rows); a
-    # batch the catalog has no rows for gets a null row, and the selection then hashes SKUs.
-    start_of = dict(starts.iter_rows())
-    start = pl.lit(pl.Series(list(start_of.values()), dtype=pl.UInt32)).gather(
-        pl.col("batch").cast(pl.Enum(list(start_of)), strict=False).to_physical()
-    )
-    return offers.select(*OFFERS_SCHEMA, (start + pl.col(CATALOG_ROW)).alias(CATALOG_ROW))
+    """Every supplier's last good offers for the batches, placed in the run's `batch_catalog` when given."""
+    return place_offers(read_offer_tables(warehouse, supplier_ids, batches), batch_catalog)
 
 
 def read_run_catalog(catalog: pl.LazyFrame, batches: list[str]) -> pl.DataFrame:
@@ -137,17 +149,10 @@ def best_offers_metadata(
     return out
 
 
-def offers_per_batch(
-    warehouse: WarehouseTables, supplier_ids: list[str], batches: list[str]
-) -> dict[str, int]:
-    """How many supplier offers each batch has on file (row counts from the Parquet footers)."""
-    counts = dict.fromkeys(batches, 0)
-    for supplier_id in supplier_ids:
-        for batch in batches:
-            path = warehouse.path(offers_key(supplier_id).path, batch)
-            if path.exists():
-                counts[batch] += int(scan_parquet(path).select(pl.len()).collect().item())
-    return counts
+def offers_per_batch(stored: pl.DataFrame) -> dict[str, int]:
+    """How many supplier offers each batch has on file, counted in the tables as read
+    (`read_offer_tables`): no second pass over the files' footers, one request each on object storage."""
+    return dict(stored.group_by("batch").len().iter_rows())
 
 
 def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefinition) -> AssetsDefinition:
@@ -175,7 +180,8 @@ def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefini
         config.check_suppliers(registry.order)
         batches = list(context.partition_keys)
         batch_catalog = read_run_catalog(catalog, batches)
-        offers = read_supplier_offers(warehouse, registry.order, batches, batch_catalog)
+        stored = read_offer_tables(warehouse, registry.order, batches)
+        offers = place_offers(stored, batch_catalog)
         enabled = [supplier for supplier in registry.order if config.enabled(supplier)]
         best = select_best_offers(
             batch_catalog,
@@ -187,9 +193,7 @@ def build_best_offers_asset(registry: Registry, partitions_def: PartitionsDefini
             staleness_ttl=config.staleness_ttl,
         )
         best = with_batches(best, batch_catalog)
-        per_batch = best_offers_metadata(
-            best, offers_per_batch(warehouse, registry.order, batches), registry.order, enabled, batches
-        )
+        per_batch = best_offers_metadata(best, offers_per_batch(stored), registry.order, enabled, batches)
         sizes = dict(best.group_by("batch").len().iter_rows())
         for batch, metadata in per_batch.items():
             metadata.update(table_metadata(warehouse, ["best_offers"], batch, int(sizes.get(batch, 0))))

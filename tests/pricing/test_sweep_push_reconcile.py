@@ -107,6 +107,15 @@ def test_sweep_push_and_per_partition_metadata(flow, warehouse_dir, sandbox):
         )
         total_skus += offers["skus"]
     assert total_skus == sum(per_batch.values())  # the parts add up; none shows the range's total
+    # best_offers counts each batch's supplier offers on file: that batch's files, not the range's.
+    considered = []
+    for batch in ("batch-000", "batch-001"):
+        stored = sum(
+            pl.read_parquet(f).height for f in (warehouse_dir / "supplier_offers").glob(f"*/{batch}.parquet")
+        )
+        considered.append(partition_metadata(instance, AssetKey("best_offers"), batch)["offers_considered"])
+        assert considered[-1] == stored > 0, batch
+    assert considered[0] != considered[1]
 
     # The push sensor requests one sync run for the sweep's 16 batches.
     push = defs.resolve_sensor_def("storefront_push")

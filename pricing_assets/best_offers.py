@@ -34,8 +34,7 @@ from resources.warehouse import WarehouseTables
 def read_offer_tables(
     warehouse: WarehouseTables, supplier_ids: list[str], batches: list[str]
 ) -> pl.DataFrame:
-    """Every supplier's last good offers for the batches as stored, with their batch (a supplier down
-    keeps its previous file)."""
+    """Each supplier's last good offers for the batches as stored, batch included (a down one's stay)."""
     frames = []
     for supplier_id in supplier_ids:
         frame = warehouse.read_partitions(offers_key(supplier_id).path, batches)
@@ -150,8 +149,7 @@ def best_offers_metadata(
 
 
 def offers_per_batch(stored: pl.DataFrame) -> dict[str, int]:
-    """How many supplier offers each batch has on file, counted in the tables as read
-    (`read_offer_tables`): no second pass over the files' footers, one request each on object storage."""
+    """Supplier offers per batch on file, counted in what `read_offer_tables` read (no footer reads)."""
     return dict(stored.group_by("batch").len().iter_rows())
 
 

@@ -6,10 +6,12 @@ import json
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 
 import polars as pl
 import pytest
 import yaml
+from dagster import DagsterEventType
 from starlette.testclient import TestClient
 
 import bench.cycle as cycle_module
@@ -320,3 +322,53 @@ def test_stolen_text_lists_each_repetition_of_both_sides() -> None:
     assert cycle_module.stolen_text(direct, deployed) == (
         "CPU stolen by the host (s, each): direct 0.0, 2.3, deployment 4.0, 0.0"
     )
+
+
+def _event(kind: DagsterEventType | None, at: float, step: str | None = None) -> SimpleNamespace:
+    """A stored event as run_breakdown reads it."""
+    return SimpleNamespace(dagster_event_type=kind, timestamp=at, step_key=step)
+
+
+def test_run_breakdown_splits_start_up_and_times_steps_after_their_outputs() -> None:
+    kind = DagsterEventType
+    events = [
+        _event(kind.ASSET_MATERIALIZATION_PLANNED, 100.0),
+        _event(kind.ASSET_MATERIALIZATION_PLANNED, 101.0),
+        _event(kind.RUN_ENQUEUED, 101.25),
+        _event(kind.RUN_STARTING, 101.75),
+        _event(kind.ENGINE_EVENT, 103.0),
+        _event(kind.RUN_START, 103.5),
+        _event(kind.STEP_START, 104.0, "supplier_offers__alpha"),
+        _event(None, 109.0, "supplier_offers__alpha"),  # a log line
+        _event(kind.STEP_OUTPUT, 110.0, "supplier_offers__alpha"),
+        _event(kind.ASSET_MATERIALIZATION, 110.5, "supplier_offers__alpha"),
+        _event(kind.STEP_OUTPUT, 110.75, "supplier_offers__alpha"),  # a check's output
+        _event(kind.STEP_SUCCESS, 111.0, "supplier_offers__alpha"),
+        _event(kind.STEP_START, 111.0, "best_offers"),
+        _event(kind.STEP_OUTPUT, 113.0, "best_offers"),
+        _event(kind.STEP_SUCCESS, 113.5, "best_offers"),
+        _event(kind.RUN_SUCCESS, 114.0),
+    ]
+    breakdown = cycle_module.run_breakdown(events)
+    assert breakdown.startup == 3.5
+    assert breakdown.startup_parts == {"run creation": 1.25, "queue": 0.5, "run process": 1.75}
+    assert breakdown.steps == {"supplier_offers__alpha": 7.0, "best_offers": 2.5}
+    assert breakdown.after_outputs == 1.5  # from each step's first output: 1.0 + 0.5
+    assert breakdown.events == len(events)
+    assert cycle_module.startup_text(breakdown.startup_parts) == (
+        "run creation 1.2 s, queue 0.5 s, run process 1.8 s"
+    )
+
+
+def test_run_breakdown_without_a_queue_counts_creation_with_the_next_part() -> None:
+    kind = DagsterEventType
+    events = [
+        _event(kind.ASSET_MATERIALIZATION_PLANNED, 10.0),
+        _event(kind.RUN_STARTING, 11.0),
+        _event(kind.RUN_START, 12.5),
+        _event(kind.RUN_SUCCESS, 13.0),
+    ]
+    breakdown = cycle_module.run_breakdown(events)
+    assert breakdown.startup_parts == {"queue": 1.0, "run process": 1.5}
+    assert breakdown.startup == 2.5
+    assert breakdown.steps == {} and breakdown.after_outputs == 0.0

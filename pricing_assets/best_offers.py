@@ -107,15 +107,23 @@ def best_offers_metadata(
     One group_by over the run's frame (not a frame per batch): at 1M SKUs this stays a few ms.
     """
     available = pl.col("available")
-    spread = pl.col("spread").filter(available).cast(pl.Float64)
-    winners = pl.col("supplier").filter(available)
+    # Masked once (null where unavailable; aggregations skip nulls), not filtered and cast again in each
+    # of the 5 + suppliers aggregations below: 4M rows 0.51 -> 0.2 s.
+    masked = best.select(
+        "batch",
+        available,
+        (available & (pl.col("offer_count") == 1)).alias("single"),
+        pl.when(available).then(pl.col("spread").cast(pl.Float64)).alias("spread"),
+        pl.when(available).then(pl.col("supplier")).alias("winner"),
+    )
+    spread, winners = pl.col("spread"), pl.col("winner")
     stats = {
         row["batch"]: row
-        for row in best.group_by("batch")
+        for row in masked.group_by("batch")
         .agg(
             pl.len().alias("skus"),
             available.sum().alias("available"),
-            (available & (pl.col("offer_count") == 1)).sum().alias("single_offer_skus"),
+            pl.col("single").sum().alias("single_offer_skus"),
             winners.drop_nulls().n_unique().alias("suppliers_used"),
             spread.mean().alias("spread_mean"),
             spread.median().alias("spread_median"),

@@ -26,7 +26,7 @@ from dagster import (
 )
 
 from pricing_assets import OWNERS
-from pricing_assets.logic.batching import active_batch_skus
+from pricing_assets.logic.batching import active_batch_skus, rows_per_batch
 from pricing_assets.offers_freshness import (
     FRESH_CHECK,
     FRESH_CHECK_DESCRIPTION,
@@ -113,12 +113,6 @@ def _numeric(values: dict[str, float | int]) -> dict[str, MetadataValue]:
     }
 
 
-def skus_per_batch(batch_catalog: pl.DataFrame, batches: list[str]) -> dict[str, int]:
-    """Active catalog SKUs asked for, per batch of the run (zero for a batch without any)."""
-    counts = dict(batch_catalog.group_by("batch").len().iter_rows())
-    return {batch: int(counts.get(batch, 0)) for batch in batches}
-
-
 def offers_partition_metadata(
     offers: pl.DataFrame,
     quarantine: pl.DataFrame,
@@ -130,11 +124,12 @@ def offers_partition_metadata(
 ) -> dict[str, dict[str, MetadataValue]]:
     """Each batch's own numbers: its offers, SKUs asked, rejects and their reasons (not the run's)."""
     batches = list(skus)
-    offer_parts = split_by_partition(offers, "batch", batches)
+    offer_rows = rows_per_batch(offers, batches)
+    # Split only the rejects (few rows): each batch's reasons table is built from its own rows.
     reject_parts = split_by_partition(quarantine, "batch", batches)
     out: dict[str, dict[str, MetadataValue]] = {}
     for batch in batches:
-        rows, rejected = offer_parts[batch].height, reject_parts[batch].height
+        rows, rejected = offer_rows[batch], reject_parts[batch].height
         out[batch] = {
             **table_metadata(warehouse, key_path, batch, rows),
             "skus": MetadataValue.int(skus[batch]),
@@ -366,7 +361,7 @@ def _fetch(
         yield AssetCheckResult(check_name=FRESH_CHECK, asset_key=key, passed=True, metadata=skipped)
         return
     batch_catalog = active_batch_skus(catalog, batches)
-    asked = skus_per_batch(batch_catalog, batches)
+    asked = rows_per_batch(batch_catalog, batches)
     try:
         # The batch catalog itself: every offer comes back with its batch and catalog row.
         result = suppliers.fetch_offers(entry.id, batch_catalog)

@@ -20,6 +20,7 @@ from pricing_assets.logic.batching import (
     batch_keys,
     batch_row_offsets,
     in_batches,
+    rows_per_batch,
 )
 from resources.schemas import CATALOG_ROW
 
@@ -204,3 +205,9 @@ def test_batch_row_offsets_give_each_batch_start_or_none_when_a_batch_is_split()
     assert starts == {"batch-003": 0, "batch-001": 2}
     split = pl.DataFrame({"batch": ["batch-001", "batch-003", "batch-001"]})
     assert batch_row_offsets(split) is None
+
+
+def test_rows_per_batch_counts_each_batch_of_the_run_and_zero_for_one_without_rows() -> None:
+    frame = pl.DataFrame({"batch": ["b2", "b1", "b2", "b9"], "sku": ["x", "y", "z", "w"]})
+    assert rows_per_batch(frame, ["b1", "b2", "b3"]) == {"b1": 1, "b2": 2, "b3": 0}
+    assert rows_per_batch(frame.clear(), ["b1"]) == {"b1": 0}

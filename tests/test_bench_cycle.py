@@ -329,46 +329,42 @@ def _event(kind: DagsterEventType | None, at: float, step: str | None = None) ->
     return SimpleNamespace(dagster_event_type=kind, timestamp=at, step_key=step)
 
 
+K = DagsterEventType
+# A run as its event log holds it: planned events, queue, process start, two steps (one with a check).
+RUN_EVENTS = [
+    _event(K.ASSET_MATERIALIZATION_PLANNED, 100.0),
+    _event(K.ASSET_MATERIALIZATION_PLANNED, 101.0),
+    _event(K.RUN_ENQUEUED, 101.25),
+    _event(K.RUN_STARTING, 101.75),
+    _event(K.ENGINE_EVENT, 103.0),
+    _event(K.RUN_START, 103.5),
+    _event(K.STEP_START, 104.0, "supplier_offers__alpha"),
+    _event(None, 109.0, "supplier_offers__alpha"),  # a log line
+    _event(K.STEP_OUTPUT, 110.0, "supplier_offers__alpha"),
+    _event(K.ASSET_MATERIALIZATION, 110.5, "supplier_offers__alpha"),
+    _event(K.STEP_OUTPUT, 110.75, "supplier_offers__alpha"),  # a check's output
+    _event(K.STEP_SUCCESS, 111.0, "supplier_offers__alpha"),
+    _event(K.STEP_START, 111.0, "best_offers"),
+    _event(K.STEP_OUTPUT, 113.0, "best_offers"),
+    _event(K.STEP_SUCCESS, 113.5, "best_offers"),
+    _event(K.RUN_SUCCESS, 114.0),
+]
+
+
 def test_run_breakdown_splits_start_up_and_times_steps_after_their_outputs() -> None:
-    kind = DagsterEventType
-    events = [
-        _event(kind.ASSET_MATERIALIZATION_PLANNED, 100.0),
-        _event(kind.ASSET_MATERIALIZATION_PLANNED, 101.0),
-        _event(kind.RUN_ENQUEUED, 101.25),
-        _event(kind.RUN_STARTING, 101.75),
-        _event(kind.ENGINE_EVENT, 103.0),
-        _event(kind.RUN_START, 103.5),
-        _event(kind.STEP_START, 104.0, "supplier_offers__alpha"),
-        _event(None, 109.0, "supplier_offers__alpha"),  # a log line
-        _event(kind.STEP_OUTPUT, 110.0, "supplier_offers__alpha"),
-        _event(kind.ASSET_MATERIALIZATION, 110.5, "supplier_offers__alpha"),
-        _event(kind.STEP_OUTPUT, 110.75, "supplier_offers__alpha"),  # a check's output
-        _event(kind.STEP_SUCCESS, 111.0, "supplier_offers__alpha"),
-        _event(kind.STEP_START, 111.0, "best_offers"),
-        _event(kind.STEP_OUTPUT, 113.0, "best_offers"),
-        _event(kind.STEP_SUCCESS, 113.5, "best_offers"),
-        _event(kind.RUN_SUCCESS, 114.0),
-    ]
-    breakdown = cycle_module.run_breakdown(events)
+    breakdown = cycle_module.run_breakdown(RUN_EVENTS)
     assert breakdown.startup == 3.5
     assert breakdown.startup_parts == {"run creation": 1.25, "queue": 0.5, "run process": 1.75}
     assert breakdown.steps == {"supplier_offers__alpha": 7.0, "best_offers": 2.5}
     assert breakdown.after_outputs == 1.5  # from each step's first output: 1.0 + 0.5
-    assert breakdown.events == len(events)
+    assert breakdown.events == len(RUN_EVENTS)
     assert cycle_module.startup_text(breakdown.startup_parts) == (
         "run creation 1.2 s, queue 0.5 s, run process 1.8 s"
     )
 
 
 def test_run_breakdown_without_a_queue_counts_creation_with_the_next_part() -> None:
-    kind = DagsterEventType
-    events = [
-        _event(kind.ASSET_MATERIALIZATION_PLANNED, 10.0),
-        _event(kind.RUN_STARTING, 11.0),
-        _event(kind.RUN_START, 12.5),
-        _event(kind.RUN_SUCCESS, 13.0),
-    ]
+    events = [e for e in RUN_EVENTS if e.dagster_event_type != K.RUN_ENQUEUED]
     breakdown = cycle_module.run_breakdown(events)
-    assert breakdown.startup_parts == {"queue": 1.0, "run process": 1.5}
-    assert breakdown.startup == 2.5
-    assert breakdown.steps == {} and breakdown.after_outputs == 0.0
+    assert breakdown.startup_parts == {"queue": 1.75, "run process": 1.75}
+    assert breakdown.startup == 3.5

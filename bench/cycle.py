@@ -646,11 +646,6 @@ def run_breakdown(events: Sequence[Any]) -> RunBreakdown:
     return RunBreakdown(run_start - first, parts, steps, after, len(events))
 
 
-def startup_text(parts: dict[str, float]) -> str:
-    """`run creation 1.3 s, queue 0.4 s, run process 1.7 s`."""
-    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in parts.items())
-
-
 def new_run(instance: DagsterInstance, known: set[str]) -> Any:
     """The first price_cycle_job run not in `known`, or None."""
     fresh = [r for r in cycle_runs(instance) if r.dagster_run.run_id not in known]
@@ -834,7 +829,7 @@ def run() -> str:
         f"{baseline:.1f} s (each: {', '.join(f'{t.wall:.1f}' for t in direct)}; median of {repeats}; "
         f"{n:,} SKUs, "
         f"{moved:,} moved, {changed:,} storefront prices changed, {direct[-1].pushed:,} pushed); "
-        f"deployment: run start-up {typical.startup:.1f} s ({startup_text(typical.startup_parts)}), "
+        f"deployment: run start-up {typical.startup:.1f} s ({phases_text(typical.startup_parts)}), "
         f"{phases_text(phases)} (of the steps, {typical.after_outputs:.1f} s after their outputs: "
         f"writes, materializations, checks), between steps "
         f"{between:.1f} s, run ended {typical.run_wall - typical.wall:+.1f} s after the last "

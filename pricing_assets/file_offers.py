@@ -108,7 +108,7 @@ def _build_one(entry: SupplierEntry, partitions_def: PartitionsDefinition) -> As
             },
         )
         # The run's slices keep the file's fetched_at (when the CDN last confirmed it): judged as written.
-        written = {batch: row["newest"] for batch, row in per_batch.items() if batch in batches}
+        written = {batch: row["newest"] for batch, row in per_batch.items()}
         yield Output(offers)
         if not config.enabled(entry.id):
             yield AssetCheckResult(

@@ -358,7 +358,7 @@ def test_run_breakdown_splits_start_up_and_times_steps_after_their_outputs() -> 
     assert breakdown.steps == {"supplier_offers__alpha": 7.0, "best_offers": 2.5}
     assert breakdown.after_outputs == 1.5  # from each step's first output: 1.0 + 0.5
     assert breakdown.events == len(RUN_EVENTS)
-    assert cycle_module.startup_text(breakdown.startup_parts) == (
+    assert cycle_module.phases_text(breakdown.startup_parts) == (
         "run creation 1.2 s, queue 0.5 s, run process 1.8 s"
     )
 

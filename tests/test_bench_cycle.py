@@ -368,3 +368,6 @@ def test_run_breakdown_without_a_queue_counts_creation_with_the_next_part() -> N
     breakdown = cycle_module.run_breakdown(events)
     assert breakdown.startup_parts == {"queue": 1.75, "run process": 1.75}
     assert breakdown.startup == 3.5
+    # A run that ended before any step (the assertion the shared event log had dropped).
+    stepless = cycle_module.run_breakdown([e for e in events if e.step_key is None])
+    assert stepless.steps == {} and stepless.after_outputs == 0.0

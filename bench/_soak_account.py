@@ -4,7 +4,8 @@
   and every change of the sandbox's price stream (bench/_soak_expect.py computes each entry).
 - `StorefrontLog`: what the storefront applied, push by push, and when it lost its state.
 - `latencies`: for each change that moved a SKU's expected entry, when the storefront first showed it.
-- `convergence`: whether the live storefront holds, for every SKU, an expected entry of a time window.
+- `convergence`: whether the live storefront holds, for every SKU, an expected entry of a time window
+  or a change the project held in that window (`HoldLog`: the project's holds over time).
 - cadence (`cycles`, `queue_waits`, `schedule_delays`), failures and alerts explained by the fault
   timetable, and the JSON log lines.
 """
@@ -233,6 +234,35 @@ def fault_affected(latency: Latency, windows: Iterable[FaultWindow], period: flo
 # ------------------------------------------------------------------ convergence
 
 
+Hold = tuple[Decimal | None, str]  # a held change: the price the project holds back, and why
+
+
+@dataclass
+class HoldLog:
+    """The project's held changes over time: each sample replaces the last from its time on."""
+
+    times: list[float] = field(default_factory=list)
+    samples: list[dict[str, Hold]] = field(default_factory=list)
+
+    def add(self, at: float, held: Mapping[str, Hold]) -> None:
+        """The holds seen at `at` (kept only when they differ from the last sample)."""
+        if self.samples and self.samples[-1] == held:
+            return
+        self.times.append(at)
+        self.samples.append(dict(held))
+
+    def during(self, start: float, end: float) -> dict[str, list[Hold]]:
+        """Every hold in effect at some instant of [start, end], per SKU, in the order seen."""
+        first = max(bisect.bisect_right(self.times, start) - 1, 0)
+        last = bisect.bisect_right(self.times, end)
+        found: dict[str, list[Hold]] = {}
+        for sample in self.samples[first:last]:
+            for sku, hold in sample.items():
+                if hold not in found.setdefault(sku, []):
+                    found[sku].append(hold)
+        return found
+
+
 @dataclass
 class Convergence:
     """One check: SKUs checked, the held changes excepted, and the SKUs that do not match."""
@@ -258,11 +288,17 @@ def _describe(entry: Mapping[str, Any] | None) -> str:
     return f"{entry.get('price')} from {entry.get('supplier')}"
 
 
+def _keeps(entry: Mapping[str, Any] | None, last_pushed: Decimal | None) -> bool:
+    """Whether a storefront entry still shows the last price the storefront acknowledged."""
+    price = None if entry is None else entry.get("price")
+    return price is not None and last_pushed is not None and Decimal(str(price)) == last_pushed
+
+
 def convergence(
     timeline: Timeline,
     live: Mapping[str, Mapping[str, Any]],
     log: StorefrontLog,
-    held: Mapping[str, tuple[Decimal | None, str]],
+    held: Mapping[str, Sequence[Hold]],
     *,
     since: float,
     now: float,
@@ -270,8 +306,11 @@ def convergence(
 ) -> Convergence:
     """Does the storefront hold, for every active SKU, an entry expected at some instant of [since, now]?
 
-    A SKU that does not is excepted only when the project holds that change: `held` (sku -> price,
-    reason, from the project's storefront_prices) has it at a price expected in the window. Whether
+    A SKU that does not is excepted only when the project held that change in the window: `held`
+    (sku -> every hold of the window, from the project's storefront_prices: `HoldLog.during`) has it at
+    a price expected in the window, and the storefront still shows the last price it acknowledged (what
+    the hold keeps). A hold the project released at the end of the window still counts: until the push
+    that follows, the storefront rightly shows the price the hold kept. Whether
     the rules computed here agree (per SKU against the last pushed price, or by the batch rule) is
     recorded with it. Anything else is a mismatch.
     """
@@ -285,9 +324,12 @@ def convergence(
         entry = live.get(sku)
         if any(shows(entry, expected, rules) for expected in window):
             continue
-        if sku in held and any(expected.price == held[sku][0] for expected in window):
+        reason = next(
+            (why for price, why in held.get(sku, ()) if any(e.price == price for e in window)), None
+        )
+        if reason is not None and _keeps(entry, last[sku]):
             agrees = sku in by_batch or any(held_reason(expected, last[sku], rules) for expected in window)
-            report.held.append((sku, held[sku][1], agrees))
+            report.held.append((sku, reason, agrees))
         else:
             report.mismatched.append((sku, _describe(entry), current[sku].describe()))
     return report

@@ -63,6 +63,8 @@ from bench._soak_account import (
     SWEEP_JOB,
     Convergence,
     FaultWindow,
+    Hold,
+    HoldLog,
     RunInfo,
     StorefrontLog,
     Timeline,
@@ -125,11 +127,14 @@ class Soak:
     pushes_next: int = 0
     counters: dict[str, int] = field(default_factory=dict)
     live: dict[str, Any] = field(default_factory=dict)
-    # The project's held changes when the soak stopped (sku -> price, reason).
-    held_at_end: dict[str, tuple[Decimal | None, str]] = field(default_factory=dict)
+    # The project's held changes when the soak stopped (sku -> price, reason), and over time.
+    held_at_end: dict[str, Hold] = field(default_factory=dict)
+    holds: HoldLog = field(default_factory=HoldLog)
     slowed: list[RunInfo] = field(default_factory=list)  # sweep runs over a period while a fault was on
 
     def __post_init__(self) -> None:
+        self._held_stamp: tuple[tuple[str, int], ...] = ()
+        self._held: dict[str, Hold] = {}
         self.stack = Stack(folder=self.folder, skus=self.skus, seed=SEED, service_config=SERVICE_CONFIG)
         self.stack.env_extra = {"SANDBOX_ALERT_TOKEN": self.token}
         registry = yaml.safe_load((ROOT / "pricing_assets" / "suppliers.yaml").read_text())
@@ -242,26 +247,33 @@ class Soak:
             self.operator.launch("pricing", FILES_JOB)
         self.say(f"fault off: {fault.kind}({fault.target})")
 
-    def held_by_project(self) -> dict[str, tuple[Decimal | None, str]]:
+    def held_by_project(self) -> dict[str, Hold]:
         """SKUs whose latest storefront_prices row is a held change: sku -> (price, hold reason)."""
         files = sorted((self.folder / "warehouse" / "storefront_prices").glob("*.parquet"))
         if not files:
             return {}
+        # Sampled every poll: read the files again only when one of them was replaced.
+        stamp = tuple((f.name, f.stat().st_mtime_ns) for f in files)
+        if stamp == self._held_stamp:
+            return self._held
         frame = pl.concat(
             [pl.read_parquet(f, columns=["sku", "price", "held", "hold_reason"]) for f in files]
         )
         rows = frame.filter(pl.col("held").fill_null(False)).iter_rows()
-        return {
+        self._held_stamp = stamp
+        self._held = {
             sku: (None if price is None else Decimal(str(price)), str(reason))
             for sku, price, _, reason in rows
         }
+        return self._held
 
     def check(self, label: str) -> None:
         """A convergence check over the last two periods."""
         self.poll_sandbox()
         now = time.time()
-        held = self.held_by_project()
+        self.holds.add(now, self.held_by_project())
         since = now - 2 * self.period
+        held = self.holds.during(since, now)
         report = convergence(self.timeline, self.live, self.log, held, since=since, now=now, label=label)
         self.reports.append(report)
         differ, held = len(report.mismatched), len(report.held)
@@ -350,6 +362,9 @@ class Soak:
                     started[fault] = time.time()
                     self.start_fault(fault)
             self.poll_sandbox()
+            # A hold released by a sweep that has not pushed yet still explains what the storefront
+            # shows: the checks look at every hold of their window, not only the newest files.
+            self.holds.add(time.time(), self.held_by_project())
             while checks and checks[0][0] <= elapsed:
                 self.check(checks.pop(0)[1])
             if now >= next_runs:

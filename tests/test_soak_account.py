@@ -13,6 +13,7 @@ from bench._soak_account import (
     RECONCILE_JOB,
     SWEEP_JOB,
     FaultWindow,
+    HoldLog,
     Latency,
     RunInfo,
     StorefrontLog,
@@ -142,14 +143,40 @@ def test_convergence_needs_an_expected_entry_of_the_window_or_a_hold_by_the_proj
     assert convergence(line, live, log, {}, since=90, now=200, label="t").ok  # A10 was expected at 90
     late = convergence(line, live, log, {}, since=110, now=200, label="t")
     assert late.mismatched == [("A", "10.0000 from alpha", "12.0000 from alpha")] and late.checked == 2
-    held = convergence(line, live, log, {"A": (D(12), "change 20.0% > 10%")}, since=110, now=200, label="t")
+    held = convergence(line, live, log, {"A": [(D(12), "change 20.0% > 10%")]}, since=110, now=200, label="t")
     assert held.ok and held.held == [("A", "change 20.0% > 10%", False)]  # 20 % is within the rules' 30 %
     line.apply(change(150, "alpha", "A", "14.00"))
-    agreed = convergence(line, live, log, {"A": (D(14), "change 40.0% > 30%")}, since=160, now=200, label="t")
+    holds = {"A": [(D(99), "x"), (D(14), "change 40.0% > 30%")]}  # the hold whose price was expected
+    agreed = convergence(line, live, log, holds, since=160, now=200, label="t")
     assert agreed.held == [("A", "change 40.0% > 30%", True)]
-    other = convergence(line, live, log, {"A": (D(99), "x")}, since=110, now=200, label="t")
+    other = convergence(line, live, log, {"A": [(D(99), "x")]}, since=110, now=200, label="t")
     assert not other.ok  # held at a price nobody expected: not an excuse
+    # A hold keeps the last acknowledged price on the storefront; anything else there is a mismatch.
+    moved = {**live, "A": entry("A", "11.0000")}
+    assert not convergence(line, moved, log, holds, since=160, now=200, label="t").ok
+    assert not convergence(line, {"B": live["B"]}, log, holds, since=160, now=200, label="t").ok
     assert not convergence(line, {"B": live["B"]}, log, {}, since=0, now=200, label="t").ok  # A missing
+
+
+def test_a_hold_released_late_in_the_window_still_explains_the_kept_price():
+    line = timeline()
+    line.apply(change(100, "alpha", "A", "14.00"))  # +40 %: the project holds it
+    line.apply(change(180, "alpha", "A", "10.50"))  # back within the guard: the next push shows it
+    log = StorefrontLog()
+    log.add(push(50, entry("A", "10.0000"), entry("B", "20.0000", "beta")))
+    live = {"A": entry("A", "10.0000"), "B": entry("B", "20.0000", "beta")}
+    holds = HoldLog()
+    holds.add(60, {})
+    holds.add(110, {"A": (D(14), "change 40.0% > 30%")})
+    holds.add(115, {"A": (D(14), "change 40.0% > 30%")})  # unchanged: not a new sample
+    holds.add(190, {})  # the sweep priced A at 10.50, not held; its push comes after the check
+    assert holds.times == [60, 110, 190]
+    assert holds.during(120, 200) == {"A": [(D(14), "change 40.0% > 30%")]}  # in effect at 120
+    assert holds.during(195, 200) == {} and holds.during(0, 50) == {}
+    report = convergence(line, live, log, holds.during(120, 200), since=120, now=200, label="t")
+    assert report.ok and report.held == [("A", "change 40.0% > 30%", True)]
+    # Only the newest sample (what the check used to read): the storefront looks wrong.
+    assert not convergence(line, live, log, holds.during(200, 200), since=120, now=200, label="t").ok
 
 
 def test_which_changes_a_fault_may_have_delayed():

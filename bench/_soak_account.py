@@ -43,6 +43,9 @@ def p95(values: Sequence[float]) -> float | None:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
+Hold = tuple[Decimal | None, str]  # a held change: the price the project holds back, and why
+
+
 # ------------------------------------------------------------------ expected entries over time
 
 
@@ -182,7 +185,7 @@ def latencies(
     *,
     end: float,
     horizon: float,
-    held: Mapping[str, tuple[Decimal | None, str]] | None = None,
+    held: Mapping[str, Hold] | None = None,
 ) -> list[Latency]:
     """Each change's fate: shown (with its latency), superseded by a later change before it showed, a
     no-op for the storefront, held by the guard, or not shown: `lost` when older than end - horizon,
@@ -232,9 +235,6 @@ def fault_affected(latency: Latency, windows: Iterable[FaultWindow], period: flo
 
 
 # ------------------------------------------------------------------ convergence
-
-
-Hold = tuple[Decimal | None, str]  # a held change: the price the project holds back, and why
 
 
 @dataclass
@@ -310,9 +310,9 @@ def convergence(
     (sku -> every hold of the window, from the project's storefront_prices: `HoldLog.during`) has it at
     a price expected in the window, and the storefront still shows the last price it acknowledged (what
     the hold keeps). A hold the project released at the end of the window still counts: until the push
-    that follows, the storefront rightly shows the price the hold kept. Whether
-    the rules computed here agree (per SKU against the last pushed price, or by the batch rule) is
-    recorded with it. Anything else is a mismatch.
+    that follows, the storefront rightly shows the price the hold kept. Whether the rules computed here
+    agree (per SKU against the last pushed price, or by the batch rule) is recorded with it. Anything
+    else is a mismatch.
     """
     rules = timeline.rules
     report = Convergence(at=now, since=since, label=label, checked=len(timeline.entries))

@@ -38,8 +38,8 @@ PYTEST_WORKERS ?= auto
 
 test: venv  ## the whole suite, then the 5-minute soak of the live stack (bench/soak.py)
 	@# pytest's exit code 5 means it collected no tests: a failure, said in words (make reports any
-	@# failing line as its own exit code 2).
-	@$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup; status=$$?; \
+	@# failing line as its own exit code 2). The 20 slowest tests are listed: CI's budget is 20 minutes.
+	@$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=20; status=$$?; \
 	  if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
 	  exit $$status
 	$(VENV)/bin/python -m bench soak

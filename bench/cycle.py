@@ -36,8 +36,9 @@ the sweep reads (its download and decryption run on their own 30-minute schedule
 bench/cdn_feed.py times them). The shipped registry's per-SKU kind (gamma, one POST per SKU at 100 rps)
 is left out: its rate limit alone is 10 000 s at 1M SKUs, far beyond any sweep.
 
-Knobs: BENCH_SCALE (SKUs), BENCH_CYCLE_REPEATS (default 3), BENCH_CYCLE_SHARE (moved share, 0.05),
-BENCH_CYCLE_SERVICE_CONFIG (JSON merged into the deployment's and the baseline's SERVICE_CONFIG),
+Knobs: BENCH_SCALE (SKUs), BENCH_CYCLE_BATCHES (catalog batches, default 16), BENCH_CYCLE_REPEATS
+(default 3), BENCH_CYCLE_SHARE (moved share, 0.05), BENCH_CYCLE_SERVICE_CONFIG (JSON merged into the
+deployment's and the baseline's SERVICE_CONFIG),
 BENCH_CYCLE_INSTANCE (`sqlite`, the default: the repository's dagster.yaml; `postgres`: the production
 storage of deploy/postgres/dagster.yaml on a fresh database of BENCH_CYCLE_PG_URL, dropped afterwards,
 with the ConfigMap's DAGSTER_EVENT_BATCH_SIZE; the sqlite run never gets that variable),
@@ -95,7 +96,9 @@ NAME = "cycle"
 TARGET = 1.5
 GOAL_SECONDS = 60.0
 SKUS = 1_000_000
-BATCHES = 16
+# The catalog's batches (the registry's catalog_batches): 16 is the design's default; fewer batches
+# mean fewer planned events and materializations per run, an operator's trade against resumability.
+BATCHES = int(os.environ.get("BENCH_CYCLE_BATCHES", "16"))
 SEED = 17
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-cycle-key"
@@ -827,7 +830,7 @@ def run() -> str:
         f"instance storage {os.environ.get('BENCH_CYCLE_INSTANCE', 'sqlite')}; "
         f"deployment {wall:.1f} s (each: {', '.join(f'{t.wall:.1f}' for t in deployed)}), direct "
         f"{baseline:.1f} s (each: {', '.join(f'{t.wall:.1f}' for t in direct)}; median of {repeats}; "
-        f"{n:,} SKUs, "
+        f"{n:,} SKUs in {BATCHES} batches, "
         f"{moved:,} moved, {changed:,} storefront prices changed, {direct[-1].pushed:,} pushed); "
         f"deployment: run start-up {typical.startup:.1f} s ({phases_text(typical.startup_parts)}), "
         f"{phases_text(phases)} (of the steps, {typical.after_outputs:.1f} s after their outputs: "

@@ -371,3 +371,11 @@ def test_run_breakdown_without_a_queue_counts_creation_with_the_next_part() -> N
     # A run that ended before any step (the assertion the shared event log had dropped).
     stepless = cycle_module.run_breakdown([e for e in events if e.step_key is None])
     assert stepless.steps == {} and stepless.after_outputs == 0.0
+
+
+def test_catalog_batches_reads_the_knob_and_names_a_bad_value() -> None:
+    assert cycle_module.catalog_batches({}) == 16
+    assert cycle_module.catalog_batches({"BENCH_CYCLE_BATCHES": "8"}) == 8
+    for bad in ("0", "1001", "eight", "-4", ""):
+        with pytest.raises(ValueError, match=rf"BENCH_CYCLE_BATCHES='{bad}'.*1 to 1000"):
+            cycle_module.catalog_batches({"BENCH_CYCLE_BATCHES": bad})
